@@ -1,0 +1,30 @@
+"""The small error hierarchy: every user-facing failure is an HpsearchError subclass.
+
+The CLI maps ``HpsearchError`` to exit code 2 and prints ``str(error)`` as one line.
+"""
+
+from __future__ import annotations
+
+
+class HpsearchError(Exception):
+    """Base class for errors a user can fix; the message names what is wrong and what to do."""
+
+
+class ConfigError(HpsearchError):
+    """The study file is malformed, incomplete or contradictory."""
+
+
+class StorageError(HpsearchError):
+    """The storage URL is unreachable, unsupported or holds an incompatible study."""
+
+
+class DataError(HpsearchError):
+    """A dataset cannot be found, read or built."""
+
+
+class ModelError(HpsearchError):
+    """A model cannot be built from its name and arguments."""
+
+
+class DeviceError(HpsearchError):
+    """The requested device or GPUs are not available."""
