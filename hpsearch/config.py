@@ -1,0 +1,572 @@
+"""The study file: pydantic models, defaults and every validation rule, in one place.
+
+`load_config(path)` is the only entry point; everything after it trusts the returned `StudyConfig`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hpsearch.errors import ConfigError
+
+# Kept here (not imported from hpsearch.models) so config never imports torch.
+BUILTIN_MODELS: dict[str, tuple[str, ...]] = {"seednet": ("width",), "mlp": ("width", "depth"), "resnet18": ()}
+BUILTIN_DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder")
+METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# Space parameters that feed the training settings rather than the model.
+TRAIN_PARAMS = (
+    "lr", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
+    "warmup_epochs", "step_size", "gamma", "accum_steps", "label_smoothing",
+)
+Scalar = Union[bool, int, float, str]
+CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- search space
+
+class _Param(Strict):
+    when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, None if self.step == 1 else self.step)
+        if self.step < 1:
+            raise ValueError(f"step must be >= 1 (got {self.step})")
+        return self
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Scalar]
+
+    @field_validator("choices")
+    @classmethod
+    def _non_empty_unique(cls, choices: list[Scalar]) -> list[Scalar]:
+        if not choices:
+            raise ValueError("choices is empty; list at least one value")
+        if len({repr(c) for c in choices}) != len(choices):
+            raise ValueError(f"choices has duplicates: {choices}")
+        return choices
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if low > high:
+        raise ValueError(f"low ({low}) is greater than high ({high}); swap them")
+    if log and low <= 0:
+        raise ValueError(f"log: true needs low > 0 (got low={low}); use a positive low such as 1e-6 or set log: false")
+    if log and step is not None:
+        raise ValueError("step and log: true cannot be combined; drop one")
+    if step is not None and step <= 0:
+        raise ValueError(f"step must be > 0 (got {step})")
+
+
+ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- sections
+
+class TpeSampler(Strict):
+    type: Literal["tpe"]
+    n_startup_trials: int = Field(10, ge=0)
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+class RandomSampler(Strict):
+    type: Literal["random"]
+
+
+class CmaesSampler(Strict):
+    type: Literal["cmaes"]
+    n_startup_trials: int = Field(1, ge=0)
+    sigma0: float | None = Field(None, gt=0)
+
+
+class GpSampler(Strict):
+    type: Literal["gp"]
+    n_startup_trials: int = Field(10, ge=0)
+
+
+class QmcSampler(Strict):
+    type: Literal["qmc"]
+    qmc_type: Literal["sobol", "halton"] = "sobol"
+    scramble: bool = True
+
+
+class GridSampler(Strict):
+    type: Literal["grid"]
+
+
+SamplerConfig = Annotated[
+    Union[TpeSampler, RandomSampler, CmaesSampler, GpSampler, QmcSampler, GridSampler],
+    Field(discriminator="type"),
+]
+
+
+class MedianPruner(Strict):
+    type: Literal["median"]
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(2, ge=0)
+    interval_steps: int = Field(1, ge=1)
+
+
+class PercentilePruner(Strict):
+    type: Literal["percentile"]
+    percentile: float = Field(25.0, ge=0, le=100)
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(2, ge=0)
+    interval_steps: int = Field(1, ge=1)
+
+
+class SuccessiveHalvingPruner(Strict):
+    type: Literal["successive_halving"]
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class HyperbandPruner(Strict):
+    type: Literal["hyperband"]
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class PatientPruner(Strict):
+    type: Literal["patient"]
+    patience: int = Field(2, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    wrapped: Literal["median", "none"] = "median"
+
+
+class ThresholdPruner(Strict):
+    type: Literal["threshold"]
+    lower: float | None = None
+    upper: float | None = None
+    n_warmup_steps: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ThresholdPruner:
+        if self.lower is None and self.upper is None:
+            raise ValueError("threshold pruner needs lower or upper (or both)")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) is greater than upper ({self.upper})")
+        return self
+
+
+class NoPruner(Strict):
+    type: Literal["none"]
+
+
+PrunerConfig = Annotated[
+    Union[MedianPruner, PercentilePruner, SuccessiveHalvingPruner, HyperbandPruner, PatientPruner,
+          ThresholdPruner, NoPruner],
+    Field(discriminator="type"),
+]
+
+
+class DataConfig(Strict):
+    dataset: str = "digits"
+    root: str = "./data"
+    download: bool = False
+    val_split: float | None = Field(None, gt=0, lt=1)
+    cv_folds: int | None = Field(None, ge=2, le=20)
+    image_size: int | None = Field(None, ge=8, le=1024)
+    memory_fraction: float = Field(0.5, gt=0, le=0.95)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in BUILTIN_DATASETS and not CALLABLE_RE.match(name):
+            raise ValueError(f"unknown dataset '{name}'{_did_you_mean(name, BUILTIN_DATASETS)}; use one of "
+                             f"{', '.join(BUILTIN_DATASETS)} or 'package.module:callable'")
+        return name
+
+    @model_validator(mode="after")
+    def _one_split(self) -> DataConfig:
+        if self.val_split is not None and self.cv_folds is not None:
+            raise ValueError("val_split and cv_folds are both set; keep one (hold-out or k-fold)")
+        return self
+
+    @property
+    def split(self) -> dict[str, Any]:
+        """The split actually used: hold-out 0.2 unless the file asks for k-fold."""
+        if self.cv_folds is not None:
+            return {"val_split": None, "cv_folds": self.cv_folds}
+        return {"val_split": self.val_split if self.val_split is not None else 0.2, "cv_folds": None}
+
+
+class ModelConfig(Strict):
+    name: str = "mlp"
+    args: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in BUILTIN_MODELS and not CALLABLE_RE.match(name):
+            raise ValueError(f"unknown model '{name}'{_did_you_mean(name, BUILTIN_MODELS)}; use one of "
+                             f"{', '.join(BUILTIN_MODELS)} or 'package.module:factory'")
+        return name
+
+    @model_validator(mode="after")
+    def _known_args(self) -> ModelConfig:
+        for key in self.args:
+            _check_model_kwarg(self.name, key)
+        return self
+
+    @property
+    def is_custom(self) -> bool:
+        return self.name not in BUILTIN_MODELS
+
+
+class EarlyStoppingConfig(Strict):
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1, le=100_000)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["none", "step", "cosine", "exponential", "onecycle"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    accum_steps: int = Field(1, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weighting: bool = False
+    augment: list[Literal["hflip", "crop"]] = Field(default_factory=list)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: bool = True
+
+
+class WorkersConfig(Strict):
+    n: int | None = Field(None, ge=1, le=1024)
+    gpus: Union[Literal["all", "none"], list[int]] = "all"
+    trials_per_gpu: int = Field(1, ge=1, le=64)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _parse_gpu_list(cls, gpus: Any) -> Any:
+        if isinstance(gpus, str) and gpus not in ("all", "none"):
+            try:
+                return [int(part) for part in gpus.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"gpus must be 'all', 'none' or a list like [0, 1] (got '{gpus}')") from None
+        if isinstance(gpus, int) and not isinstance(gpus, bool):
+            return [gpus]
+        return gpus
+
+
+class StudyConfig(Strict):
+    """The whole study file, resolved; `source` is the file it came from."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    storage: str | None = None
+    output_dir: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+    metric: str = "val_accuracy"
+    n_trials: int = Field(20, ge=1, le=1_000_000)
+    timeout: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0, lt=2**31)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    sampler: SamplerConfig = Field(default_factory=lambda: TpeSampler(type="tpe"))
+    pruner: PrunerConfig = Field(default_factory=lambda: MedianPruner(type="median"))
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    enqueue: list[dict[str, Scalar]] = Field(default_factory=list)
+    source: str = Field("<memory>", exclude=True)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric '{metric}'{_did_you_mean(metric, METRICS)}; use one of {', '.join(METRICS)}")
+        return metric
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or METRICS[self.metric]
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out_dir) / 'study.db'}"
+
+    @property
+    def out_dir(self) -> str:
+        return self.output_dir or str(Path("runs") / self.name)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting with its default filled in, as plain data (what `validate` prints)."""
+        data = self.model_dump(mode="json")
+        data.update(direction=self.resolved_direction, storage=self.storage_url, output_dir=self.out_dir)
+        data["data"].update(self.data.split)
+        return data
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+def _check_model_kwarg(model: str, key: str) -> None:
+    known = BUILTIN_MODELS.get(model)
+    if known is not None and key not in known:
+        raise ValueError(f"model '{model}' takes no argument '{key}'{_did_you_mean(key, known)}"
+                         f" (it accepts: {', '.join(known) or 'none'})")
+
+
+def _check_space(cfg: StudyConfig) -> None:
+    declared: dict[str, Any] = {}
+    for name, spec in cfg.space.items():
+        where = f"space.{name}"
+        if name not in TRAIN_PARAMS and name != "dropout" and not cfg.model.is_custom:
+            known = TRAIN_PARAMS + ("dropout",) + BUILTIN_MODELS[cfg.model.name]
+            if name not in BUILTIN_MODELS[cfg.model.name]:
+                raise _error(cfg, where, f"'{name}' is neither a training setting nor an argument of model "
+                                         f"'{cfg.model.name}'{_did_you_mean(name, known)}; known: {', '.join(known)}")
+        if name in TRAIN_PARAMS + ("dropout",) and name in cfg.train.model_fields_set:
+            raise _error(cfg, where, f"'{name}' is set both in train.{name} and in space.{name}; remove one")
+        if name in cfg.model.args:
+            raise _error(cfg, where, f"'{name}' is set both in model.args.{name} and in space.{name}; remove one")
+        _check_when(cfg, name, spec, declared)
+        declared[name] = spec
+    for required in ("lr", "batch_size"):
+        if required not in cfg.space and getattr(cfg.train, required) is None:
+            raise _error(cfg, f"space.{required}", f"'{required}' is neither searched nor fixed; add space.{required} "
+                                                   f"or train.{required}")
+
+
+def _check_when(cfg: StudyConfig, name: str, spec: Any, declared: dict[str, Any]) -> None:
+    for parent, wanted in (spec.when or {}).items():
+        where = f"space.{name}.when.{parent}"
+        if parent not in declared:
+            raise _error(cfg, where, f"condition on '{parent}', which is not declared above '{name}' in space; "
+                                     f"declare it first")
+        parent_spec = declared[parent]
+        if not isinstance(parent_spec, CategoricalParam):
+            raise _error(cfg, where, f"conditions may only test categorical parameters; '{parent}' is {parent_spec.type}")
+        for value in wanted if isinstance(wanted, list) else [wanted]:
+            if value not in parent_spec.choices:
+                raise _error(cfg, where, f"{value!r} is not one of {parent}'s choices {parent_spec.choices}")
+    if spec.when and cfg.sampler.type == "grid":
+        raise _error(cfg, f"space.{name}.when", "the grid sampler cannot search conditional parameters; "
+                                                "remove when: or choose another sampler")
+
+
+def _check_grid(cfg: StudyConfig) -> None:
+    if cfg.sampler.type != "grid":
+        return
+    for name, spec in cfg.space.items():
+        if isinstance(spec, FloatParam) and spec.step is None:
+            raise _error(cfg, f"space.{name}.step", "the grid sampler needs a step for float parameters; "
+                                                    "add step: or make it categorical")
+        if spec.log:
+            raise _error(cfg, f"space.{name}.log", "the grid sampler cannot use log: true; list the values "
+                                                   "as a categorical instead")
+
+
+def _check_enqueue(cfg: StudyConfig) -> None:
+    for index, point in enumerate(cfg.enqueue):
+        for name, value in point.items():
+            where = f"enqueue[{index}].{name}"
+            spec = cfg.space.get(name)
+            if spec is None:
+                raise _error(cfg, where, f"'{name}' is not a parameter of space; use one of {', '.join(cfg.space)}")
+            if isinstance(spec, CategoricalParam):
+                ok = value in spec.choices
+            else:
+                ok = not isinstance(value, (bool, str)) and spec.low <= value <= spec.high
+            if not ok:
+                allowed = spec.choices if isinstance(spec, CategoricalParam) else f"[{spec.low}, {spec.high}]"
+                raise _error(cfg, where, f"{value!r} is outside space.{name} ({allowed}); change the value")
+
+
+def _check_pruner(cfg: StudyConfig) -> None:
+    pruner = cfg.pruner
+    if isinstance(pruner, (SuccessiveHalvingPruner, HyperbandPruner)) and pruner.min_resource > cfg.train.epochs:
+        raise _error(cfg, "pruner.min_resource", f"min_resource ({pruner.min_resource}) exceeds train.epochs "
+                                                 f"({cfg.train.epochs}); lower it")
+
+
+def _check_direction(cfg: StudyConfig) -> None:
+    natural = METRICS[cfg.metric]
+    if cfg.direction is not None and cfg.direction != natural:
+        raise _error(cfg, "direction", f"'{cfg.direction}' contradicts metric '{cfg.metric}' (which should be "
+                                       f"{natural}d); set direction: {natural} or drop it")
+
+
+def _check_cross_fields(cfg: StudyConfig) -> None:
+    _check_direction(cfg)
+    _check_space(cfg)
+    _check_grid(cfg)
+    _check_enqueue(cfg)
+    _check_pruner(cfg)
+    if cfg.train.augment and cfg.data.dataset == "digits" and "crop" in cfg.train.augment:
+        raise _error(cfg, "train.augment", "random crop on 8x8 digits destroys them; remove 'crop' for digits")
+
+
+# --------------------------------------------------------------------------- loading
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _error(cfg_or_source: Any, where: str, message: str) -> ConfigError:
+    source = getattr(cfg_or_source, "source", cfg_or_source)
+    return ConfigError(f"{source}: {where}: {message}")
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: str, source: str, where: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise _error(source, where, f"environment variable {name} is not set; export it or write the value")
+        return os.environ[name]
+
+    return _ENV_RE.sub(replace, value)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such study file; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read the study file ({exc}); check permissions and encoding") from None
+    try:
+        # safe_load refuses !!python tags, so a study file can never build Python objects.
+        raw = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"{source}: line {_line(exc)}: unsupported YAML tag ({exc.problem}); "
+                          f"study files hold plain values only") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: line {_line(exc)}: YAML syntax error ({problem}); fix the file") from None
+    if raw is None:
+        raise ConfigError(f"{source}: the study file is empty; start from studies/quickstart.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the study file must be a mapping of keys (name:, space:, ...), "
+                          f"not a {type(raw).__name__}")
+    return raw
+
+
+def _line(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return str(mark.line + 1) if mark is not None else "?"
+
+
+def _pydantic_message(source: str, exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = _key_path(err["loc"])
+    where = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return _error(source, where, f"unknown key '{loc[-1]}'; remove it or check the spelling")
+    if kind == "missing":
+        return _error(source, where, "required key is missing; add it")
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return _error(source, f"{where}.type", f"unknown type '{ctx.get('tag')}'; use one of {ctx.get('expected_tags')}")
+    if kind == "union_tag_not_found":
+        return _error(source, f"{where}.type", "type is missing; add type:")
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) or kind == "value_error" else f" (got {value!r})"
+    return _error(source, where, f"{message}{shown}")
+
+
+_UNION_TAGS = {"float", "int", "categorical"}
+
+
+def _key_path(loc: tuple[Any, ...]) -> list[str]:
+    """Pydantic's location minus the discriminator tags it inserts (space.lr.float.low -> space.lr.low)."""
+    parts = [str(part) for part in loc]
+    keep: list[str] = []
+    for index, part in enumerate(parts):
+        parent = parts[index - 1] if index else ""
+        in_space = index == 2 and parts[0] == "space" and part in _UNION_TAGS
+        in_section = index == 1 and parent in ("sampler", "pruner")
+        if not (in_space or in_section):
+            keep.append(part)
+    return keep
+
+
+def build_config(raw: dict[str, Any], source: str = "<memory>") -> StudyConfig:
+    """Validate an already-parsed study mapping; raise ConfigError naming the key path."""
+    raw = dict(raw)
+    for key in ("storage",):
+        if isinstance(raw.get(key), str):
+            raw[key] = _expand_env(raw[key], source, key)
+    if isinstance(raw.get("data"), dict) and isinstance(raw["data"].get("root"), str):
+        raw["data"] = {**raw["data"], "root": _expand_env(raw["data"]["root"], source, "data.root")}
+    if "source" in raw:
+        raise _error(source, "source", "unknown key 'source'; remove it")
+    try:
+        cfg = StudyConfig.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise _pydantic_message(source, exc) from None
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study file; every problem becomes one ConfigError line."""
+    path = Path(path)
+    return build_config(_read_yaml(path), source=str(path))
+
+
+def with_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:
+    """A copy of `cfg` with command-line overrides (n_trials, timeout, storage, epochs, device) applied."""
+    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "epochs":
+            raw.setdefault("train", {})["epochs"] = value
+        else:
+            raw[key] = value
+    return build_config(raw, source=cfg.source)

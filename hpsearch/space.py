@@ -1,0 +1,59 @@
+"""The search space as data: the only place that calls ``trial.suggest_*``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from hpsearch.config import CategoricalParam, FloatParam, IntParam, StudyConfig
+
+
+def _active(spec: Any, params: dict[str, Any]) -> bool:
+    """A parameter is sampled only when every `when:` condition holds for the values drawn so far."""
+    for parent, wanted in (spec.when or {}).items():
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if parent not in params or params[parent] not in allowed:
+            return False
+    return True
+
+
+def _suggest_one(trial: optuna.trial.BaseTrial, name: str, spec: Any) -> Any:
+    if isinstance(spec, FloatParam):
+        return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, IntParam):
+        return trial.suggest_int(name, spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, CategoricalParam):
+        return trial.suggest_categorical(name, spec.choices)
+    raise TypeError(f"unsupported parameter spec {type(spec).__name__}")
+
+
+def suggest(trial: optuna.trial.BaseTrial, cfg: StudyConfig) -> dict[str, Any]:
+    """Draw every active parameter of `cfg.space`, in file order (conditions refer upwards)."""
+    params: dict[str, Any] = {}
+    for name, spec in cfg.space.items():
+        if _active(spec, params):
+            params[name] = _suggest_one(trial, name, spec)
+    return params
+
+
+def grid(cfg: StudyConfig) -> dict[str, list[Any]]:
+    """The full grid for the grid sampler: every value each parameter can take."""
+    values: dict[str, list[Any]] = {}
+    for name, spec in cfg.space.items():
+        if isinstance(spec, CategoricalParam):
+            values[name] = list(spec.choices)
+        elif isinstance(spec, IntParam):
+            values[name] = list(range(spec.low, spec.high + 1, spec.step))
+        else:
+            count = int(round((spec.high - spec.low) / spec.step)) + 1
+            values[name] = [spec.low + i * spec.step for i in range(count) if spec.low + i * spec.step <= spec.high + 1e-12]
+    return values
+
+
+def grid_size(cfg: StudyConfig) -> int:
+    """How many points the grid holds (the natural n_trials of a grid search)."""
+    size = 1
+    for choices in grid(cfg).values():
+        size *= len(choices)
+    return size

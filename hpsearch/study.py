@@ -1,0 +1,170 @@
+"""Sampler, pruner and storage factories, and `open_study`: where a config meets Optuna."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from hpsearch import __version__
+from hpsearch.config import StudyConfig
+from hpsearch.errors import StorageError
+from hpsearch import space
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def redact_url(url: str) -> str:
+    """The storage URL with any password replaced by ***, safe to print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable storage URL>"
+
+
+def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    """The sampler the file asks for, seeded from the study seed."""
+    s, seed = cfg.sampler, cfg.seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if s.type == "tpe":
+            return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
+                                              constant_liar=s.constant_liar, seed=seed)
+        if s.type == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s.type == "cmaes":
+            return optuna.samplers.CmaEsSampler(n_startup_trials=s.n_startup_trials, sigma0=s.sigma0, seed=seed,
+                                                warn_independent_sampling=False)
+        if s.type == "gp":
+            return optuna.samplers.GPSampler(n_startup_trials=s.n_startup_trials, seed=seed,
+                                             warn_independent_sampling=False)
+        if s.type == "qmc":
+            return optuna.samplers.QMCSampler(qmc_type=s.qmc_type, scramble=s.scramble, seed=seed,
+                                              warn_asynchronous_seeding=False, warn_independent_sampling=False)
+        return optuna.samplers.GridSampler(space.grid(cfg), seed=seed)
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    """The pruner the file asks for; hyperband's max resource is the epoch budget."""
+    p = cfg.pruner
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps,
+                                           interval_steps=p.interval_steps)
+    if p.type == "percentile":
+        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials,
+                                               n_warmup_steps=p.n_warmup_steps, interval_steps=p.interval_steps)
+    if p.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=cfg.train.epochs,
+                                              reduction_factor=p.reduction_factor)
+    if p.type == "patient":
+        wrapped = optuna.pruners.MedianPruner() if p.wrapped == "median" else None
+        return optuna.pruners.PatientPruner(wrapped, patience=p.patience, min_delta=p.min_delta)
+    if p.type == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps)
+    return optuna.pruners.NopPruner()
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if make_url(url).get_backend_name() == "sqlite":
+        # Several local workers share one file: wait for the lock instead of failing at once.
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
+def _prepare_sqlite(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sqlalchemy.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    try:
+        with engine.connect() as conn:
+            # WAL lets readers (dashboard, status) run beside the writing workers; it persists in the file.
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    finally:
+        engine.dispose()
+
+
+def make_storage(url: str, source: str = "<memory>") -> optuna.storages.RDBStorage:
+    """Open (creating tables if needed) the RDB storage at `url`; unreachable → StorageError."""
+    shown = redact_url(url)
+    try:
+        _prepare_sqlite(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StorageError(f"{source}: storage: cannot use '{shown}' ({_first_line(exc)}); use a URL such as "
+                           f"sqlite:///runs/study.db or postgresql+psycopg://user@host/db") from None
+    except ImportError as exc:
+        raise StorageError(f"{source}: storage: no database driver for '{shown}' ({_first_line(exc)}); install it, "
+                           f"e.g. pip install 'hpsearch[postgres]' for postgresql+psycopg://") from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"{source}: storage: cannot open '{shown}' ({_first_line(exc)}); check that the "
+                           f"database server is running and the URL is right") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else type(exc).__name__
+    return message.replace("(Background on this error at: https://sqlalche.me/e/20/e3q8)", "").strip()[:300]
+
+
+def open_study(cfg: StudyConfig, create: bool = True) -> optuna.Study:
+    """Create or continue the study named in `cfg`; refuse a same-named study of the other direction."""
+    storage = make_storage(cfg.storage_url, cfg.source)
+    existing = _existing_direction(storage, cfg.name)
+    if existing is None and not create:
+        raise StorageError(f"{cfg.source}: name: no study '{cfg.name}' in {redact_url(cfg.storage_url)}; "
+                           f"run `hpsearch run {cfg.source}` first or check storage:")
+    if existing is not None and existing != cfg.resolved_direction:
+        raise StorageError(f"{cfg.source}: direction: study '{cfg.name}' in the storage is {existing}d, the file says "
+                           f"{cfg.resolved_direction}; rename the study or fix direction")
+    study = optuna.create_study(storage=storage, study_name=cfg.name, direction=cfg.resolved_direction,
+                                sampler=make_sampler(cfg), pruner=make_pruner(cfg), load_if_exists=True)
+    if existing is None:
+        _record_study_attrs(study, cfg)
+    return study
+
+
+def _existing_direction(storage: optuna.storages.RDBStorage, name: str) -> str | None:
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return storage.get_study_directions(study_id)[0].name.lower()
+
+
+def _record_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
+    resolved = cfg.resolved()
+    resolved["storage"] = redact_url(resolved["storage"])
+    attrs = {"metric": cfg.metric, "epochs": cfg.train.epochs, "output_dir": str(Path(cfg.out_dir).resolve()),
+             "hpsearch_version": __version__, "config": resolved}
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), zeros included."""
+    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    return {state.name: counts.get(state.name, 0) for state in optuna.trial.TrialState}
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Finished trials (complete or pruned): the unit of the study-wide `n_trials` total."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best complete trial, or None while there is none."""
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return None
+    return study.best_trial
