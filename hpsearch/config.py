@@ -399,7 +399,7 @@ def _check_grid(cfg: StudyConfig) -> None:
         if isinstance(spec, FloatParam) and spec.step is None:
             raise _error(cfg, f"space.{name}.step", "the grid sampler needs a step for float parameters; "
                                                     "add step: or make it categorical")
-        if spec.log:
+        if getattr(spec, "log", False):
             raise _error(cfg, f"space.{name}.log", "the grid sampler cannot use log: true; list the values "
                                                    "as a categorical instead")
 

@@ -28,3 +28,9 @@ class ModelError(HpsearchError):
 
 class DeviceError(HpsearchError):
     """The requested device or GPUs are not available."""
+
+
+class TrialFailureError(HpsearchError):
+    """Trials keep failing the same way (usually user code); the study stopped instead of burning its budget."""
+
+    exit_code = 1

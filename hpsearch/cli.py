@@ -1,0 +1,234 @@
+"""The `hpsearch` command line: verbs, logging, and the mapping of errors to exit codes.
+
+Exit codes: 0 success; 1 trials kept failing; 2 bad input (one line on stderr); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from typing import Any, Sequence
+
+import yaml
+
+from hpsearch import __version__
+from hpsearch.config import StudyConfig, load_config, with_overrides
+from hpsearch.errors import ConfigError, HpsearchError
+
+log = logging.getLogger("hpsearch")
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad flags as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"command line: {message}; see `{self.prog} --help`")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive (got {text})")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        parser.add_argument("study_files", nargs="+", metavar="STUDY.yaml")
+    else:
+        parser.add_argument("study_file", metavar="STUDY.yaml")
+    parser.add_argument("--storage", help="storage URL overriding the file's storage:")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-trials", type=_positive_int, help="study-wide total of finished trials")
+    parser.add_argument("--timeout", type=_positive_float, help="stop starting trials after S seconds")
+    parser.add_argument("--epochs", type=_positive_int, help="override train.epochs")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device:")
+    parser.add_argument("--workers", type=_positive_int, help="worker processes on this machine")
+    parser.add_argument("--gpus", help="GPUs to use: all, none or a list like 0,1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command-line interface (the contract in DESIGN.md)."""
+    parser = _Parser(prog="hpsearch", description="Hyperparameter search for PyTorch from one YAML study file.")
+    parser.add_argument("--version", action="version", version=f"hpsearch {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    run = verbs.add_parser("run", help="run (or continue) a study")
+    _add_common(run)
+    _add_run_flags(run)
+    worker = verbs.add_parser("worker", help="join a running study as one more worker")
+    _add_common(worker)
+    _add_run_flags(worker)
+    _add_common(verbs.add_parser("validate", help="check a study file and print the resolved config"))
+    status = verbs.add_parser("status", help="trials by state and the best so far")
+    _add_common(status)
+    status.add_argument("--failed", action="store_true", help="also print the error of each failed trial")
+    best = verbs.add_parser("best", help="the best trial: number, value, params, checkpoint")
+    _add_common(best)
+    best.add_argument("--json", action="store_true", help="print JSON")
+    best.add_argument("--export", metavar="DIR", help="write params.yaml, weights.pt and load_model.py to DIR")
+    report = verbs.add_parser("report", help="write an HTML report comparing studies")
+    _add_common(report, many=True)
+    report.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
+    report.add_argument("--png", metavar="DIR", help="also write every figure as PNG into DIR")
+    dashboard = verbs.add_parser("dashboard", help="open optuna-dashboard on the study's storage")
+    _add_common(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=_positive_int, default=8080)
+    export = verbs.add_parser("export", help="write all trials as CSV or JSON")
+    _add_common(export)
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("--out", help="output file (default runs/<name>/trials.<format>)")
+    return parser
+
+
+def _config(path: str, args: argparse.Namespace) -> StudyConfig:
+    cfg = load_config(path)
+    overrides: dict[str, Any] = {"storage": getattr(args, "storage", None)}
+    for key in ("n_trials", "timeout", "epochs", "device"):
+        overrides[key] = getattr(args, key, None)
+    return with_overrides(cfg, **overrides)
+
+
+def _setup_logging(debug: bool) -> None:
+    import optuna
+
+    level = logging.DEBUG if debug else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+# --------------------------------------------------------------------------- verbs
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hpsearch.study import redact_url
+
+    cfg = _config(args.study_file, args)
+    resolved = cfg.resolved()
+    resolved["storage"] = redact_url(resolved["storage"])
+    print(f"# {cfg.source}: valid")
+    print(yaml.safe_dump(resolved, sort_keys=False), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hpsearch import summary
+    from hpsearch.study import open_study
+    from hpsearch.worker import prepare_context, run_worker
+
+    cfg = _config(args.study_file, args)
+    if (args.workers or 1) > 1:
+        raise ConfigError(f"command line: --workers {args.workers}: several worker processes are not built yet; "
+                          f"start more `hpsearch worker {cfg.source}` processes beside this one")
+    ctx = prepare_context(cfg)
+    study = open_study(cfg)
+    for point in cfg.enqueue:
+        study.enqueue_trial(point, skip_if_exists=True)
+    log.info("study '%s' on %s: %d of %d trials finished, device %s", cfg.name, ctx.device_name,
+             summary.finished(study), cfg.n_trials, ctx.device_name)
+    try:
+        outcome = run_worker(study, ctx, cfg.n_trials, cfg.timeout, on_trial=summary.trial_logger(cfg))
+    except KeyboardInterrupt:
+        summary.print_summary(study, cfg)
+        return EXIT_INTERRUPTED
+    summary.print_summary(study, cfg)
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpsearch import summary
+    from hpsearch.study import open_study
+
+    cfg = _config(args.study_file, args)
+    study = open_study(cfg, create=False)
+    summary.print_summary(study, cfg, show_failed=args.failed)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from hpsearch import summary
+    from hpsearch.study import open_study
+
+    cfg = _config(args.study_file, args)
+    study = open_study(cfg, create=False)
+    record = summary.best_record(study, cfg)
+    if args.export:
+        from hpsearch.export import export_best
+
+        record["exported"] = {k: str(v) for k, v in export_best(study, args.export).items()}
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        summary.print_best(record)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpsearch.report import write_report
+    from hpsearch.study import open_study
+
+    studies = [open_study(_config(path, args), create=False) for path in args.study_files]
+    out = write_report(studies, args.out, png_dir=args.png)
+    print(f"report written to {out}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpsearch.dashboard import serve_dashboard
+    from hpsearch.study import open_study
+
+    cfg = _config(args.study_file, args)
+    open_study(cfg, create=False)
+    serve_dashboard(cfg.storage_url, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hpsearch.export import export_trials
+    from hpsearch.study import open_study
+
+    cfg = _config(args.study_file, args)
+    study = open_study(cfg, create=False)
+    out = args.out or str(Path(cfg.out_dir) / f"trials.{args.format}")
+    print(f"trials written to {export_trials(study, out, args.format)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "worker": cmd_run, "validate": cmd_validate, "status": cmd_status, "best": cmd_best,
+            "report": cmd_report, "dashboard": cmd_dashboard, "export": cmd_export}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hpsearch` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        _setup_logging(debug)
+        return COMMANDS[args.verb](args)
+    except HpsearchError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"hpsearch: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        print("hpsearch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated working directory per test and tiny study files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+TINY_STUDY: dict[str, Any] = {
+    "name": "tiny",
+    "n_trials": 4,
+    "seed": 0,
+    "device": "cpu",
+    "sampler": {"type": "random"},
+    "pruner": {"type": "none"},
+    "data": {"dataset": "digits", "val_split": 0.25},
+    "model": {"name": "mlp", "args": {"width": 32, "depth": 1}},
+    "train": {"epochs": 2, "batch_size": 64},
+    "space": {
+        "lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    },
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests skip (with a reason) where CUDA is absent."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test inside its own empty folder, so runs/ lands there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def write_study(workdir: Path) -> Callable[..., Path]:
+    """Write a study file built from TINY_STUDY plus overrides (a value of None deletes the key)."""
+
+    def write(name: str = "study.yaml", **overrides: Any) -> Path:
+        raw = {**TINY_STUDY, **overrides}
+        raw = {k: v for k, v in raw.items() if v is not None}
+        path = workdir / name
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
