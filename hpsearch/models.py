@@ -1,0 +1,137 @@
+"""Model registry: the builtin ``seednet``, ``mlp`` and ``resnet18``, or a custom factory."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from hpsearch.errors import ModelError
+
+__all__ = ["MODEL_KWARGS", "MODEL_NAMES", "build_model"]
+
+MODEL_NAMES = ("seednet", "mlp", "resnet18")
+MODEL_KWARGS: dict[str, tuple[str, ...]] = {"seednet": ("width",), "mlp": ("width", "depth"), "resnet18": ()}
+
+
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0, **kwargs: Any
+) -> nn.Module:
+    """Build model ``name`` for inputs of ``input_shape`` (one sample) and ``num_classes`` outputs.
+
+    ``name`` is a builtin from :data:`MODEL_NAMES` (extra keyword arguments listed in
+    :data:`MODEL_KWARGS`) or ``"package.module:callable"``, called as
+    ``factory(input_shape=..., num_classes=..., dropout=..., **kwargs)``.
+    Raises :class:`ModelError` with a one-line message on any failure.
+    """
+    input_shape = tuple(int(d) for d in input_shape)
+    if not 0.0 <= dropout < 1.0:
+        raise ModelError(f"model '{name}': dropout must be in [0, 1), got {dropout}")
+    if num_classes < 2:
+        raise ModelError(f"model '{name}': num_classes must be at least 2, got {num_classes}")
+    if name in _BUILDERS:
+        unknown = sorted(set(kwargs) - set(MODEL_KWARGS[name]))
+        if unknown:
+            accepted = ", ".join(MODEL_KWARGS[name]) or "no extra arguments"
+            raise ModelError(f"model '{name}' got unknown argument(s) {', '.join(unknown)}; it accepts: {accepted}")
+        for key, value in kwargs.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ModelError(f"model '{name}': {key} must be a positive integer, got {value!r}")
+        return _BUILDERS[name](input_shape, num_classes, dropout, **kwargs)
+    if ":" in name:
+        return _build_custom(name, input_shape, num_classes, dropout, kwargs)
+    raise ModelError(f"model '{name}' is unknown; use one of {', '.join(MODEL_NAMES)} or 'package.module:callable'")
+
+
+def _image_shape(name: str, input_shape: tuple[int, ...], smallest: int) -> tuple[int, int, int]:
+    if len(input_shape) != 3 or min(input_shape[1:]) < smallest:
+        raise ModelError(
+            f"model '{name}' needs image inputs (C, H, W) of at least {smallest}x{smallest}, got "
+            f"{input_shape}; use model 'mlp' for feature data"
+        )
+    return input_shape  # type: ignore[return-value]
+
+
+def seednet(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0, width: int = 32) -> nn.Module:
+    """The classic CIFAR-10 CNN: three conv5x5-ReLU-maxpool blocks, fc, dropout, fc."""
+    c, h, w = _image_shape("seednet", input_shape, 8)
+    widths = (width, width, 2 * width)
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip((c, *widths[:2]), widths, strict=True):
+        layers += [nn.Conv2d(c_in, c_out, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    flat = widths[-1] * (h // 8) * (w // 8)
+    hidden = 2 * width
+    return nn.Sequential(
+        *layers,
+        nn.Flatten(),
+        nn.Linear(flat, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0, width: int = 128, depth: int = 2) -> nn.Module:
+    """Flatten, then ``depth`` hidden layers of ``width`` units with ReLU and dropout, then a linear head."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    size = math.prod(input_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(size, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        size = width
+    layers.append(nn.Linear(size, num_classes))
+    return nn.Sequential(*layers)
+
+
+def resnet18(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0) -> nn.Module:
+    """torchvision ResNet-18 with a small-image stem (3x3 stride-1 conv, no maxpool) and dropout before fc."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    c, _, _ = _image_shape("resnet18", input_shape, 8)
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    # Small images: keep full resolution into layer1 instead of the ImageNet 4x downsampling stem.
+    model.conv1 = nn.Conv2d(c, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
+    return model
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"seednet": seednet, "mlp": mlp, "resnet18": resnet18}
+
+
+def _build_custom(
+    spec: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, kwargs: dict[str, Any]
+) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model '{spec}': write a custom model as 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ModelError(
+            f"model '{spec}': cannot import module '{module_name}' ({type(exc).__name__}: {exc}); "
+            f"make sure it is on PYTHONPATH"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"model '{spec}': module '{module_name}' has no callable '{attr}'")
+    arguments = {"input_shape": input_shape, "num_classes": num_classes, "dropout": dropout, **kwargs}
+    try:
+        inspect.signature(factory).bind(**arguments)
+    except TypeError as exc:
+        raise ModelError(
+            f"model '{spec}' cannot be called with arguments {', '.join(arguments)} ({exc}); "
+            f"give the factory parameters input_shape, num_classes, dropout (and **kwargs)"
+        ) from exc
+    except ValueError:
+        pass  # no inspectable signature (some builtins): just call it
+    try:
+        model = factory(**arguments)
+    except Exception as exc:
+        raise ModelError(f"model '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model '{spec}' returned {type(model).__name__}; the factory must return a torch.nn.Module")
+    return model
