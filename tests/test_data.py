@@ -13,7 +13,7 @@ import torch
 
 from hpsearch.data import ArrayData, DeviceData, from_arrays, load_dataset, random_crop, random_hflip, split_folds
 from hpsearch.errors import DataError
-from tests.torch_fixtures import skip_md5_checks, write_cifar10, write_image_folder, write_mnist, write_svhn
+from torch_fixtures import skip_md5_checks, write_cifar10, write_image_folder, write_mnist, write_svhn
 
 CPU = torch.device("cpu")
 

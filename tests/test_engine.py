@@ -1,0 +1,348 @@
+"""The train/validate core: learning, schedules, optimizer groups, accumulation, resume, stopping."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
+from hpsearch.engine import (
+    EarlyStopping,
+    Trainer,
+    TrainSettings,
+    amp_dtype,
+    build_optimizer,
+    class_weights_for,
+    evaluate,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    seed_everything,
+    train_one_epoch,
+)
+from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.models import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits() -> ArrayData:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def placed(digits: ArrayData) -> DeviceData:
+    return DeviceData.place(digits, CPU)
+
+
+@pytest.fixture(scope="module")
+def split(digits: ArrayData) -> tuple[torch.Tensor, torch.Tensor]:
+    return split_folds(digits.y, val_split=0.2, cv_folds=None, seed=0)[0]
+
+
+def _trainer(placed: DeviceData, split, seed: int = 0, model: str = "mlp", dropout: float = 0.0, **settings) -> Trainer:
+    seed_everything(seed)
+    net = build_model(model, placed.input_shape, placed.num_classes, dropout=dropout, **({"width": 64} if model == "mlp" else {}))
+    defaults = {"epochs": 10, "lr": 3e-3, "batch_size": 64}
+    return Trainer(net, placed, split[0], split[1], TrainSettings(**{**defaults, **settings}), seed=seed)
+
+
+def _without_time(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "epoch_time"} for row in history]
+
+
+def test_mlp_learns_digits(placed: DeviceData, split) -> None:
+    trainer = _trainer(placed, split, weight_decay=1e-4, scheduler="cosine")
+    history = [trainer.run_epoch() for _ in range(10)]
+    assert [row["epoch"] for row in history] == list(range(1, 11))
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 3
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert history[-1]["val_accuracy"] >= 0.9
+    row = history[-1]
+    assert set(row) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time"}
+    assert all(type(v) in (int, float) for v in row.values())
+    assert row["lr"] < 1e-4  # cosine has annealed to ~0 by the last epoch
+
+
+def test_same_seed_same_history(placed: DeviceData, split) -> None:
+    settings = {"epochs": 3, "augment": ("crop", "hflip"), "dropout": 0.2}
+    a = [_trainer(placed, split, seed=5, **settings).run_epoch() for _ in range(1)]
+    runs = []
+    for _ in range(2):
+        trainer = _trainer(placed, split, seed=5, **settings)
+        runs.append([trainer.run_epoch() for _ in range(3)])
+    assert _without_time(runs[0]) == _without_time(runs[1])
+    assert _without_time(a) == _without_time(runs[0][:1])
+    other = _trainer(placed, split, seed=6, **settings)
+    assert _without_time([other.run_epoch()]) != _without_time(runs[0][:1])
+
+
+def test_one_host_sync_per_epoch(placed: DeviceData, split, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = _trainer(placed, split, epochs=1)
+    calls = []
+    real_tolist, real_item = torch.Tensor.tolist, torch.Tensor.item
+
+    def no_item(self: torch.Tensor) -> float:
+        # torch.optim reads its own step counters, which live on the host by design (no sync).
+        if f"torch{os.sep}optim{os.sep}" not in sys._getframe(1).f_code.co_filename:
+            raise AssertionError(".item() inside the epoch loop")
+        return real_item(self)
+
+    def counted_tolist(self: torch.Tensor):
+        calls.append(self.shape)
+        return real_tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    trainer.train_epoch()
+    assert len(calls) == 1
+    trainer.validate()
+    assert len(calls) == 2
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def test_lr_constant_and_warmup() -> None:
+    s = TrainSettings(epochs=5, lr=0.1, batch_size=8)
+    assert {lr_at(i, 50, s, 10) for i in range(50)} == {0.1}
+    w = TrainSettings(epochs=5, lr=0.1, batch_size=8, scheduler="cosine", warmup_epochs=1)
+    warm = [lr_at(i, 50, w, 10) for i in range(10)]
+    assert warm[0] == pytest.approx(0.01) and warm[-1] == pytest.approx(0.1)
+    assert all(a < b for a, b in zip(warm, warm[1:]))
+
+
+def test_cosine_is_monotone_to_zero() -> None:
+    s = TrainSettings(epochs=4, lr=0.2, batch_size=8, scheduler="cosine")
+    lrs = [lr_at(i, 40, s, 10) for i in range(40)]
+    assert lrs[0] == pytest.approx(0.2)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[20] == pytest.approx(0.1)
+    assert 0 < lrs[-1] < 0.002
+    assert lr_at(17, 40, s, 10) == lr_at(17, 40, s, 10)  # pure
+
+
+def test_step_and_exponential() -> None:
+    s = TrainSettings(epochs=6, lr=1.0, batch_size=8, scheduler="step", step_size=2, gamma=0.5)
+    assert [lr_at(i * 10, 60, s, 10) for i in range(6)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    assert lr_at(19, 60, s, 10) == 1.0 and lr_at(20, 60, s, 10) == 0.5
+    assert TrainSettings(epochs=1, lr=1.0, batch_size=8, scheduler="step").decay_factor == 0.1
+    e = TrainSettings(epochs=6, lr=1.0, batch_size=8, scheduler="exponential")
+    assert e.decay_factor == 0.9
+    assert lr_at(10, 60, e, 10) == pytest.approx(0.9) and lr_at(20, 60, e, 10) == pytest.approx(0.81)
+    e2 = TrainSettings(epochs=6, lr=1.0, batch_size=8, scheduler="exponential", gamma=0.5)
+    assert lr_at(10, 60, e2, 10) == pytest.approx(0.5)
+
+
+def test_onecycle_peaks_at_thirty_percent() -> None:
+    s = TrainSettings(epochs=10, lr=0.4, batch_size=8, scheduler="onecycle")
+    lrs = [lr_at(i, 100, s, 10) for i in range(100)]
+    peak = max(range(100), key=lrs.__getitem__)
+    assert peak == 30 and lrs[peak] == pytest.approx(0.4)
+    assert lrs[0] == pytest.approx(0.4 / 25)
+    assert all(a < b for a, b in zip(lrs[:30], lrs[1:31]))
+    assert all(a >= b for a, b in zip(lrs[30:], lrs[31:]))
+    assert lrs[-1] == pytest.approx(0.4 / 25 / 1e4)
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ConfigError, match="train.optimizer = 'rmsprop'"):
+        TrainSettings(epochs=1, lr=0.1, batch_size=8, optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="train.lr"):
+        TrainSettings(epochs=1, lr=-1.0, batch_size=8)
+    with pytest.raises(ConfigError, match="train.amp"):
+        amp_dtype(CPU, "fp8")
+
+
+def test_amp_is_off_on_cpu() -> None:
+    for mode in ("auto", "bf16", "fp16", "off"):
+        assert amp_dtype(CPU, mode) is None
+
+
+# ---------------------------------------------------------------- optimizer, loss, accumulation
+
+
+def _bn_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_weight_decay_only_on_weights(optimizer: str) -> None:
+    model = _bn_net()
+    opt = build_optimizer(model, TrainSettings(epochs=1, lr=0.1, batch_size=8, optimizer=optimizer, weight_decay=0.01), CPU)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[4].weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias), id(model[4].bias)}
+    if optimizer == "adamw":  # a zero-gradient step shrinks weights only
+        before = copy.deepcopy(model)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        assert torch.allclose(model[0].weight, before[0].weight * (1 - 0.1 * 0.01))
+        assert torch.equal(model[0].bias, before[0].bias) and torch.equal(model[1].weight, before[1].weight)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_accumulation_matches_double_batch(optimizer: str) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5, dtype=torch.float64), torch.randint(0, 3, (64,))
+    base = nn.Linear(5, 3).double()
+    settings = TrainSettings(epochs=1, lr=0.05, batch_size=8, optimizer=optimizer, momentum=0.9, weight_decay=0.01)
+    small = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)]
+    big = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    results = []
+    for batches, accum in ((small, 2), (big, 1)):
+        model = copy.deepcopy(base)
+        opt = build_optimizer(model, settings, CPU)
+        out = train_one_epoch(model, batches, opt, loss_fn=nn.CrossEntropyLoss(), lr_for_step=lambda s: 0.05 / (1 + s), start_step=0, accum_steps=accum, amp=None)
+        assert out["steps"] == 4 and out["lr"] == pytest.approx(0.05 / 4)
+        results.append((model, out))
+    (a, out_a), (b, out_b) = results
+    assert torch.allclose(a.weight, b.weight, atol=1e-12) and torch.allclose(a.bias, b.bias, atol=1e-12)
+    assert out_a["loss"] == pytest.approx(out_b["loss"]) and out_a["accuracy"] == out_b["accuracy"]
+
+
+def test_trailing_partial_accumulation_still_steps() -> None:
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(4, 2), torch.randint(0, 2, (4,))) for _ in range(5)]
+    out = train_one_epoch(model, batches, opt, loss_fn=nn.CrossEntropyLoss(), lr_for_step=lambda s: 0.1, start_step=7, accum_steps=2, amp=None)
+    assert out["steps"] == 3
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_class_weights(placed: DeviceData, split) -> None:
+    assert class_weights_for(torch.tensor([0, 0, 0, 1]), 3) == pytest.approx((4 / 9, 4 / 3, 0.0))
+    digits_w = class_weights_for(placed.y[split[0]], 10)
+    assert min(digits_w) > 0.9 and max(digits_w) < 1.1
+    trainer = _trainer(placed, split, class_weights=(1.0,) * 9 + (5.0,), label_smoothing=0.1, epochs=1)
+    assert trainer.loss_fn.weight.tolist() == [1.0] * 9 + [5.0]
+    assert trainer.loss_fn.label_smoothing == 0.1
+    assert trainer.eval_loss_fn.weight is None and trainer.eval_loss_fn.label_smoothing == 0.0
+    logits, y = torch.randn(6, 10), torch.tensor([9, 9, 1, 2, 3, 4])
+    plain = nn.functional.cross_entropy(logits, y, weight=trainer.loss_fn.weight)
+    assert trainer.loss_fn.__class__(weight=trainer.loss_fn.weight)(logits, y) == pytest.approx(plain.item())
+    row = trainer.run_epoch()
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+
+
+def test_fast_path_agrees_with_plain_loop(placed: DeviceData, split) -> None:
+    """The resident-batch engine computes what a textbook fp32 loop computes on the same batches."""
+    trainer = _trainer(placed, split, model="seednet", optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, batch_size=128, epochs=2)
+    plain = copy.deepcopy(trainer.model)
+    opt = torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    gen = torch.Generator().manual_seed(0)  # the Trainer's generator, replayed
+    batches = list(placed.batches(split[0], 128, shuffle=True, generator=gen, drop_last=True))
+    engine = trainer.train_epoch()
+    correct = 0
+    plain.train()
+    for x, y in batches:
+        opt.zero_grad()
+        out = plain(x)
+        nn.functional.cross_entropy(out, y).backward()
+        opt.step()
+        correct += int((out.argmax(1) == y).sum())
+    assert engine["accuracy"] == correct / (len(batches) * 128)
+    for p, q in zip(trainer.model.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+    val = trainer.validate()
+    plain.eval()
+    with torch.no_grad():
+        x = (placed.x[split[1]].float() - placed.x.float().mean()) / placed.x.float().std(unbiased=False)
+        expected = (plain(x).argmax(1) == placed.y[split[1]]).float().mean().item()
+    assert val["accuracy"] == pytest.approx(expected, abs=1 / len(split[1]))
+
+
+def test_streaming_trainer_matches_resident(digits: ArrayData, placed: DeviceData, split) -> None:
+    streamed = DeviceData.place(digits, CPU, force_streaming=True)
+    a = _trainer(placed, split, augment=("crop",), epochs=2)
+    b = _trainer(streamed, split, augment=("crop",), epochs=2)
+    assert _without_time([a.run_epoch(), a.run_epoch()]) == _without_time([b.run_epoch(), b.run_epoch()])
+
+
+# ---------------------------------------------------------------- checkpoints, resume, early stopping
+
+
+def test_checkpoint_round_trip_and_exact_resume(placed: DeviceData, split, tmp_path: Path) -> None:
+    settings = {"epochs": 4, "dropout": 0.3, "augment": ("crop", "hflip"), "optimizer": "sgd", "scheduler": "cosine", "accum_steps": 2}
+    original = _trainer(placed, split, seed=1, **settings)
+    original.run_epoch()
+    original.run_epoch()
+    path = tmp_path / "deep" / "er" / "trial.pt"
+    save_checkpoint(path, {"trainer": original.state_dict(), "params": {"lr": 3e-3, "tags": ["a", 1]}})
+    assert [p.name for p in path.parent.iterdir()] == ["trial.pt"]  # no temporary file left behind
+    snapshot = copy.deepcopy(original.model).eval()
+    nxt_a = original.run_epoch()  # dropout uses the global RNG: run it before the restore resets it
+
+    restored = _trainer(placed, split, seed=99, **settings)  # different init, different generator
+    payload = load_checkpoint(path)
+    assert payload["params"] == {"lr": 3e-3, "tags": ["a", 1]}
+    restored.load_state_dict(payload["trainer"])
+    assert restored.epoch == 2
+    probe = placed.x[:32].float()
+    restored.model.eval()
+    assert torch.equal(snapshot(probe), restored.model(probe))
+
+    nxt_b = restored.run_epoch()
+    assert nxt_a["epoch"] == nxt_b["epoch"] == 3
+    assert _without_time([nxt_a]) == _without_time([nxt_b])
+    for p, q in zip(original.model.parameters(), restored.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(HpsearchError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HpsearchError, match="cannot be read"):
+        load_checkpoint(tmp_path / "bad.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"x": torch.ones(2)})
+    save_checkpoint(tmp_path / "ok.pt", {"x": torch.zeros(2)})  # replaces atomically
+    assert torch.equal(load_checkpoint(tmp_path / "ok.pt")["x"], torch.zeros(2))
+
+
+def test_early_stopping_max_min_delta_and_nan() -> None:
+    stop = EarlyStopping(patience=2)
+    assert [stop.step(v) for v in (0.5, 0.6, 0.6, 0.59)] == [False, False, False, True]
+    assert stop.best == 0.6 and stop.best_epoch == 2 and stop.bad_epochs == 2
+    delta = EarlyStopping(patience=2, min_delta=0.01)
+    assert [delta.step(v) for v in (0.5, 0.505, 0.52, 0.525, 0.529)] == [False, False, False, False, True]
+    low = EarlyStopping(patience=1, mode="min")
+    assert [low.step(v) for v in (1.0, 0.9)] == [False, False]
+    assert low.step(float("nan")) is True
+    restored = EarlyStopping(patience=2)
+    restored.load_state_dict(stop.state_dict())
+    assert restored.best == 0.6 and restored.bad_epochs == 2
+    with pytest.raises(ConfigError):
+        EarlyStopping(patience=0)
+
+
+def test_evaluate_empty_is_nan() -> None:
+    out = evaluate(nn.Linear(2, 2), [], loss_fn=nn.CrossEntropyLoss(), amp=None)
+    assert math.isnan(out["loss"]) and math.isnan(out["accuracy"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_fast_path_matches_fp32_accuracy(digits: ArrayData, split) -> None:
+    cuda = torch.device("cuda")
+    placed = DeviceData.place(digits, cuda)
+    assert placed.resident and placed.x.dtype == torch.uint8 and placed.x.is_cuda
+    results = {}
+    for amp, channels_last in (("bf16", True), ("off", False)):
+        trainer = _trainer(placed, split, model="seednet", amp=amp, channels_last=channels_last, epochs=15, lr=3e-3, batch_size=64, augment=("crop",))
+        assert trainer.amp == (torch.bfloat16 if amp == "bf16" else None)
+        assert trainer.use_channels_last is channels_last
+        history = [trainer.run_epoch() for _ in range(15)]
+        results[amp] = history[-1]["val_accuracy"]
+    assert results["off"] > 0.85
+    assert abs(results["bf16"] - results["off"]) < 0.05
