@@ -1,0 +1,202 @@
+"""Synthetic hpsearch studies in real Optuna storage, shaped exactly like `hpsearch run` writes them.
+
+Used by the report/export/dashboard tests and by ``bench/report_scale.py``. Nothing here imports
+torch: trials are made with ``optuna.trial.create_trial`` and carry the same params, intermediate
+values, study user attrs and trial user attrs (history, seed, device, worker, slot, checkpoint,
+best_epoch, epochs_run, stop_reason, train_time) that the objective stores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+METRIC = "val_accuracy"
+BATCH_SIZES = [64, 128, 256, 512]
+OPTIMIZERS = ["sgd", "adamw"]
+T0 = dt.datetime(2025, 1, 6, 9, 0, 0)
+
+DISTRIBUTIONS: dict[str, Any] = {
+    "lr": FloatDistribution(1e-4, 0.3, log=True),
+    "batch_size": CategoricalDistribution(BATCH_SIZES),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
+    "optimizer": CategoricalDistribution(OPTIMIZERS),
+    "momentum": FloatDistribution(0.8, 0.99),
+}
+
+
+def study_config(name: str, epochs: int, direction: str = "maximize") -> dict[str, Any]:
+    """A resolved study config as ``study.user_attrs["config"]`` holds it (JSON-able)."""
+    return {
+        "name": name,
+        "direction": direction,
+        "metric": METRIC,
+        "n_trials": 0,
+        "model": {"name": "mlp"},
+        "data": {"dataset": "digits"},
+        "train": {"epochs": epochs},
+        "space": {
+            "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+            "batch_size": {"type": "categorical", "choices": BATCH_SIZES},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+            "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+            "optimizer": {"type": "categorical", "choices": OPTIMIZERS},
+            "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}},
+        },
+    }
+
+
+def new_study(
+    storage: str | optuna.storages.BaseStorage,
+    name: str,
+    *,
+    epochs: int = 6,
+    direction: str = "maximize",
+    output_dir: str | None = None,
+) -> optuna.Study:
+    """An empty study with the study user attrs hpsearch sets."""
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction)
+    study.set_user_attr("metric", METRIC)
+    study.set_user_attr("epochs", epochs)
+    study.set_user_attr("output_dir", output_dir or f"runs/{name}")
+    study.set_user_attr("hpsearch_version", "0.1.0")
+    study.set_user_attr("config", study_config(name, epochs, direction))
+    return study
+
+
+def sample_params(rng: random.Random) -> dict[str, Any]:
+    """Params as space.py suggests them; ``momentum`` only when the optimizer is sgd."""
+    params: dict[str, Any] = {
+        "lr": 10 ** rng.uniform(-4, math.log10(0.3)),
+        "batch_size": rng.choice(BATCH_SIZES),
+        "dropout": rng.uniform(0.0, 0.5),
+        "weight_decay": 10 ** rng.uniform(-6, -2),
+        "optimizer": rng.choice(OPTIMIZERS),
+    }
+    if params["optimizer"] == "sgd":
+        params["momentum"] = rng.uniform(0.8, 0.99)
+    return params
+
+
+def _quality(params: dict[str, Any]) -> float:
+    """Final accuracy a trial would reach: best near lr=0.01, batch 128, low dropout."""
+    lr_term = (math.log10(params["lr"]) + 2.0) ** 2 * 0.08
+    bs_term = abs(math.log2(params["batch_size"]) - 7) * 0.02
+    return max(0.15, 0.97 - lr_term - bs_term - 0.1 * params["dropout"])
+
+
+def synthetic_trials(
+    n: int,
+    *,
+    epochs: int = 6,
+    seed: int = 0,
+    n_slots: int = 2,
+    t0: dt.datetime = T0,
+    prune_every: int = 4,
+    early_stop_every: int = 5,
+    fail_every: int = 0,
+    running: int = 0,
+    checkpoint_dir: str | None = None,
+) -> Iterator[FrozenTrial]:
+    """Yield ``n`` finished trials (plus ``running`` RUNNING ones) like the objective records them.
+
+    Trials are scheduled on ``n_slots`` workers back to back, so datetimes, worker and slot agree.
+    Every ``prune_every``-th trial is PRUNED, every ``early_stop_every``-th COMPLETE trial stops
+    early, every ``fail_every``-th trial FAILs (0: never).
+    """
+    rng = random.Random(seed)
+    slot_free = [t0 + dt.timedelta(seconds=0.5 * s) for s in range(n_slots)]
+    for i in range(n + running):
+        slot = min(range(n_slots), key=lambda s: slot_free[s])
+        start = slot_free[slot]
+        params = sample_params(rng)
+        quality = _quality(params)
+        if i >= n:
+            state, stop_reason, epochs_run = TrialState.RUNNING, None, rng.randint(1, epochs - 1)
+        elif fail_every and i % fail_every == fail_every - 1:
+            state, stop_reason, epochs_run = TrialState.FAIL, "error", rng.randint(1, epochs)
+        elif prune_every and i % prune_every == prune_every - 1:
+            state, stop_reason, epochs_run = TrialState.PRUNED, "pruned", rng.randint(1, epochs - 1)
+        elif early_stop_every and i % early_stop_every == early_stop_every - 1:
+            state, stop_reason, epochs_run = (
+                TrialState.COMPLETE, "early_stopped", rng.randint(2, epochs - 1))
+        else:
+            state, stop_reason, epochs_run = TrialState.COMPLETE, "completed", epochs
+        if state == TrialState.PRUNED:
+            quality *= 0.7
+        history = []
+        for epoch in range(1, epochs_run + 1):
+            frac = 1.0 - math.exp(-1.2 * epoch)
+            acc = min(0.999, 0.1 + (quality - 0.1) * frac + rng.gauss(0, 0.004))
+            epoch_time = 0.4 + params["batch_size"] / 1024 + rng.random() * 0.1
+            history.append({
+                "epoch": epoch,
+                "train_loss": 2.3 * (1 - frac) + 0.05 + rng.random() * 0.01,
+                "train_accuracy": min(1.0, acc + 0.02),
+                "val_loss": 2.3 * (1 - frac) + 0.1 + rng.random() * 0.02,
+                "val_accuracy": acc,
+                "lr": params["lr"] * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs)),
+                "epoch_time": epoch_time,
+            })
+        intermediate = {h["epoch"]: h[METRIC] for h in history}
+        best = max(history, key=lambda h: h[METRIC])
+        train_time = sum(h["epoch_time"] for h in history)
+        user_attrs: dict[str, Any] = {
+            "history": history,
+            "seed": 1000 + i,
+            "device": "cpu",
+            "worker": f"node{slot % 2}:{4200 + slot}",
+            "slot": slot,
+            "hpsearch_version": "0.1.0",
+            "best_epoch": best["epoch"],
+            "epochs_run": epochs_run,
+            "train_time": train_time,
+        }
+        if stop_reason is not None:
+            user_attrs["stop_reason"] = stop_reason
+        if checkpoint_dir is not None and state == TrialState.COMPLETE:
+            user_attrs["checkpoint"] = f"{checkpoint_dir}/trial_{i}/best.pt"
+        if state == TrialState.FAIL:
+            user_attrs["error"] = "Traceback (most recent call last):\n  ...\nRuntimeError: boom"
+        trial = optuna.trial.create_trial(
+            state=state,
+            value=best[METRIC] if state == TrialState.COMPLETE else None,
+            params=params,
+            distributions={k: DISTRIBUTIONS[k] for k in params},
+            user_attrs=user_attrs,
+            intermediate_values=intermediate,
+        )
+        duration = dt.timedelta(seconds=train_time + 0.3)
+        trial.datetime_start = start
+        trial.datetime_complete = start + duration if state.is_finished() else None
+        slot_free[slot] = start + duration + dt.timedelta(milliseconds=50)
+        yield trial
+
+
+def add_trials(study: optuna.Study, trials: Iterable[FrozenTrial]) -> optuna.Study:
+    """Add trials (keeping their datetimes) and return the study."""
+    study.add_trials(trials)
+    return study
+
+
+def make_study(
+    storage: str | optuna.storages.BaseStorage,
+    name: str = "synthetic",
+    n: int = 24,
+    *,
+    epochs: int = 6,
+    direction: str = "maximize",
+    seed: int = 0,
+    **kwargs: Any,
+) -> optuna.Study:
+    """A study of ``n`` synthetic trials in ``storage`` (see :func:`synthetic_trials`)."""
+    study = new_study(storage, name, epochs=epochs, direction=direction)
+    return add_trials(study, synthetic_trials(n, epochs=epochs, seed=seed, **kwargs))
