@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import traceback
 from typing import Any, Sequence
@@ -127,6 +128,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM stops like Ctrl-C: the trial in flight is marked failed, the summary printed, exit 130."""
+    raise KeyboardInterrupt
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch import summary
     from hpsearch.study import open_study
@@ -140,8 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = open_study(cfg)
     for point in cfg.enqueue:
         study.enqueue_trial(point, skip_if_exists=True)
-    log.info("study '%s' on %s: %d of %d trials finished, device %s", cfg.name, ctx.device_name,
-             summary.finished(study), cfg.n_trials, ctx.device_name)
+    log.info("study '%s' on %s: %d of %d trials finished", cfg.name, ctx.device_name,
+             summary.finished(study), cfg.n_trials)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         outcome = run_worker(study, ctx, cfg.n_trials, cfg.timeout, on_trial=summary.trial_logger(cfg))
     except KeyboardInterrupt:

@@ -268,7 +268,7 @@ class TrainConfig(Strict):
     scheduler: Literal["none", "step", "cosine", "exponential", "onecycle"] = "none"
     warmup_epochs: float = Field(0.0, ge=0)
     step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.1, gt=0, le=1)
+    gamma: float | None = Field(None, gt=0, le=1)  # None: 0.1 for step, 0.9 per epoch for exponential
     accum_steps: int = Field(1, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weighting: bool = False

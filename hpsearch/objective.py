@@ -52,7 +52,8 @@ def train_settings(cfg: StudyConfig, params: dict[str, Any], labels: torch.Tenso
         epochs=t.epochs, lr=float(chosen["lr"]), batch_size=int(chosen["batch_size"]), optimizer=str(chosen["optimizer"]),
         momentum=float(chosen["momentum"]), nesterov=bool(chosen["nesterov"]),
         weight_decay=float(chosen["weight_decay"]), scheduler=str(chosen["scheduler"]),
-        warmup_epochs=float(chosen["warmup_epochs"]), step_size=int(chosen["step_size"]), gamma=float(chosen["gamma"]),
+        warmup_epochs=float(chosen["warmup_epochs"]), step_size=int(chosen["step_size"]),
+        gamma=None if chosen["gamma"] is None else float(chosen["gamma"]),
         accum_steps=int(chosen["accum_steps"]), label_smoothing=float(chosen["label_smoothing"]),
         class_weights=weights, augment=tuple(t.augment), amp=t.amp,
     )

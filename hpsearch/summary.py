@@ -59,7 +59,7 @@ def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
 
 def print_best(record: dict[str, Any]) -> None:
     """The best trial, readable."""
-    console = Console()
+    console = Console(soft_wrap=True)
     if record["number"] is None:
         console.print(f"study '{record['study']}' has no completed trial yet")
         return
@@ -72,7 +72,7 @@ def print_best(record: dict[str, Any]) -> None:
 
 def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False) -> None:
     """Trials by state, the best trial and how to look further."""
-    console = Console()
+    console = Console(soft_wrap=True)
     counts = count_states(study)
     table = Table(title=f"study '{cfg.name}' ({cfg.metric}, {cfg.resolved_direction})")
     for state in counts:

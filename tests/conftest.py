@@ -50,10 +50,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def write_study(workdir: Path) -> Callable[..., Path]:
     """Write a study file built from TINY_STUDY plus overrides (a value of None deletes the key)."""
 
-    def write(name: str = "study.yaml", **overrides: Any) -> Path:
+    def write(filename: str = "study.yaml", **overrides: Any) -> Path:
         raw = {**TINY_STUDY, **overrides}
         raw = {k: v for k, v in raw.items() if v is not None}
-        path = workdir / name
+        path = workdir / filename
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         return path
 

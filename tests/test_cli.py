@@ -1,0 +1,216 @@
+"""The command line end to end, in process through `main(argv)`, on tiny digits studies."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import pytest
+
+from hpsearch.cli import main
+from hpsearch.engine import load_checkpoint
+from hpsearch.models import build_model
+
+STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
+DB = Path("runs/tiny/study.db")
+
+
+def _load(name: str = "tiny", url: str = "sqlite:///runs/tiny/study.db") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_run_finishes_and_optuna_reads_it(write_study: Callable[..., Path]) -> None:
+    path = write_study()
+    assert main(["run", str(path)]) == 0
+    study = _load()
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 4
+    best = study.best_trial
+    history = best.user_attrs["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert set(history[0]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time"}
+    assert sorted(best.intermediate_values) == [1, 2]
+    assert best.value == max(h["val_accuracy"] for h in history)
+    for key in ("seed", "device", "hpsearch_version", "worker", "checkpoint", "best_epoch"):
+        assert key in best.user_attrs
+    assert best.user_attrs["device"] == "cpu"
+    assert study.user_attrs["metric"] == "val_accuracy"
+
+
+def test_checkpoint_loads_back_into_the_model(write_study: Callable[..., Path]) -> None:
+    assert main(["run", str(write_study())]) == 0
+    best = _load().best_trial
+    ckpt = load_checkpoint(best.user_attrs["checkpoint"])
+    spec = ckpt["model_spec"]
+    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], dropout=spec["dropout"],
+                        **spec["kwargs"])
+    model.load_state_dict(ckpt["model"])
+    assert ckpt["epoch"] == best.user_attrs["best_epoch"]
+    assert ckpt["params"] == best.params
+    assert ckpt["metric"]["value"] == pytest.approx(best.value)
+    assert "state" in ckpt["optimizer"]
+
+
+def test_rerun_continues_to_the_total(write_study: Callable[..., Path]) -> None:
+    path = write_study(n_trials=2)
+    assert main(["run", str(path)]) == 0
+    assert main(["run", str(path)]) == 0
+    assert len(_load().trials) == 2
+    assert main(["run", str(path), "--n-trials", "3"]) == 0
+    assert [t.number for t in _load().trials] == [0, 1, 2]
+
+
+def test_pruning_is_observed(write_study: Callable[..., Path]) -> None:
+    path = write_study(n_trials=2, pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                       train={"epochs": 3, "batch_size": 64, "optimizer": "sgd"},
+                       enqueue=[{"lr": 1.0e-2}, {"lr": 1.0e-3, "dropout": 0.3}],
+                       space={"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                              "dropout": {"type": "float", "low": 0.0, "high": 0.3}})
+    assert main(["run", str(path)]) == 0
+    pruned = _load().trials[1]
+    assert pruned.state == optuna.trial.TrialState.PRUNED
+    assert pruned.user_attrs["stop_reason"] == "pruned"
+    assert pruned.user_attrs["epochs_run"] < 3
+
+
+def test_kfold_reports_the_mean_over_folds(write_study: Callable[..., Path]) -> None:
+    path = write_study(n_trials=1, data={"dataset": "digits", "cv_folds": 3})
+    assert main(["run", str(path)]) == 0
+    trial = _load().trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == max(h["val_accuracy"] for h in trial.user_attrs["history"])
+
+
+def test_early_stopping_stops_before_the_epoch_budget(write_study: Callable[..., Path]) -> None:
+    path = write_study(n_trials=1, metric="val_loss", enqueue=[{"lr": 1.0e-2, "dropout": 0.0}],
+                       train={"epochs": 40, "batch_size": 64, "early_stopping": {"patience": 1, "min_delta": 0.05}})
+    assert main(["run", str(path)]) == 0
+    trial = _load().trials[0]
+    assert trial.user_attrs["stop_reason"] == "early_stopped"
+    assert trial.user_attrs["epochs_run"] < 40
+
+
+def test_diverging_loss_is_pruned_not_crashed(write_study: Callable[..., Path]) -> None:
+    path = write_study(n_trials=1, train={"epochs": 3, "batch_size": 64, "optimizer": "sgd", "momentum": 0.99},
+                       space={"lr": {"type": "float", "low": 1.0e6, "high": 1.0e7, "log": True}})
+    assert main(["run", str(path)]) == 0
+    trial = _load().trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["stop_reason"] == "diverged"
+    assert not all(math.isfinite(h["train_loss"]) for h in trial.user_attrs["history"])
+
+
+def test_same_seed_reproduces_a_trial_exactly(write_study: Callable[..., Path]) -> None:
+    first = write_study("a.yaml", name="rep-a", n_trials=1)
+    second = write_study("b.yaml", name="rep-b", n_trials=1)
+    assert main(["run", str(first)]) == 0 and main(["run", str(second)]) == 0
+    a = _load("rep-a", "sqlite:///runs/rep-a/study.db").trials[0]
+    b = _load("rep-b", "sqlite:///runs/rep-b/study.db").trials[0]
+    strip = lambda t: [{k: v for k, v in h.items() if k != "epoch_time"} for h in t.user_attrs["history"]]  # noqa: E731
+    assert a.params == b.params and a.user_attrs["seed"] == b.user_attrs["seed"]
+    assert strip(a) == strip(b)
+
+
+def test_failing_user_code_stops_the_study_after_repeats(write_study: Callable[..., Path], workdir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "broken_model.py").write_text(
+        "import torch\n"
+        "class Broken(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError('boom in user code')\n"
+        "def build(input_shape, num_classes, dropout=0.0):\n"
+        "    return Broken()\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    path = write_study(n_trials=10, model={"name": "broken_model:build"})
+    assert main(["run", str(path)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("hpsearch: error: the last 3 trials all failed with RuntimeError: boom in user code")
+    failed = _load().get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(failed) == 3
+    assert "RuntimeError: boom in user code" in failed[0].user_attrs["error"]
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.name for p in STUDIES])
+def test_validate_accepts_every_shipped_study(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(path)]) == 0
+    assert f"{path}: valid" in capsys.readouterr().out
+
+
+def test_status_and_best(write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=2)
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    assert "finished 2 of 2 trials" in capsys.readouterr().out
+    assert main(["best", str(path), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["number"] == _load().best_trial.number
+    assert Path(record["checkpoint"]).is_file()
+
+
+# ------------------------------------------------------------------ bad input: exit 2, one line, nothing written
+
+def test_bad_file_exits_2_and_writes_nothing(write_study: Callable[..., Path],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(space={"lr": {"type": "float", "low": 0.1, "high": 0.01}})
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert str(path) in line and "space.lr" in line and "swap them" in line
+    assert not DB.exists()
+
+
+def test_unreachable_database_exits_2_without_echoing_password(write_study: Callable[..., Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(storage="postgresql+psycopg://user:s3cr3t@127.0.0.1:1/nowhere")
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert "storage" in line and "s3cr3t" not in line and "***" in line
+
+
+def test_missing_dataset_offline_exits_2(write_study: Callable[..., Path], workdir: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(data={"dataset": "cifar10", "root": str(workdir / "nodata"), "download": False})
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert "cifar10" in line and "nodata" in line
+    assert not DB.exists()
+
+
+def test_bad_flag_exits_2(write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(write_study()), "--n-trials", "0"]) == 2
+    assert "--n-trials" in _one_error_line(capsys)
+
+
+def test_unknown_model_callable_exits_2_before_any_trial(write_study: Callable[..., Path],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(write_study(model={"name": "no_such_pkg.mod:factory"}))]) == 2
+    assert "no_such_pkg" in _one_error_line(capsys)
+    assert not DB.exists()
+
+
+def test_status_of_unknown_study_exits_2(write_study: Callable[..., Path],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", str(write_study())]) == 2
+    assert "no study 'tiny'" in _one_error_line(capsys)
+
+
+def test_other_direction_in_same_storage_is_refused(write_study: Callable[..., Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(write_study(n_trials=1))]) == 0
+    capsys.readouterr()
+    assert main(["run", str(write_study(n_trials=2, metric="val_loss"))]) == 2
+    assert "direction" in _one_error_line(capsys)
+    assert len(_load().trials) == 1

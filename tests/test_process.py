@@ -1,0 +1,73 @@
+"""Real `hpsearch` processes: the console entry point, and Ctrl-C in the middle of a trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_running(url: str, proc: subprocess.Popen[str], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if not Path(url.removeprefix("sqlite:///")).exists():
+            time.sleep(0.2)
+            continue
+        try:
+            study = optuna.load_study(study_name="tiny", storage=url)
+            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            if running and running[0].user_attrs.get("history"):
+                return
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no trial reached its first epoch in time")
+
+
+@pytest.mark.slow
+def test_sigint_marks_the_trial_failed_and_rerun_continues(write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(n_trials=2, train={"epochs": 400, "batch_size": 16})
+    url = "sqlite:///runs/tiny/study.db"
+    proc = _hpsearch("run", str(path), cwd=workdir)
+    try:
+        _wait_for_running(url, proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, err
+    assert "finished 0 of 2 trials" in out
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL]
+    assert trials[0].user_attrs["stop_reason"] == "interrupted"
+
+    rerun = _hpsearch("run", str(path), "--epochs", "1", cwd=workdir)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.number for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))] == [1, 2]
+
+
+def test_console_script_runs_a_study(write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(n_trials=1, train={"epochs": 1, "batch_size": 64})
+    proc = _hpsearch("run", str(path), cwd=workdir)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "finished 1 of 1 trials" in out and "best trial #0" in out
