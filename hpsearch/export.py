@@ -1,0 +1,260 @@
+"""Export a study's trials (CSV / JSON) and its best trial (params, weights, loader snippet).
+
+Nothing here imports torch: the best weights are copied as bytes, and the generated loader
+snippet imports ``hpsearch.engine`` / ``hpsearch.models`` only when the user runs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.errors import HpsearchError
+
+__all__ = ["export_trials", "export_best", "trial_record", "FORMATS"]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("csv", "json")
+# user attrs that are not scalars: exported to the per-epoch file (history) or JSON only
+_NON_SCALAR = ("history",)
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time")
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: NaN and +-inf (a diverged trial's loss) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return value
+
+
+def _duration(t: FrozenTrial) -> float | None:
+    if t.datetime_start is None or t.datetime_complete is None:
+        return None
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def trial_record(t: FrozenTrial) -> dict[str, Any]:
+    """One trial as a JSON-able dict: what ``export_trials(..., "json")`` writes per trial."""
+    return _json_safe({
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "params": dict(t.params),
+        "datetime_start": t.datetime_start,
+        "datetime_complete": t.datetime_complete,
+        "duration_s": _duration(t),
+        "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+        "user_attrs": dict(t.user_attrs),
+    })
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest repr that round-trips exactly
+    return value
+
+
+def _write_csv(trials: list[FrozenTrial], out: Path) -> Path:
+    param_names: list[str] = []
+    attr_names: list[str] = []
+    for t in trials:
+        for k in t.params:
+            if k not in param_names:
+                param_names.append(k)
+        for k, v in t.user_attrs.items():
+            if k not in attr_names and k not in _NON_SCALAR and _is_scalar(v):
+                attr_names.append(k)
+    header = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s",
+              *(f"params_{p}" for p in param_names), *(f"user_attrs_{a}" for a in attr_names)]
+    with out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for t in trials:
+            row = [t.number, t.state.name, t.value,
+                   t.datetime_start.isoformat() if t.datetime_start else None,
+                   t.datetime_complete.isoformat() if t.datetime_complete else None,
+                   _duration(t)]
+            row += [t.params.get(p) for p in param_names]
+            row += [t.user_attrs.get(a) if _is_scalar(t.user_attrs.get(a)) else None for a in attr_names]
+            w.writerow([_csv_value(v) for v in row])
+
+    # per-epoch curves: the history user attr when present, else the intermediate values
+    epochs_out = out.with_name(f"{out.stem}_epochs.csv")
+    metrics: list[str] = []
+    for t in trials:
+        for h in t.user_attrs.get("history") or []:
+            if isinstance(h, dict):
+                for k in h:
+                    if k != "epoch" and k not in metrics:
+                        metrics.append(k)
+    metrics.sort(key=lambda m: (EPOCH_METRICS.index(m) if m in EPOCH_METRICS else len(EPOCH_METRICS), m))
+    with epochs_out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", "state", "epoch", "intermediate_value", *metrics])
+        for t in trials:
+            history = [h for h in (t.user_attrs.get("history") or []) if isinstance(h, dict)]
+            by_epoch = {int(h.get("epoch", i)): h for i, h in enumerate(history, start=1)}
+            for epoch in sorted(set(by_epoch) | set(t.intermediate_values)):
+                h = by_epoch.get(epoch, {})
+                w.writerow([_csv_value(v) for v in
+                            [t.number, t.state.name, epoch, t.intermediate_values.get(epoch),
+                             *(h.get(m) for m in metrics)]])
+    logger.info("wrote %s (one row per trial) and %s (one row per trial and epoch)", out, epochs_out)
+    return out
+
+
+def export_trials(study: optuna.Study, out: str | Path, fmt: str) -> Path:
+    """Write every trial of ``study`` to ``out`` and return its path.
+
+    ``fmt="csv"``: one row per trial (number, state, value, datetimes, duration_s, ``params_*``,
+    scalar ``user_attrs_*``); the per-epoch curves go to a second file next to it,
+    ``<out stem>_epochs.csv`` (trial, state, epoch, intermediate_value and every history metric).
+    ``fmt="json"``: a JSON list with one object per trial (params, state, value, datetimes,
+    intermediate values and all user attrs, history included); NaN/inf become ``null``.
+    """
+    fmt = fmt.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise HpsearchError(f"export format {fmt!r} is not supported; use one of: {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    if fmt == "json":
+        out.write_text(json.dumps([trial_record(t) for t in trials], indent=1, allow_nan=False) + "\n",
+                       encoding="utf-8")
+        logger.info("wrote %d trials to %s", len(trials), out)
+        return out
+    return _write_csv(trials, out)
+
+
+# ---------------------------------------------------------------------------------------------
+
+LOADER_TEMPLATE = '''"""Load the best model of hpsearch study {study!r}: trial {number}, {metric} = {value}.
+
+Generated by `hpsearch best --export`. Run it from the project that ran the study (it imports
+hpsearch):
+
+    python {rel}
+
+or import it: `from load_model import load_model; model = load_model()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpsearch.engine import load_checkpoint
+from hpsearch.models import build_model
+
+WEIGHTS = Path(__file__).resolve().with_name("weights.pt")
+PARAMS = {params!r}  # the trial's hyperparameters
+
+
+def load_model(weights: str | Path = WEIGHTS):
+    """Rebuild the model from the checkpoint's model_spec and load its best weights (eval mode)."""
+    ckpt = load_checkpoint(str(weights))
+    spec = ckpt["model_spec"]
+    model = build_model(
+        spec["name"],
+        tuple(spec["input_shape"]),
+        spec["num_classes"],
+        dropout=spec.get("dropout", 0.0),
+        **spec.get("kwargs", {{}}),
+    )
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model
+
+
+if __name__ == "__main__":
+    model = load_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(model)
+    print(f"loaded {{WEIGHTS.name}}: {{n_params}} parameters; params: {{PARAMS}}")
+'''
+
+
+def _best_trial(study: optuna.Study) -> tuple[FrozenTrial, int]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise HpsearchError(f"study {study.study_name!r} has no completed trial yet; run it first")
+    return study.best_trial, len(complete)
+
+
+def export_best(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
+    """Write the best trial of ``study`` to ``out_dir``; return ``{"params", "weights", "loader"}`` paths.
+
+    - ``params.yaml``: ``enqueue: [{...best params...}]`` (paste into a study file to evaluate
+      them first in a new study), with comments on the value and trial number;
+    - ``weights.pt``: a byte copy of the trial's checkpoint (its ``checkpoint`` user attr);
+    - ``load_model.py``: a runnable snippet that rebuilds the model and loads the weights.
+
+    Without a checkpoint user attr only ``params.yaml`` is written. A checkpoint that is recorded
+    but missing on disk raises :class:`HpsearchError` (after ``params.yaml`` is written). No
+    completed trial raises :class:`HpsearchError`.
+    """
+    best, n_complete = _best_trial(study)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metric = str(study.user_attrs.get("metric") or "objective")
+    direction = "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+    ckpt_attr = best.user_attrs.get("checkpoint")
+
+    header = [
+        f"Best trial of hpsearch study {study.study_name!r}: trial {best.number}",
+        f"{metric} = {best.value!r} ({direction}; best of {n_complete} complete trials)",
+    ]
+    if "best_epoch" in best.user_attrs:
+        header.append(f"best epoch: {best.user_attrs['best_epoch']} of {best.user_attrs.get('epochs_run', '?')} run")
+    if ckpt_attr:
+        header.append(f"checkpoint: {ckpt_attr}")
+    header += ["", "Paste `enqueue` into a study file: the new study evaluates these params first."]
+    body = yaml.safe_dump({"enqueue": [dict(best.params)]}, sort_keys=False, default_flow_style=False)
+    params_path = out_dir / "params.yaml"
+    params_path.write_text("".join(f"# {line}".rstrip() + "\n" for line in header) + body, encoding="utf-8")
+    paths: dict[str, Path] = {"params": params_path}
+
+    if not ckpt_attr:
+        logger.warning("trial %d has no checkpoint; wrote only %s", best.number, params_path)
+        return paths
+    src = Path(str(ckpt_attr)).expanduser()
+    if not src.is_file():
+        raise HpsearchError(
+            f"checkpoint of best trial {best.number} not found: {src} (relative paths are taken from "
+            f"the current directory {Path.cwd()}); run from the directory the study ran in, or restore "
+            f"the file. The params were written to {params_path}"
+        )
+    weights_path = out_dir / "weights.pt"
+    shutil.copyfile(src, weights_path)
+    paths["weights"] = weights_path
+
+    loader_path = out_dir / "load_model.py"
+    loader_path.write_text(LOADER_TEMPLATE.format(
+        study=study.study_name, number=best.number, metric=metric, value=best.value,
+        rel=loader_path, params=dict(best.params),
+    ), encoding="utf-8")
+    paths["loader"] = loader_path
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return paths
