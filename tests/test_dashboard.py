@@ -1,0 +1,193 @@
+"""Dashboard: optuna-dashboard on a SQLite study that a worker is writing to, polled over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import study_fixtures as sf
+from hpsearch import dashboard
+from hpsearch.errors import HpsearchError, StorageError
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRIALS = 100
+STEPS = 4
+
+# A worker as hpsearch runs one: its own process, the plain storage URL (no special SQLite
+# settings), trials that report per-epoch values and set user attrs. Any storage error escapes
+# optimize() and fails the process.
+WRITER = textwrap.dedent(f"""
+    import json, sys
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, name = sys.argv[1], sys.argv[2]
+    study = optuna.load_study(study_name=name, storage=url, sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", 1e-4, 0.3, log=True)
+        optimizer = trial.suggest_categorical("optimizer", ["sgd", "adamw"])
+        if optimizer == "sgd":
+            trial.suggest_float("momentum", 0.8, 0.99)
+        history = []
+        for epoch in range(1, {STEPS} + 1):
+            acc = 1.0 - abs(lr - 0.01) - 0.1 / epoch
+            trial.report(acc, epoch)
+            history.append({{"epoch": epoch, "val_accuracy": acc, "train_loss": 1.0 / epoch}})
+        trial.set_user_attr("history", history)
+        trial.set_user_attr("worker", "writer:1")
+        trial.set_user_attr("slot", 0)
+        trial.set_user_attr("stop_reason", "completed")
+        return acc
+
+    study.optimize(objective, n_trials={N_TRIALS})
+    states = [t.state.name for t in study.get_trials()]
+    print(json.dumps({{"complete": states.count("COMPLETE"), "fail": states.count("FAIL")}}))
+""")
+
+
+def _get(url: str, timeout: float = 30) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        body = r.read()
+    return json.loads(body) if r.headers.get_content_type() == "application/json" else body.decode()
+
+
+@contextlib.contextmanager
+def _dashboard_process(url: str, log: Path) -> Iterator[str]:
+    """Run ``serve_dashboard`` in its own process (as the CLI does); yield its base URL; Ctrl-C it."""
+    code = f"from hpsearch.dashboard import serve_dashboard; serve_dashboard({url!r}, '127.0.0.1', 0)"
+    with log.open("w") as err, subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}) as proc:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        try:
+            try:
+                first = lines.get(timeout=60)
+            except queue.Empty:
+                pytest.fail(f"dashboard did not start: {log.read_text()}")
+            assert first.startswith("optuna-dashboard: http://127.0.0.1:") and "(Ctrl-C to stop)" in first, first
+            yield first.split()[1].removesuffix("/dashboard/")
+        finally:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                pytest.fail("dashboard did not stop on Ctrl-C")
+            reader.join(timeout=5)
+
+
+def test_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)
+    with pytest.raises(HpsearchError, match=r"^optuna-dashboard is not installed; pip install 'hpsearch\[dashboard\]'$"):
+        dashboard.serve_dashboard(f"sqlite:///{tmp_path / 'x.db'}")
+
+
+def test_missing_sqlite_file(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=r"no study database at .*nope\.db"):
+        dashboard.make_dashboard_server(f"sqlite:///{tmp_path / 'nope.db'}", port=0)
+    assert not (tmp_path / "nope.db").exists()  # not created as a side effect
+    with pytest.raises(StorageError, match="not a SQLite file"):
+        dashboard.dashboard_storage("sqlite:///:memory:")
+
+
+def test_storage_uses_wal_and_a_long_busy_timeout(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    sf.make_study(f"sqlite:///{db}", "s", 3)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # Optuna's default
+    conn.close()
+    storage = dashboard.dashboard_storage(f"sqlite:///{db}")
+    try:
+        with storage.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert c.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60_000
+        assert len(storage.get_all_trials(storage.get_study_id_from_name("s"))) == 3
+    finally:
+        storage.engine.dispose()
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    sf.new_study(f"sqlite:///{db}", "s")
+    server, url = dashboard.make_dashboard_server(f"sqlite:///{db}", "127.0.0.1", 0)
+    try:
+        port = server.server_address[1]
+        assert url == f"http://127.0.0.1:{port}/dashboard/"
+        with pytest.raises(HpsearchError, match=rf"cannot listen on 127.0.0.1:{port}: .*choose another --port"):
+            dashboard.make_dashboard_server(f"sqlite:///{db}", "127.0.0.1", port)
+    finally:
+        server.server_close()
+
+
+def test_dashboard_does_not_disturb_a_writing_worker(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    url = f"sqlite:///{db}"
+    sf.new_study(url, "live", epochs=STEPS)
+    with _dashboard_process(url, tmp_path / "dashboard.log") as base:
+        studies = _get(f"{base}/api/studies")["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["live"]
+        study_id = studies[0]["study_id"]
+        assert "<html" in _get(f"{base}/dashboard").lower()
+
+        script = tmp_path / "writer.py"
+        script.write_text(WRITER)
+        writer = subprocess.Popen([sys.executable, str(script), url, "live"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        polls, errors, seen = 0, [], 0
+        while writer.poll() is None:  # poll the JSON API as fast as it answers while trials land
+            try:
+                detail = _get(f"{base}/api/studies/{study_id}")
+                seen = max(seen, len(detail["trials"]))
+                if polls % 5 == 0:
+                    _get(f"{base}/api/studies")
+                polls += 1
+            except (urllib.error.URLError, OSError) as e:
+                errors.append(repr(e))
+        out, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err
+        assert "locked" not in err.lower() and "OperationalError" not in err
+        assert json.loads(out.strip().splitlines()[-1]) == {"complete": N_TRIALS, "fail": 0}
+        print(f"{polls} API polls during the writer, {seen} trials seen mid-run")
+        assert errors == [] and polls >= 5 and seen > 0
+
+        deadline = time.monotonic() + 30  # the dashboard caches trial lists for a few seconds
+        while True:
+            detail = _get(f"{base}/api/studies/{study_id}")
+            if len(detail["trials"]) == N_TRIALS or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        trials = detail["trials"]
+        assert len(trials) == N_TRIALS and {t["state"] for t in trials} == {"Complete"}
+        for t in trials:
+            attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
+            assert attrs["worker"] == "writer:1" and attrs["slot"] == "0" and attrs["stop_reason"] == "completed"
+            assert json.loads(attrs["history"])[-1]["epoch"] == STEPS
+            assert [v["step"] for v in t["intermediate_values"]] == list(range(1, STEPS + 1))
+        assert {p["name"] for p in detail["union_search_space"]} == {"lr", "optimizer", "momentum"}
+        assert detail["has_intermediate_values"] is True
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+        assert optuna.load_study(study_name="live", storage=url).best_value is not None
+    log = (tmp_path / "dashboard.log").read_text()
+    assert "locked" not in log.lower() and "Exception" not in log.replace("KeyboardInterrupt", "")
