@@ -1,0 +1,116 @@
+"""The report and the dashboard in a real headless Chromium (skipped, with the reason, without one).
+
+Set HPSEARCH_SCREENSHOTS=DIR to keep the screenshots for a look.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+import study_fixtures as sf
+from hpsearch import dashboard, report
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM = next((p for p in map(shutil.which, BROWSERS) if p), None)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed: apt-get install -y chromium"),
+]
+# No network for the report: any http(s) request goes to a dead proxy, any DNS lookup fails.
+OFFLINE = ["--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+           "--host-resolver-rules=MAP * ~NOTFOUND"]
+
+
+def chromium(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+           "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)  # type: ignore[arg-type]
+
+
+def keep(png: Path) -> None:
+    where = os.environ.get("HPSEARCH_SCREENSHOTS")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, Path(where) / png.name)
+
+
+def assert_real_image(png: Path, min_colors: int = 50) -> None:
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(png) as im:
+        colors = im.convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colors is not None and len(colors) >= min_colors  # not a blank page
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    tmp = tmp_path_factory.mktemp("browser")
+    url = f"sqlite:///{tmp / 'b.db'}"
+    studies = [sf.make_study(url, "adamw-vs-sgd", 30, fail_every=9, running=1),
+               sf.make_study(url, "wider", 20, seed=4, n_slots=3),
+               sf.new_study(url, "not-started")]
+    n_figs = len(report.build_figures([report.collect_study(s) for s in studies]))
+    return report.write_report(studies, tmp / "report.html"), n_figs
+
+
+def test_report_renders_every_figure_offline(report_file: tuple[Path, int], tmp_path: Path) -> None:
+    path, n_figs = report_file
+    run = chromium(tmp_path, *OFFLINE, "--virtual-time-budget=10000", "--dump-dom", path.as_uri())
+    dom = run.stdout
+    assert n_figs == 2 * 7 + 3
+    assert dom.count('class="plot-container plotly"') == n_figs  # plotly drew each one
+    graph_divs = re.findall(r'<div id="fig-\d+" class="plotly-graph-div js-plotly-plot"', dom)
+    assert len(graph_divs) == n_figs
+    for chunk in dom.split('<div id="fig-')[1:]:
+        assert 'class="main-svg"' in chunk.split('<div class="figure"')[0]
+    assert "This study has no trials yet" in dom
+
+
+def test_report_screenshot(report_file: tuple[Path, int], tmp_path: Path) -> None:
+    path, _ = report_file
+    png = tmp_path / "report.png"
+    chromium(tmp_path, *OFFLINE, "--virtual-time-budget=10000", "--window-size=1400,4000",
+             f"--screenshot={png}", path.as_uri())
+    assert_real_image(png)
+    keep(png)
+
+
+@pytest.fixture
+def dashboard_url(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    sf.make_study(url, "dash-demo", 40, fail_every=9)
+    server, base = dashboard.make_dashboard_server(url, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        study_id = optuna.storages.RDBStorage(url).get_study_id_from_name("dash-demo")
+        yield f"{base}studies/{study_id}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_dashboard_shows_the_study(dashboard_url: str, tmp_path: Path) -> None:
+    png = tmp_path / "dashboard.png"
+    chromium(tmp_path, "--virtual-time-budget=15000", "--window-size=1400,1000", f"--screenshot={png}",
+             dashboard_url)
+    assert_real_image(png)
+    keep(png)
+    dom = chromium(tmp_path, "--virtual-time-budget=15000", "--dump-dom", dashboard_url).stdout
+    assert "dash-demo" in dom and 'class="plot-container plotly"' in dom
