@@ -681,7 +681,8 @@ def _fig_curves(d: StudyData) -> go.Figure:
             x=xs, y=ys, customdata=cd, mode="lines", connectgaps=False,
             name=f"{state.lower()} ({len(cs)})",
             line={"color": STATE_COLORS[state], "width": 1.2},
-            opacity=0.55 if state in ("COMPLETE", "PRUNED") else 0.8,
+            # thousands of overlapping lines: fade with the count so the bundle's shape stays visible
+            opacity=min(0.7, max(0.06, 5.0 / math.sqrt(len(cs)))),
             hovertemplate="trial %{customdata}<br>epoch %{x}<br>%{y:.4g}<extra>" + state.lower() + "</extra>",
         ))
     stopped = [c for c in d.curves if c.stop_reason in EARLY_STOP_REASONS or c.state == "PRUNED"]
