@@ -1010,12 +1010,9 @@ def _slug(text: str) -> str:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from hpsearch import __version__
 
-        return version("hpsearch")
-    except Exception:  # not installed as a distribution (running from a checkout)
-        return "dev"
+    return str(__version__)
 
 
 def write_report(
