@@ -68,8 +68,8 @@ STUDY_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"
 # stop reasons whose unrun epochs count as "saved" (the search decided to stop the trial early)
 EARLY_STOP_REASONS = ("pruned", "early_stopped")
 NA = "n/a"
-# Importance evaluators get slow and gain nothing past a few thousand trials: subsample above this.
-MAX_IMPORTANCE_TRIALS = 2000
+# Importance evaluators gain nothing past a few thousand trials and get slow (fANOVA): subsample above.
+MAX_IMPORTANCE_TRIALS = 5000
 CONTOUR_PARAMS = ("lr", "batch_size")
 CONTOUR_GRID = 48
 

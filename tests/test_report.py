@@ -281,3 +281,11 @@ def test_export_and_dashboard_do_not_import_torch() -> None:
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
                    env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_importances_subsample_large_studies(monkeypatch: pytest.MonkeyPatch, study: optuna.Study) -> None:
+    monkeypatch.setattr(report, "MAX_IMPORTANCE_TRIALS", 12)
+    d = report.collect_study(study)
+    assert d.importances and sum(d.importances.values()) == pytest.approx(1.0)
+    n = d.summary.by_state["COMPLETE"]
+    assert d.importance_note is not None and f"random sample of 12 of {n} complete trials" in d.importance_note
