@@ -981,7 +981,8 @@ def _summary_html(d: StudyData) -> str:
         rows.append(("output dir", d.output_dir))
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     out = f'<table class="summary">{body}</table>'
-    for note in s.notes + ([d.importance_note] if d.importance_note and d.importances else []):
+    notes = [n for n in s.notes if s.n_trials]  # an empty study gets its own paragraph instead
+    for note in notes + ([d.importance_note] if d.importance_note and d.importances else []):
         out += f'<p class="note">{_e(note)}</p>'
     return out
 

@@ -289,3 +289,19 @@ def test_importances_subsample_large_studies(monkeypatch: pytest.MonkeyPatch, st
     assert d.importances and sum(d.importances.values()) == pytest.approx(1.0)
     n = d.summary.by_state["COMPLETE"]
     assert d.importance_note is not None and f"random sample of 12 of {n} complete trials" in d.importance_note
+
+
+def test_png_export_without_a_browser(monkeypatch: pytest.MonkeyPatch, study: optuna.Study, tmp_path: Path) -> None:
+    pytest.importorskip("kaleido", reason="kaleido not installed: pip install kaleido")
+    import plotly.io as pio
+
+    def no_chrome(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Kaleido v1 and later requires Chrome to be installed.\nmore text")
+
+    monkeypatch.setattr(pio, "write_images", no_chrome)
+    out = tmp_path / "r.html"
+    with pytest.raises(HpsearchError, match=r"^PNG export failed \(Kaleido v1 and later requires Chrome to be "
+                                            r"installed\.\); kaleido needs Chrome or Chromium: apt-get install "
+                                            r"chromium or set BROWSER_PATH") as e:
+        report.write_report([study], out, png_dir=tmp_path / "png")
+    assert "\n" not in str(e.value) and str(out) in str(e.value) and out.is_file()
