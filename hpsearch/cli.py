@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 trials kept failing; 2 bad input (one line on stderr); 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal
@@ -136,6 +137,7 @@ def _terminate(signum: int, frame: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch import summary
     from hpsearch.study import open_study
+    from hpsearch.objective import run_trial
     from hpsearch.worker import prepare_context, run_worker
 
     cfg = _config(args.study_file, args)
@@ -150,7 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
              summary.finished(study), cfg.n_trials)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        outcome = run_worker(study, ctx, cfg.n_trials, cfg.timeout, on_trial=summary.trial_logger(cfg))
+        outcome = run_worker(study, functools.partial(run_trial, ctx=ctx), cfg.n_trials, cfg.timeout,
+                             on_trial=summary.trial_logger(cfg), max_retries=cfg.workers.max_retries)
     except KeyboardInterrupt:
         summary.print_summary(study, cfg)
         return EXIT_INTERRUPTED

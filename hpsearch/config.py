@@ -276,12 +276,24 @@ class TrainConfig(Strict):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: bool = True
+    resume_checkpoints: bool = True  # per-epoch state so a trial whose worker died resumes, not restarts
 
 
 class WorkersConfig(Strict):
     n: int | None = Field(None, ge=1, le=1024)
     gpus: Union[Literal["all", "none"], list[int]] = "all"
     trials_per_gpu: int = Field(1, ge=1, le=64)
+    heartbeat_interval: int = Field(10, ge=1, le=3600)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(40, ge=2, le=86400)       # a trial silent this long is failed and retried
+    max_retries: int = Field(3, ge=0, le=100)           # retries of a trial whose worker died
+    max_restarts: int = Field(5, ge=0, le=1000)         # replacements of a dead worker per slot
+
+    @model_validator(mode="after")
+    def _grace_exceeds_heartbeat(self) -> WorkersConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval "
+                             f"({self.heartbeat_interval}); raise it to at least {2 * self.heartbeat_interval}")
+        return self
 
     @field_validator("gpus", mode="before")
     @classmethod

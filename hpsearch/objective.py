@@ -5,10 +5,12 @@ The only module that holds both an Optuna trial and a torch model.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,11 @@ import torch
 from hpsearch import __version__, space
 from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
 from hpsearch.data import DeviceData
-from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights_for, save_checkpoint, seed_everything
+from hpsearch.engine import (EarlyStopping, Trainer, TrainSettings, class_weights_for, load_checkpoint, save_checkpoint,
+                             seed_everything)
 from hpsearch.models import build_model
+
+log = logging.getLogger("hpsearch")
 
 
 @dataclass
@@ -88,17 +93,21 @@ def _mean_record(records: list[dict[str, float]]) -> dict[str, float]:
 
 
 class _Checkpointer:
-    """Writes the best-weights checkpoint of one trial whenever its metric improves."""
+    """The trial's files: best weights when the metric improves, resumable state every epoch."""
 
     def __init__(self, ctx: WorkerContext, trial: optuna.Trial, params: dict[str, Any], spec: dict[str, Any]):
-        self.enabled = ctx.cfg.train.checkpoint
-        self.path = (Path(ctx.cfg.out_dir) / "checkpoints" / f"trial_{trial.number:05d}.pt").resolve()
+        out = Path(ctx.cfg.out_dir).resolve()
+        self.best_enabled = ctx.cfg.train.checkpoint
+        self.resume_enabled = ctx.cfg.train.resume_checkpoints
+        self.path = out / "checkpoints" / f"trial_{trial.number:05d}.pt"
+        self.resume_path = resume_path(out, trial.number)
         self.base = {"params": params, "model_spec": spec, "hpsearch_version": __version__,
                      "study": ctx.cfg.name, "trial": trial.number}
         self.metric = ctx.cfg.metric
+        self.resumed_from: Path | None = None
 
-    def save(self, trainers: list[Trainer], epoch: int, value: float) -> None:
-        if not self.enabled:
+    def save_best(self, trainers: list[Trainer], epoch: int, value: float) -> None:
+        if not self.best_enabled:
             return
         first = trainers[0]
         payload = {**self.base, "model": first.model.state_dict(), "optimizer": first.optimizer.state_dict(),
@@ -107,13 +116,146 @@ class _Checkpointer:
             payload["fold_models"] = [t.model.state_dict() for t in trainers]
         save_checkpoint(self.path, payload)
 
+    def save_resume(self, trainers: list[Trainer], progress: _Progress) -> None:
+        if self.resume_enabled:
+            save_checkpoint(self.resume_path, {**self.base, "trainers": [t.state_dict() for t in trainers],
+                                               **progress.state_dict()})
 
-def _improved(value: float, best: float | None, maximize: bool) -> bool:
-    return best is None or (value > best if maximize else value < best)
+    def drop_resume(self) -> None:
+        """The trial ended: neither its own state nor the one it resumed from is needed any more."""
+        self.resume_path.unlink(missing_ok=True)
+        if self.resumed_from is not None:
+            self.resumed_from.unlink(missing_ok=True)
+
+
+def resume_path(out_dir: Path, trial_number: int) -> Path:
+    """Where a trial keeps its per-epoch resumable state."""
+    return out_dir / "resume" / f"trial_{trial_number:05d}.pt"
+
+
+@dataclass
+class _Progress:
+    """Where a trial stands: history, best value and epoch, early-stopping state, reported steps."""
+
+    maximize: bool
+    stopper: EarlyStopping | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int = 0
+    reported: set[int] = field(default_factory=set)
+
+    def improved(self, value: float) -> bool:
+        return self.best is None or (value > self.best if self.maximize else value < self.best)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
+                "stopper": None if self.stopper is None else self.stopper.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history, self.best, self.best_epoch = list(state["history"]), state["best"], state["best_epoch"]
+        if self.stopper is not None and state.get("stopper") is not None:
+            self.stopper.load_state_dict(state["stopper"])
+
+
+def _new_progress(cfg: StudyConfig) -> _Progress:
+    maximize = cfg.resolved_direction == "maximize"
+    stopper = None
+    if cfg.train.early_stopping is not None:
+        es = cfg.train.early_stopping
+        stopper = EarlyStopping(es.patience, es.min_delta, mode="max" if maximize else "min")
+    return _Progress(maximize=maximize, stopper=stopper)
+
+
+def _resume_source(ctx: WorkerContext, trial: optuna.Trial) -> tuple[int, dict[str, Any]] | None:
+    """The state left by the trial this one retries (its worker died or was interrupted), if any."""
+    history = trial.storage.get_trial_system_attrs(trial._trial_id).get("retry_history") or []
+    if not history or not ctx.cfg.train.resume_checkpoints:
+        return None
+    path = resume_path(Path(ctx.cfg.out_dir).resolve(), history[-1])
+    if not path.is_file():
+        return None
+    return history[-1], load_checkpoint(path, map_location=ctx.device)
+
+
+def _report(trial: optuna.Trial, progress: _Progress, epoch: int, value: float) -> None:
+    if epoch not in progress.reported:  # a resumed or OOM-retried trial must not report a step twice
+        trial.report(value, epoch)
+        progress.reported.add(epoch)
+
+
+def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files: _Checkpointer,
+         progress: _Progress) -> float:
+    """The epoch loop: train all folds one epoch, report the mean, checkpoint, stop or prune."""
+    cfg = ctx.cfg
+    started = time.perf_counter()
+
+    def finish(reason: str) -> None:
+        for key, value in {"stop_reason": reason, "epochs_run": len(progress.history),
+                           "best_epoch": progress.best_epoch, "train_time": time.perf_counter() - started}.items():
+            trial.set_user_attr(key, value)
+        if files.best_enabled and progress.best is not None:
+            trial.set_user_attr("checkpoint", str(files.path))
+        files.drop_resume()
+
+    for record in progress.history:
+        _report(trial, progress, int(record["epoch"]), record[cfg.metric])
+    for epoch in range(trainers[0].epoch + 1, cfg.train.epochs + 1):
+        record = _mean_record([t.run_epoch() for t in trainers])
+        progress.history.append(record)
+        trial.set_user_attr("history", progress.history)
+        value = record[cfg.metric]
+        if not math.isfinite(record["train_loss"]) or not math.isfinite(value):
+            finish("diverged")
+            raise optuna.TrialPruned(f"loss diverged at epoch {epoch}")
+        if progress.improved(value):
+            progress.best, progress.best_epoch = value, epoch
+            files.save_best(trainers, epoch, value)
+        stop = progress.stopper is not None and progress.stopper.step(value)
+        files.save_resume(trainers, progress)
+        _report(trial, progress, epoch, value)
+        if stop:
+            finish("early_stopped")
+            return float(progress.best)
+        if trial.should_prune():
+            finish("pruned")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+    finish("completed")
+    if progress.best is None:  # resumed with no epoch left to run and none recorded
+        raise optuna.TrialPruned("no epoch was run")
+    return float(progress.best)
+
+
+def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], settings: TrainSettings,
+             seed: int, resume: tuple[int, dict[str, Any]] | None, reported: set[int]) -> float:
+    spec = model_spec(ctx.cfg, params, ctx.data)
+    trainers = _build_trainers(ctx, spec, settings, seed)
+    progress = _new_progress(ctx.cfg)
+    progress.reported = reported
+    files = _Checkpointer(ctx, trial, params, spec)
+    if resume is not None:
+        source, state = resume
+        for trainer, trainer_state in zip(trainers, state["trainers"]):
+            trainer.load_state_dict(trainer_state)
+        progress.load_state_dict(state)
+        files.resumed_from = resume_path(Path(ctx.cfg.out_dir).resolve(), source)
+        trial.set_user_attr("resumed_from", {"trial": source, "epoch": trainers[0].epoch})
+        log.info("trial %d resumes trial %d from epoch %d", trial.number, source, trainers[0].epoch)
+    return _fit(trial, ctx, trainers, files, progress)
+
+
+def release_memory(device: torch.device) -> None:
+    """Give cached accelerator memory back after a failed trial, before the next one."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
-    """Train one trial; return its best validation metric, or raise TrialPruned (pruned or diverged)."""
+    """Train one trial; return its best validation metric, or raise TrialPruned (pruned or diverged).
+
+    A CUDA out-of-memory error is retried once with half the batch size and twice the gradient
+    accumulation (the same effective batch); a second one propagates.
+    """
     cfg = ctx.cfg
     params = space.suggest(trial, cfg)
     seed = trial_seed(cfg.seed, trial.number)
@@ -121,45 +263,15 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
                        "hpsearch_version": __version__, **ctx.extra_attrs}.items():
         trial.set_user_attr(key, value)
     settings = train_settings(cfg, params, ctx.labels, ctx.data.num_classes)
-    spec = model_spec(cfg, params, ctx.data)
-    trainers = _build_trainers(ctx, spec, settings, seed)
-    checkpointer = _Checkpointer(ctx, trial, params, spec)
-    maximize = cfg.resolved_direction == "maximize"
-    stopper = None
-    if cfg.train.early_stopping is not None:
-        es = cfg.train.early_stopping
-        stopper = EarlyStopping(es.patience, es.min_delta, mode="max" if maximize else "min")
-    history: list[dict[str, float]] = []
-    best: float | None = None
-    best_epoch = 0
-    started = time.perf_counter()
-
-    def finish(reason: str) -> None:
-        trial.set_user_attr("stop_reason", reason)
-        trial.set_user_attr("epochs_run", len(history))
-        trial.set_user_attr("best_epoch", best_epoch)
-        trial.set_user_attr("train_time", time.perf_counter() - started)
-        if checkpointer.enabled and best is not None:
-            trial.set_user_attr("checkpoint", str(checkpointer.path))
-
-    for epoch in range(1, cfg.train.epochs + 1):
-        record = _mean_record([t.run_epoch() for t in trainers])
-        history.append(record)
-        trial.set_user_attr("history", history)
-        value = record[cfg.metric]
-        if not math.isfinite(record["train_loss"]) or not math.isfinite(value):
-            finish("diverged")
-            raise optuna.TrialPruned(f"loss diverged at epoch {epoch}")
-        trial.report(value, epoch)
-        if _improved(value, best, maximize):
-            best, best_epoch = value, epoch
-            checkpointer.save(trainers, epoch, value)
-        if stopper is not None and stopper.step(value):
-            finish("early_stopped")
-            break
-        if trial.should_prune():
-            finish("pruned")
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-    else:
-        finish("completed")
-    return float(best)  # type: ignore[arg-type]  # epochs >= 1 (schema) so best is set
+    reported: set[int] = set()
+    try:
+        return _attempt(trial, ctx, params, settings, seed, _resume_source(ctx, trial), reported)
+    except torch.cuda.OutOfMemoryError:
+        if settings.batch_size < 2:
+            raise
+    release_memory(ctx.device)  # outside the except block: the traceback no longer pins the tensors
+    smaller = replace(settings, batch_size=settings.batch_size // 2, accum_steps=settings.accum_steps * 2)
+    trial.set_user_attr("oom_retry", {"batch_size": smaller.batch_size, "accum_steps": smaller.accum_steps})
+    log.warning("trial %d ran out of memory; retrying with batch %d x %d accumulation", trial.number,
+                smaller.batch_size, smaller.accum_steps)
+    return _attempt(trial, ctx, params, smaller, seed, None, reported)

@@ -14,10 +14,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from hpsearch import __version__
-from hpsearch.config import StudyConfig
+from hpsearch.config import StudyConfig, WorkersConfig
 from hpsearch.errors import StorageError
 from hpsearch import space
 
+log = logging.getLogger("hpsearch")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -81,6 +82,43 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
+def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
+    """Every SQLite transaction takes the write lock up front.
+
+    A deferred transaction that reads and then writes gets SQLITE_BUSY at once, without waiting
+    for the busy timeout, when another worker writes in between; BEGIN IMMEDIATE waits instead.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN itself
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # drop pooled connections opened before the hooks
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: int) -> None:
+    """Queue a failed (died or interrupted) trial again with the same parameters; it resumes from its checkpoint."""
+    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+    if len(history) > max_retries:
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={"failed_trial": history[0], "retry_history": history},
+    ))
+
+
+def _retry_callback(max_retries: int) -> Any:
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        log.warning("trial %d lost its worker (no heartbeat); queued again to resume", trial.number)
+        requeue(study, trial, max_retries)
+
+    return on_stale
+
+
 def _prepare_sqlite(url: str) -> None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
@@ -95,12 +133,25 @@ def _prepare_sqlite(url: str) -> None:
         engine.dispose()
 
 
-def make_storage(url: str, source: str = "<memory>") -> optuna.storages.RDBStorage:
-    """Open (creating tables if needed) the RDB storage at `url`; unreachable → StorageError."""
+def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | None = None) -> optuna.storages.RDBStorage:
+    """Open (creating tables if needed) the RDB storage at `url`; unreachable → StorageError.
+
+    With `workers`, running trials send heartbeats and a trial whose worker died is failed after
+    the grace period and queued again.
+    """
     shown = redact_url(url)
+    heartbeat: dict[str, Any] = {}
+    if workers is not None:
+        heartbeat = {"heartbeat_interval": workers.heartbeat_interval, "grace_period": workers.grace_period,
+                     "heartbeat_stale_trial_callback": _retry_callback(workers.max_retries)}
     try:
         _prepare_sqlite(url)
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+        if make_url(url).get_backend_name() == "sqlite":
+            _begin_immediate(storage.engine)
+        return storage
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StorageError(f"{source}: storage: cannot use '{shown}' ({_first_line(exc)}); use a URL such as "
                            f"sqlite:///runs/study.db or postgresql+psycopg://user@host/db") from None
@@ -120,7 +171,7 @@ def _first_line(exc: BaseException) -> str:
 
 def open_study(cfg: StudyConfig, create: bool = True) -> optuna.Study:
     """Create or continue the study named in `cfg`; refuse a same-named study of the other direction."""
-    storage = make_storage(cfg.storage_url, cfg.source)
+    storage = make_storage(cfg.storage_url, cfg.source, cfg.workers)
     existing = _existing_direction(storage, cfg.name)
     if existing is None and not create:
         raise StorageError(f"{cfg.source}: name: no study '{cfg.name}' in {redact_url(cfg.storage_url)}; "

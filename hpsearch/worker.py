@@ -10,18 +10,22 @@ import os
 import socket
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import optuna
 import torch
+from optuna.storages import fail_stale_trials
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import DeviceData, load_dataset, split_folds
 from hpsearch.errors import DeviceError, ModelError, TrialFailureError
 from hpsearch.models import build_model
 from hpsearch.objective import WorkerContext, run_trial
-from hpsearch.study import finished_count
+from hpsearch.study import finished_count, requeue
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error in this many consecutive trials stops the worker
@@ -77,48 +81,107 @@ class WorkerOutcome:
     timed_out: bool = False
 
 
+Objective = Callable[[optuna.Trial], float]
+CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and so requeue) running trials whose worker stopped sending heartbeats."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """study.ask() with heartbeats on; this loop runs the heartbeat thread itself, as Study.optimize does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+        return study.ask()
+
+
 def _signature(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _record_failure(study: optuna.Study, trial: optuna.Trial, reason: str,
-                    error: str | None) -> optuna.trial.FrozenTrial:
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, error: str | None = None) -> optuna.trial.FrozenTrial:
     trial.set_user_attr("stop_reason", reason)
     if error is not None:
         trial.set_user_attr("error", error[-8000:])
-    return study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return study.tell(trial, state=TrialState.FAIL)
 
 
-def run_worker(study: optuna.Study, ctx: WorkerContext, n_trials: int, timeout: float | None = None,
-               on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> WorkerOutcome:
-    """Ask/tell trials until `n_trials` finished trials exist study-wide, the timeout passes, or Ctrl-C."""
+def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """True when `n_trials` lower-numbered trials already finished, run or wait: this one would overshoot."""
+    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+    return sum(1 for t in claimed if t.number < trial.number) >= n_trials
+
+
+def _room_for_a_trial(study: optuna.Study, n_trials: int) -> bool:
+    """A waiting (retried) trial, or fewer finished + running trials than the total."""
+    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
+    waiting = sum(1 for t in claimed if t.state == TrialState.WAITING)
+    return waiting > 0 or len(claimed) - waiting < n_trials
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, max_retries: int,
+             failures: list[str]) -> optuna.trial.FrozenTrial:
+    """Run the objective under a heartbeat and tell the storage how it ended."""
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            failures.clear()
+            return study.tell(trial, state=TrialState.PRUNED)
+        except KeyboardInterrupt:
+            frozen = _fail(study, trial, "interrupted")
+            requeue(study, frozen, max_retries)
+            raise
+        except Exception as exc:  # user code may raise anything; the trial fails, the study goes on
+            reason = "oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else "error"
+            log.error("trial %d failed (%s): %s", trial.number, reason, _signature(exc))
+            failures.append(_signature(exc))
+            return _fail(study, trial, reason, traceback.format_exc())
+    failures.clear()
+    return study.tell(trial, value)
+
+
+def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None = None,
+               on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None, max_retries: int = 3,
+               poll_s: float = 1.0) -> WorkerOutcome:
+    """Run trials until exactly `n_trials` finished trials exist study-wide (across all workers).
+
+    Stops starting trials after `timeout` seconds; Ctrl-C marks the trial in flight failed and
+    queues it again (it resumes from its checkpoint on the next run).
+    """
     outcome = WorkerOutcome()
     deadline = None if timeout is None else time.monotonic() + timeout
     failures: list[str] = []
-    while finished_count(study) < n_trials:
-        if deadline is not None and time.monotonic() >= deadline:
-            outcome.timed_out = True
-            break
-        trial = study.ask()
-        try:
-            value = run_trial(trial, ctx)
-            frozen = study.tell(trial, value)
-            failures.clear()
-        except optuna.TrialPruned:
-            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            failures.clear()
-        except KeyboardInterrupt:
-            outcome.trials.append(_record_failure(study, trial, "interrupted", None))
-            outcome.interrupted = True
-            break
-        except Exception as exc:  # user code may raise anything; the trial fails, the study goes on
-            log.error("trial %d failed: %s", trial.number, _signature(exc))
-            frozen = _record_failure(study, trial, "error", traceback.format_exc())
-            failures.append(_signature(exc))
+    waiting_logged = False
+    try:
+        while True:
+            _fail_stale_trials(study)
+            if finished_count(study) >= n_trials:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                outcome.timed_out = True
+                break
+            if not _room_for_a_trial(study, n_trials):
+                if not waiting_logged:
+                    log.info("the last trials are running elsewhere; waiting in case one must be retried")
+                    waiting_logged = True
+                time.sleep(poll_s)
+                continue
+            trial = _ask(study)
+            if _is_surplus(study, trial, n_trials):
+                _fail(study, trial, "surplus")  # another worker took the last place between count and ask
+                continue
+            frozen = _run_one(study, trial, objective, max_retries, failures)
+            outcome.trials.append(frozen)
+            if on_trial is not None:
+                on_trial(frozen)
             if len(failures) >= FAIL_FAST_AFTER and len(set(failures)) == 1:
-                raise TrialFailureError(f"the last {len(failures)} trials all failed with {failures[0]}; "
-                                        f"fix the cause (see `hpsearch status --failed`) and run again") from None
-        outcome.trials.append(frozen)
-        if on_trial is not None:
-            on_trial(frozen)
+                raise TrialFailureError(f"the last {len(failures)} trials all failed with {failures[0]}; fix the "
+                                        f"cause (see `hpsearch status --failed`) and run again")
+    except KeyboardInterrupt:
+        outcome.interrupted = True
     return outcome

@@ -55,14 +55,19 @@ def test_sigint_marks_the_trial_failed_and_rerun_continues(write_study: Callable
     assert proc.returncode == 130, err
     assert "finished 0 of 2 trials" in out
     trials = optuna.load_study(study_name="tiny", storage=url).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL]
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert trials[0].user_attrs["stop_reason"] == "interrupted"
+    assert trials[1].params == trials[0].params  # queued again, to resume from its checkpoint
+    interrupted_at = len(trials[0].user_attrs["history"])
 
     rerun = _hpsearch("run", str(path), "--epochs", "1", cwd=workdir)
     out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     study = optuna.load_study(study_name="tiny", storage=url)
     assert [t.number for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))] == [1, 2]
+    resumed = study.trials[1]
+    assert resumed.user_attrs["resumed_from"]["trial"] == 0
+    assert resumed.user_attrs["resumed_from"]["epoch"] >= max(1, interrupted_at - 1)
 
 
 def test_console_script_runs_a_study(write_study: Callable[..., Path], workdir: Path) -> None:
