@@ -9,6 +9,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = verbs.add_parser("worker", help="join a running study as one more worker")
     _add_common(worker)
     _add_run_flags(worker)
+    worker.add_argument("--slot", type=int, default=0, help="slot number recorded with trials (set by run)")
+    worker.add_argument("--gpu-claim", metavar="DIR", help="pin to a free GPU by holding a lock file in DIR")
+    worker.add_argument("--claim-wait", type=float, default=0.0, help="seconds to wait for a free GPU")
     _add_common(verbs.add_parser("validate", help="check a study file and print the resolved config"))
     status = verbs.add_parser("status", help="trials by state and the best so far")
     _add_common(status)
@@ -130,35 +134,101 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM stops like Ctrl-C: the trial in flight is marked failed, the summary printed, exit 130."""
+    """SIGTERM stops like Ctrl-C: trials in flight are marked failed and resumable, exit 130."""
     raise KeyboardInterrupt
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from hpsearch import summary
+def _slots(cfg: StudyConfig, args: argparse.Namespace) -> list[Any]:
+    from hpsearch.errors import DeviceError
+    from hpsearch.slots import assign_slots, parse_gpus, visible_gpus
+
+    requested = parse_gpus(args.gpus) if args.gpus is not None else cfg.workers.gpus
+    visible = [] if cfg.device == "cpu" else visible_gpus()
+    if cfg.device == "cuda" and not visible:
+        raise DeviceError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    return assign_slots(visible, requested, cfg.workers.trials_per_gpu, args.workers or cfg.workers.n)
+
+
+def _open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> Any:
     from hpsearch.study import open_study
+
+    study = open_study(cfg, sampler_seed=sampler_seed)
+    for point in cfg.enqueue:
+        study.enqueue_trial(point, skip_if_exists=True)
+    return study
+
+
+def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None) -> int:
+    """One worker in this process: load data once, run trials to the study-wide total."""
     from hpsearch.objective import run_trial
     from hpsearch.worker import prepare_context, run_worker
 
+    ctx = prepare_context(cfg, slot)
+    study = _open_and_enqueue(cfg, sampler_seed)
+    log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
+             len(study.get_trials(deepcopy=False, states=_finished_states())), cfg.n_trials)
+    signal.signal(signal.SIGTERM, _terminate)
+    outcome = run_worker(study, functools.partial(run_trial, ctx=ctx), cfg.n_trials, cfg.timeout,
+                         on_trial=on_trial, max_retries=cfg.workers.max_retries)
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
+def _finished_states() -> tuple[Any, ...]:
+    from hpsearch.study import FINISHED
+
+    return FINISHED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the study: in this process for one slot, under a supervisor for several."""
+    from hpsearch import summary
+
     cfg = _config(args.study_file, args)
-    if (args.workers or 1) > 1:
-        raise ConfigError(f"command line: --workers {args.workers}: several worker processes are not built yet; "
-                          f"start more `hpsearch worker {cfg.source}` processes beside this one")
-    ctx = prepare_context(cfg)
-    study = open_study(cfg)
-    for point in cfg.enqueue:
-        study.enqueue_trial(point, skip_if_exists=True)
-    log.info("study '%s' on %s: %d of %d trials finished", cfg.name, ctx.device_name,
-             summary.finished(study), cfg.n_trials)
+    slots = _slots(cfg, args)
+    if len(slots) == 1:
+        code = _work(cfg, slots[0], summary.trial_logger(cfg))
+        summary.print_summary(_open_and_enqueue(cfg), cfg)
+        return code
+    from hpsearch.monitor import Monitor
+    from hpsearch.supervisor import Supervisor, worker_argv
+    from hpsearch.worker import preflight
+
+    preflight(cfg)
+    study = _open_and_enqueue(cfg)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        outcome = run_worker(study, functools.partial(run_trial, ctx=ctx), cfg.n_trials, cfg.timeout,
-                             on_trial=summary.trial_logger(cfg), max_retries=cfg.workers.max_retries)
+        Supervisor(cfg, study, slots, worker_argv(args.study_file, args)).run(Monitor(study, cfg, slots))
     except KeyboardInterrupt:
         summary.print_summary(study, cfg)
         return EXIT_INTERRUPTED
     summary.print_summary(study, cfg)
-    return EXIT_INTERRUPTED if outcome.interrupted else 0
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One worker joining the study (started by `run --workers`, by docker, or by hand on another machine)."""
+    from hpsearch import summary
+    from hpsearch.slots import Slot, assign_slots, claim_gpu, parse_gpus, visible_gpus
+
+    cfg = _config(args.study_file, args)
+    visible = [] if cfg.device == "cpu" else visible_gpus()
+    claim = None
+    if args.gpu_claim:
+        claim = claim_gpu(args.gpu_claim, visible, wait_s=args.claim_wait, trials_per_gpu=cfg.workers.trials_per_gpu)
+        os.environ.update(claim.env)  # before CUDA starts: this process sees only its claimed GPU, as cuda:0
+        gpu: int | None = 0
+    elif args.gpus is not None:
+        gpu = assign_slots(visible, parse_gpus(args.gpus), 1, 1)[0].gpu
+    else:
+        gpu = 0 if visible else None
+    slot = Slot(index=args.slot, gpu=gpu)
+    from hpsearch.objective import trial_seed
+
+    try:
+        return _work(cfg, slot, summary.trial_logger(cfg), sampler_seed=trial_seed(cfg.seed, os.getpid()))
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -222,7 +292,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_run, "validate": cmd_validate, "status": cmd_status, "best": cmd_best,
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "validate": cmd_validate, "status": cmd_status, "best": cmd_best,
             "report": cmd_report, "dashboard": cmd_dashboard, "export": cmd_export}
 
 

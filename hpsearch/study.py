@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -31,9 +32,10 @@ def redact_url(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
-    """The sampler the file asks for, seeded from the study seed."""
-    s, seed = cfg.sampler, cfg.seed
+def make_sampler(cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler the file asks for, seeded from the study seed (or `seed`, for one of several workers)."""
+    s = cfg.sampler
+    seed = cfg.seed if seed is None else seed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if s.type == "tpe":
@@ -133,6 +135,23 @@ def _prepare_sqlite(url: str) -> None:
         engine.dispose()
 
 
+def _rdb_storage(url: str, heartbeat: dict[str, Any], attempts: int = 3) -> optuna.storages.RDBStorage:
+    def connect() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+
+    for attempt in range(attempts - 1):
+        try:
+            return connect()
+        except SQLAlchemyError as exc:
+            # Workers starting together on a new database race to create the tables; the loser retries.
+            if "already exists" not in str(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return connect()
+
+
 def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | None = None) -> optuna.storages.RDBStorage:
     """Open (creating tables if needed) the RDB storage at `url`; unreachable → StorageError.
 
@@ -146,9 +165,7 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
                      "heartbeat_stale_trial_callback": _retry_callback(workers.max_retries)}
     try:
         _prepare_sqlite(url)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+        storage = _rdb_storage(url, heartbeat)
         if make_url(url).get_backend_name() == "sqlite":
             _begin_immediate(storage.engine)
         return storage
@@ -169,8 +186,12 @@ def _first_line(exc: BaseException) -> str:
     return message.replace("(Background on this error at: https://sqlalche.me/e/20/e3q8)", "").strip()[:300]
 
 
-def open_study(cfg: StudyConfig, create: bool = True) -> optuna.Study:
-    """Create or continue the study named in `cfg`; refuse a same-named study of the other direction."""
+def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None = None) -> optuna.Study:
+    """Create or continue the study named in `cfg`; refuse a same-named study of the other direction.
+
+    Parallel workers pass their own `sampler_seed`: with the study seed in every process, they
+    would all draw the same random start-up points.
+    """
     storage = make_storage(cfg.storage_url, cfg.source, cfg.workers)
     existing = _existing_direction(storage, cfg.name)
     if existing is None and not create:
@@ -180,7 +201,7 @@ def open_study(cfg: StudyConfig, create: bool = True) -> optuna.Study:
         raise StorageError(f"{cfg.source}: direction: study '{cfg.name}' in the storage is {existing}d, the file says "
                            f"{cfg.resolved_direction}; rename the study or fix direction")
     study = optuna.create_study(storage=storage, study_name=cfg.name, direction=cfg.resolved_direction,
-                                sampler=make_sampler(cfg), pruner=make_pruner(cfg), load_if_exists=True)
+                                sampler=make_sampler(cfg, sampler_seed), pruner=make_pruner(cfg), load_if_exists=True)
     if existing is None:
         _record_study_attrs(study, cfg)
     return study

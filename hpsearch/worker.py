@@ -21,22 +21,23 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
-from hpsearch.data import DeviceData, load_dataset, split_folds
+from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.errors import DeviceError, ModelError, TrialFailureError
 from hpsearch.models import build_model
-from hpsearch.objective import WorkerContext, run_trial
+from hpsearch.objective import WorkerContext, release_memory
+from hpsearch.slots import Slot
 from hpsearch.study import finished_count, requeue
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error in this many consecutive trials stops the worker
 
 
-def resolve_device(preference: str) -> torch.device:
-    """`auto` → CUDA when present, else CPU; `cuda` without a GPU is refused."""
+def resolve_device(preference: str, gpu: int | None) -> torch.device:
+    """The slot's GPU under `auto`/`cuda`, else the CPU; `cuda` without a GPU is refused."""
     if preference == "cpu":
         return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda", 0)
+    if gpu is not None and torch.cuda.is_available():
+        return torch.device("cuda", gpu)
     if preference == "cuda":
         raise DeviceError("device: cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     return torch.device("cpu")
@@ -58,18 +59,28 @@ def _preflight_model(cfg: StudyConfig, data: DeviceData) -> None:
         raise ModelError(f"{cfg.source}: model: {exc}") from None
 
 
-def prepare_context(cfg: StudyConfig, slot: int = 0) -> WorkerContext:
-    """Load the dataset once, place it on the device, split it (seeded by the study seed)."""
-    device = resolve_device(cfg.device)
-    split = cfg.data.split
-    pool = load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
+def _load_pool(cfg: StudyConfig) -> ArrayData:
+    return load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
                         image_size=cfg.data.image_size)
+
+
+def preflight(cfg: StudyConfig) -> None:
+    """Load the data and build the model once on the CPU, so bad input fails before the study is touched."""
+    _preflight_model(cfg, DeviceData.place(_load_pool(cfg), torch.device("cpu")))
+
+
+def prepare_context(cfg: StudyConfig, slot: Slot | None = None) -> WorkerContext:
+    """Load the dataset once, place it on the slot's device, split it (seeded by the study seed)."""
+    slot = slot or Slot(index=0, gpu=0)
+    device = resolve_device(cfg.device, slot.gpu)
+    split = cfg.data.split
+    pool = _load_pool(cfg)
     data = DeviceData.place(pool, device, memory_fraction=cfg.data.memory_fraction)
     folds = split_folds(pool.y, val_split=split["val_split"], cv_folds=split["cv_folds"], seed=cfg.seed)
     _preflight_model(cfg, data)
     return WorkerContext(cfg=cfg, data=data, labels=pool.y, folds=folds, device=device,
                          device_name=describe_device(device), worker=f"{socket.gethostname()}:{os.getpid()}",
-                         slot=slot)
+                         slot=slot.index)
 
 
 @dataclass
@@ -176,6 +187,8 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                 _fail(study, trial, "surplus")  # another worker took the last place between count and ask
                 continue
             frozen = _run_one(study, trial, objective, max_retries, failures)
+            if frozen.state == TrialState.FAIL:  # after the except block, so the traceback no longer pins memory
+                release_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
             outcome.trials.append(frozen)
             if on_trial is not None:
                 on_trial(frozen)

@@ -1,0 +1,108 @@
+"""What the terminal shows while workers run: a live table on a TTY, plain log lines otherwise.
+
+Everything shown is read back from the study's storage, so it works the same for local and remote
+workers; it never imports torch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import time
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from hpsearch.config import StudyConfig
+from hpsearch.slots import Slot
+from hpsearch.summary import trial_logger
+
+log = logging.getLogger("hpsearch")
+REFRESH_S = 1.0  # one storage read per second at most: the view must not load the database
+
+
+def _elapsed(trial: FrozenTrial) -> str:
+    if trial.datetime_start is None:
+        return "-"
+    seconds = (dt.datetime.now() - trial.datetime_start).total_seconds()
+    return f"{seconds:.0f}s"
+
+
+def _latest(trial: FrozenTrial, metric: str) -> tuple[str, str]:
+    history = trial.user_attrs.get("history") or []
+    if not history:
+        return "0", "-"
+    return str(len(history)), f"{history[-1][metric]:.4f}"
+
+
+def worker_rows(trials: Sequence[FrozenTrial], slots: Sequence[Slot], cfg: StudyConfig) -> list[list[str]]:
+    """One row per slot: slot, device, trial, epoch, latest metric, elapsed (plain data, testable)."""
+    running = {t.user_attrs.get("slot"): t for t in trials if t.state == TrialState.RUNNING}
+    rows = []
+    for slot in slots:
+        trial = running.get(slot.index)
+        if trial is None:
+            rows.append([slot.label, "-", "idle", "-", "-", "-"])
+            continue
+        epoch, metric = _latest(trial, cfg.metric)
+        rows.append([slot.label, str(trial.user_attrs.get("device", "?")), f"#{trial.number}",
+                     f"{epoch}/{cfg.train.epochs}", metric, _elapsed(trial)])
+    return rows
+
+
+class Monitor:
+    """Polls the study and shows progress; `update()` is cheap to call often."""
+
+    def __init__(self, study: optuna.Study, cfg: StudyConfig, slots: Sequence[Slot], live: bool | None = None):
+        self.study, self.cfg, self.slots = study, cfg, list(slots)
+        self.live_mode = sys.stderr.isatty() if live is None else live
+        self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self.log_trial = trial_logger(cfg)
+        self.last = 0.0
+        self.live: Live | None = None
+        if self.live_mode:
+            self.live = Live(console=Console(stderr=True), refresh_per_second=2, transient=False)
+            self.live.start()
+
+    def _render(self, trials: Sequence[FrozenTrial]) -> Any:
+        table = Table(title=f"{self.cfg.name}: {self.cfg.metric}")
+        for column in ("worker", "device", "trial", "epoch", self.cfg.metric, "elapsed"):
+            table.add_column(column)
+        for row in worker_rows(trials, self.slots, self.cfg):
+            table.add_row(*row)
+        counts: dict[str, int] = {}
+        for trial in trials:
+            counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        best = "-"
+        if complete:
+            pick = max if self.cfg.resolved_direction == "maximize" else min
+            top = pick(complete, key=lambda t: t.value)
+            best = f"{top.value:.4f} (trial #{top.number})"
+        states = "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        return Group(table, f"{states}   best {best}")
+
+    def update(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < REFRESH_S:
+            return
+        self.last = now
+        trials = self.study.get_trials(deepcopy=False)
+        for trial in trials:
+            if trial.state.is_finished() and trial.number not in self.seen:
+                self.seen.add(trial.number)
+                if not self.live_mode:
+                    self.log_trial(trial)
+        if self.live is not None:
+            self.live.update(self._render(trials))
+
+    def close(self) -> None:
+        self.update(force=True)
+        if self.live is not None:
+            self.live.stop()
+            self.live = None

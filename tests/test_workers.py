@@ -1,0 +1,161 @@
+"""Workers that die, get interrupted or run out of memory: real processes, real signals, real SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pytest
+import sqlalchemy
+import torch
+from optuna.trial import TrialState
+
+from hpsearch import engine
+from hpsearch.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+URL = "sqlite:///runs/tiny/study.db"
+FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
+LONG_TRAIN = {"epochs": 15, "batch_size": 16}
+
+
+def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _study() -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=URL)
+
+
+def _wait_for(predicate: Callable[[list[optuna.trial.FrozenTrial]], Any], proc: subprocess.Popen[str],
+              timeout: float = 180.0) -> Any:
+    """Poll the study until `predicate(trials)` returns something truthy; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if Path("runs/tiny/study.db").exists():
+            try:
+                found = predicate(_study().trials)
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the study or its tables are being created
+                found = None
+            if found:
+                return found
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def _running_with_epochs(n: int) -> Callable[[list[optuna.trial.FrozenTrial]], Any]:
+    def check(trials: list[optuna.trial.FrozenTrial]) -> Any:
+        busy = [t for t in trials if t.state == TrialState.RUNNING and len(t.user_attrs.get("history", [])) >= n]
+        return busy[0] if busy else None
+
+    return check
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_is_replaced_and_its_trial_resumes(write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(n_trials=3, train=LONG_TRAIN, workers=FAST_HEARTBEAT)
+    proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
+    try:
+        victim = _wait_for(_running_with_epochs(2), proc)
+        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "died" in err and "starting a replacement" in err
+    study = _study()
+    assert len(_finished(study)) == 3
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["stop_reason"] == "worker_died"
+    resumed = [t for t in study.trials if t.user_attrs.get("resumed_from", {}).get("trial") == victim.number]
+    assert len(resumed) == 1 and resumed[0].state.is_finished()
+    assert resumed[0].user_attrs["resumed_from"]["epoch"] >= 2
+    assert resumed[0].params == killed.params
+
+
+@pytest.mark.slow
+def test_heartbeat_frees_the_trial_of_a_worker_killed_without_supervisor(write_study: Callable[..., Path],
+                                                                         workdir: Path) -> None:
+    path = write_study(n_trials=2, train=LONG_TRAIN, workers=FAST_HEARTBEAT)
+    lone = _hpsearch("worker", str(path), cwd=workdir)
+    try:
+        victim = _wait_for(_running_with_epochs(2), lone)
+        lone.send_signal(signal.SIGKILL)
+        lone.communicate(timeout=30)
+    finally:
+        lone.kill()
+    assert _study().trials[victim.number].state == TrialState.RUNNING  # nobody has noticed yet
+    assert main(["run", str(path)]) == 0
+    study = _study()
+    assert len(_finished(study)) == 2 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert study.trials[victim.number].state == TrialState.FAIL
+    resumed = [t for t in study.trials if t.user_attrs.get("resumed_from", {}).get("trial") == victim.number]
+    assert resumed and resumed[0].user_attrs["resumed_from"]["epoch"] >= 2
+
+
+@pytest.mark.slow
+def test_sigint_to_supervisor_stops_all_workers_and_rerun_continues(write_study: Callable[..., Path],
+                                                                   workdir: Path) -> None:
+    path = write_study(n_trials=3, train=LONG_TRAIN, workers=FAST_HEARTBEAT)
+    proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
+    try:
+        _wait_for(lambda trials: sum(1 for t in trials if t.state == TrialState.RUNNING and
+                                     t.user_attrs.get("history")) >= 2, proc)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        stopped_after = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert stopped_after < 10
+    study = _study()
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    interrupted = study.get_trials(states=(TrialState.FAIL,))
+    assert len(interrupted) == 2 and {t.user_attrs["stop_reason"] for t in interrupted} == {"interrupted"}
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
+    assert main(["run", str(path), "--epochs", "3"]) == 0
+    assert len(_finished(_study())) == 3
+
+
+def _oom_above(limit: int | None) -> Callable[..., dict[str, float]]:
+    real = engine.Trainer.run_epoch
+
+    def run_epoch(self: engine.Trainer) -> dict[str, float]:
+        if limit is None or self.settings.batch_size > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(self)
+
+    return run_epoch
+
+
+def test_oom_is_retried_with_half_the_batch(write_study: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine.Trainer, "run_epoch", _oom_above(32))
+    assert main(["run", str(write_study(n_trials=1))]) == 0
+    trial = _study().trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["oom_retry"] == {"batch_size": 32, "accum_steps": 2}
+
+
+def test_oom_twice_fails_the_trial_with_reason_oom(write_study: Callable[..., Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine.Trainer, "run_epoch", _oom_above(None))
+    assert main(["run", str(write_study(n_trials=5))]) == 1  # the same error three times stops the study
+    failed = _study().trials
+    assert [t.state for t in failed] == [TrialState.FAIL] * 3
+    assert {t.user_attrs["stop_reason"] for t in failed} == {"oom"}
+    assert "OutOfMemoryError" in failed[0].user_attrs["error"]
