@@ -214,3 +214,21 @@ def test_other_direction_in_same_storage_is_refused(write_study: Callable[..., P
     assert main(["run", str(write_study(n_trials=2, metric="val_loss"))]) == 2
     assert "direction" in _one_error_line(capsys)
     assert len(_load().trials) == 1
+
+
+def test_asking_for_missing_gpus_names_the_visible_ones(write_study: Callable[..., Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(device="auto")
+    assert main(["run", str(path), "--gpus", "0,1"]) == 2
+    line = _one_error_line(capsys)
+    assert "--gpus" in line and "visible" in line
+    assert not DB.exists()
+
+
+def test_bad_data_stops_a_multi_worker_run_before_the_study_is_touched(write_study: Callable[..., Path],
+                                                                      workdir: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(data={"dataset": "mnist", "root": str(workdir / "none")})
+    assert main(["run", str(path), "--workers", "2"]) == 2
+    assert "mnist" in _one_error_line(capsys)
+    assert not DB.exists()

@@ -1,0 +1,30 @@
+"""The live view's data: one row per worker slot, read back from the storage."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import optuna
+from optuna.trial import TrialState
+
+from conftest import TINY_STUDY
+from hpsearch.config import build_config
+from hpsearch.monitor import worker_rows
+from hpsearch.slots import Slot
+
+
+def _trial(number: int, state: TrialState, slot: int, epochs: int) -> optuna.trial.FrozenTrial:
+    history = [{"epoch": e, "val_accuracy": 0.5 + e / 100} for e in range(1, epochs + 1)]
+    return optuna.trial.FrozenTrial(
+        number=number, state=state, value=None, values=None, datetime_start=dt.datetime.now(),
+        datetime_complete=None, params={}, distributions={},
+        user_attrs={"slot": slot, "device": "cuda:0 (test)", "history": history}, system_attrs={},
+        intermediate_values={}, trial_id=number)
+
+
+def test_one_row_per_slot_with_the_running_trial() -> None:
+    cfg = build_config({**TINY_STUDY, "train": {"epochs": 5, "batch_size": 32}})
+    trials = [_trial(0, TrialState.COMPLETE, 0, 5), _trial(1, TrialState.RUNNING, 1, 3)]
+    rows = worker_rows(trials, [Slot(0, 0), Slot(1, 1)], cfg)
+    assert rows[0][:3] == ["gpu0#0", "-", "idle"]
+    assert rows[1][1:5] == ["cuda:0 (test)", "#1", "3/5", "0.5300"]
