@@ -704,7 +704,8 @@ def _fig_curves(d: StudyData) -> go.Figure:
             fig.add_trace(go.Scatter(x=best.epochs, y=best.values, mode="lines+markers",
                                      name=f"best (trial {best.trial})",
                                      line={"color": "#111111", "width": 3}))
-    fig.update_xaxes(title_text="epoch", range=[0.5, (d.epochs or max((c.epochs[-1] for c in d.curves), default=1)) + 0.5])
+    last = max([d.epochs or 1] + [c.epochs[-1] for c in d.curves])  # a study re-run with more epochs
+    fig.update_xaxes(title_text="epoch", range=[0.5, last + 0.5])
     fig.update_yaxes(title_text=d.metric)
     return _layout(fig, f"{d.name}: learning curves of every trial ({d.metric} per epoch)")
 
@@ -1105,6 +1106,11 @@ def _write_pngs(figs: list[tuple[str, go.Figure]], png_dir: Path, html_path: Pat
     paths = [png_dir / f"{i:02d}-{_slug(name)}.png" for i, (name, _) in enumerate(figs)]
     if not figs:
         return paths
+    # kaleido's browser driver logs its temp-dir housekeeping at INFO, some of it at interpreter
+    # exit: keep those loggers at WARNING for the rest of the process
+    for name in ("choreographer", "kaleido", "logistro"):
+        lg = logging.getLogger(name)
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
     try:
         # one kaleido session for all figures: starting Chrome per figure costs seconds each
         pio.write_images([f for _, f in figs], paths, width=1200,
