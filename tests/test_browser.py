@@ -57,9 +57,9 @@ def assert_real_image(png: Path, min_colors: int = 50) -> None:
     assert colors is not None and len(colors) >= min_colors  # not a blank page
 
 
-@pytest.fixture(scope="module")
-def report_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-    tmp = tmp_path_factory.mktemp("browser")
+@pytest.fixture
+def report_file(tmp_path: Path) -> tuple[Path, int]:
+    tmp = tmp_path
     url = f"sqlite:///{tmp / 'b.db'}"
     studies = [sf.make_study(url, "adamw-vs-sgd", 30, fail_every=9, running=1),
                sf.make_study(url, "wider", 20, seed=4, n_slots=3),
@@ -70,7 +70,10 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
 
 def test_report_renders_every_figure_offline(report_file: tuple[Path, int], tmp_path: Path) -> None:
     path, n_figs = report_file
-    run = chromium(tmp_path, *OFFLINE, "--virtual-time-budget=10000", "--dump-dom", path.as_uri())
+    png = tmp_path / "report.png"
+    # one browser run: the DOM after plotly drew, and a screenshot of the same page
+    run = chromium(tmp_path, *OFFLINE, "--virtual-time-budget=10000", "--window-size=1400,4000",
+                   f"--screenshot={png}", "--dump-dom", path.as_uri())
     dom = run.stdout
     assert n_figs == 2 * 7 + 3
     assert dom.count('class="plot-container plotly"') == n_figs  # plotly drew each one
@@ -79,13 +82,6 @@ def test_report_renders_every_figure_offline(report_file: tuple[Path, int], tmp_
     for chunk in dom.split('<div id="fig-')[1:]:
         assert 'class="main-svg"' in chunk.split('<div class="figure"')[0]
     assert "This study has no trials yet" in dom
-
-
-def test_report_screenshot(report_file: tuple[Path, int], tmp_path: Path) -> None:
-    path, _ = report_file
-    png = tmp_path / "report.png"
-    chromium(tmp_path, *OFFLINE, "--virtual-time-budget=10000", "--window-size=1400,4000",
-             f"--screenshot={png}", path.as_uri())
     assert_real_image(png)
     keep(png)
 
@@ -108,9 +104,8 @@ def dashboard_url(tmp_path: Path) -> Iterator[str]:
 
 def test_dashboard_shows_the_study(dashboard_url: str, tmp_path: Path) -> None:
     png = tmp_path / "dashboard.png"
-    chromium(tmp_path, "--virtual-time-budget=15000", "--window-size=1400,1000", f"--screenshot={png}",
-             dashboard_url)
+    dom = chromium(tmp_path, "--virtual-time-budget=15000", "--window-size=1400,1000", f"--screenshot={png}",
+                   "--dump-dom", dashboard_url).stdout
+    assert "dash-demo" in dom and 'class="plot-container plotly"' in dom
     assert_real_image(png)
     keep(png)
-    dom = chromium(tmp_path, "--virtual-time-budget=15000", "--dump-dom", dashboard_url).stdout
-    assert "dash-demo" in dom and 'class="plot-container plotly"' in dom
