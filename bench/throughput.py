@@ -9,7 +9,9 @@
 Same model, same initial weights, same optimizer (SGD, momentum 0.9, nesterov, weight decay 5e-4)
 and the same augmentation. Synthetic CIFAR-10-shaped data (uint8 3x32x32, 10 classes) for seednet
 and resnet18; sklearn's digits for the quickstart's model (mlp width 128, depth 2, batch 64, no
-augmentation). Prints one JSON line per measurement, then a JSON summary line with the speedups.
+augmentation). Prints one JSON line per measurement, then a JSON summary line with the speedups (engine / classic
+images/s, median of the per-repeat ratios of interleaved runs). ``images_per_cpu_s`` (images per
+CPU-second of this process) is printed too: on a shared machine it is less disturbed by other load.
 
     python bench/throughput.py --device cpu --quick
 """
@@ -105,12 +107,13 @@ def engine_epoch(trainer: Trainer, limit: int | None = None) -> int:
         trainer.train_idx = saved
 
 
-def _rate(run: Callable[[], int], device: torch.device) -> float:
+def _rate(run: Callable[[], int], device: torch.device) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU-second of this process)."""
     _sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     images = run()
     _sync(device)
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), images / (time.process_time() - cpu)
 
 
 def measure(name: str, data: ArrayData, batch_size: int, device: torch.device, repeats: int, augment: bool, epochs: int, note: str) -> dict[str, float]:
@@ -125,15 +128,19 @@ def measure(name: str, data: ArrayData, batch_size: int, device: torch.device, r
     classic_epoch(classic_model, data, batch_size, device, augment, limit=1)  # warm-up
     engine_epoch(trainer, limit=1)  # warm-up
     rates: dict[str, list[float]] = {"classic": [], "engine": []}
+    cpu_rates: dict[str, list[float]] = {"classic": [], "engine": []}
     for r in range(repeats):
         for loop in ("classic", "engine") if r % 2 == 0 else ("engine", "classic"):
-            rates[loop].append(_rate(runs[loop], device))
+            wall, cpu = _rate(runs[loop], device)
+            rates[loop].append(wall)
+            cpu_rates[loop].append(cpu)
     images = {"classic": n * epochs, "engine": (n // batch_size) * batch_size * epochs}
     ratios = [e / c for e, c in zip(rates["engine"], rates["classic"], strict=True)]
     for loop, values in rates.items():
         row = {
             "model": name, "batch_size": batch_size, "loop": loop, "device": str(device),
             "images_per_s": round(statistics.median(values), 1), "runs": [round(v, 1) for v in values],
+            "images_per_cpu_s": round(statistics.median(cpu_rates[loop]), 1),
             "images_per_run": images[loop], "dataset_images": n, "epochs_per_run": epochs, "augment": augment,
         }
         if loop == "engine":
