@@ -232,3 +232,21 @@ def test_bad_data_stops_a_multi_worker_run_before_the_study_is_touched(write_stu
     assert main(["run", str(path), "--workers", "2"]) == 2
     assert "mnist" in _one_error_line(capsys)
     assert not DB.exists()
+
+
+def test_report_export_and_best_export_verbs(write_study: Callable[..., Path], workdir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=2)
+    assert main(["run", str(path)]) == 0
+    assert main(["report", str(path), "--out", "r.html"]) == 0
+    html = (workdir / "r.html").read_text()
+    assert "tiny" in html and "plotly" in html.lower()
+    assert main(["export", str(path), "--format", "json"]) == 0
+    exported = json.loads((workdir / "runs/tiny/trials.json").read_text())
+    assert len(exported) == 2
+    capsys.readouterr()
+    assert main(["best", str(path), "--json", "--export", "best"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert set(record["exported"]) == {"params", "weights", "loader"}
+    assert "enqueue:" in (workdir / "best/params.yaml").read_text()
+    assert (workdir / "best/weights.pt").stat().st_size > 0
