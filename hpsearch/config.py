@@ -452,8 +452,6 @@ def _check_cross_fields(cfg: StudyConfig) -> None:
     _check_grid(cfg)
     _check_enqueue(cfg)
     _check_pruner(cfg)
-    if cfg.train.augment and cfg.data.dataset == "digits" and "crop" in cfg.train.augment:
-        raise _error(cfg, "train.augment", "random crop on 8x8 digits destroys them; remove 'crop' for digits")
 
 
 # --------------------------------------------------------------------------- loading
