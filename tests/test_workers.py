@@ -159,3 +159,18 @@ def test_oom_twice_fails_the_trial_with_reason_oom(write_study: Callable[..., Pa
     assert [t.state for t in failed] == [TrialState.FAIL] * 3
     assert {t.user_attrs["stop_reason"] for t in failed} == {"oom"}
     assert "OutOfMemoryError" in failed[0].user_attrs["error"]
+
+
+@pytest.mark.slow
+def test_three_workers_on_sqlite_finish_exactly_n_trials(write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(n_trials=7, sampler={"type": "tpe", "n_startup_trials": 3})
+    proc = _hpsearch("run", str(path), "--workers", "3", cwd=workdir)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    study = _study()
+    assert len(_finished(study)) == 7
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert len({t.user_attrs["slot"] for t in _finished(study)}) >= 2  # a worker slow to start may find nothing left
+    first = [tuple(sorted(t.params.items())) for t in study.trials[:3]]
+    assert len(set(first)) == 3  # workers seed their samplers apart: no duplicate start-up points
+    assert "finished 7 of 7 trials" in out
