@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
-from hpsearch.errors import DeviceError, ModelError, TrialFailureError
+from hpsearch.errors import DataError, DeviceError, ModelError, TrialFailureError
 from hpsearch.models import build_model
 from hpsearch.objective import WorkerContext, release_memory
 from hpsearch.slots import Slot
@@ -60,23 +60,35 @@ def _preflight_model(cfg: StudyConfig, data: DeviceData) -> None:
 
 
 def _load_pool(cfg: StudyConfig) -> ArrayData:
-    return load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
-                        image_size=cfg.data.image_size)
+    try:
+        return load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
+                            image_size=cfg.data.image_size)
+    except DataError as exc:
+        raise DataError(f"{cfg.source}: data.dataset: {exc}") from None
+
+
+def _split(cfg: StudyConfig, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    split = cfg.data.split
+    try:
+        return split_folds(labels, val_split=split["val_split"], cv_folds=split["cv_folds"], seed=cfg.seed)
+    except DataError as exc:
+        raise DataError(f"{cfg.source}: data.{'cv_folds' if split['cv_folds'] else 'val_split'}: {exc}") from None
 
 
 def preflight(cfg: StudyConfig) -> None:
     """Load the data and build the model once on the CPU, so bad input fails before the study is touched."""
-    _preflight_model(cfg, DeviceData.place(_load_pool(cfg), torch.device("cpu")))
+    pool = _load_pool(cfg)
+    _split(cfg, pool.y)
+    _preflight_model(cfg, DeviceData.place(pool, torch.device("cpu")))
 
 
 def prepare_context(cfg: StudyConfig, slot: Slot | None = None) -> WorkerContext:
     """Load the dataset once, place it on the slot's device, split it (seeded by the study seed)."""
     slot = slot or Slot(index=0, gpu=0)
     device = resolve_device(cfg.device, slot.gpu)
-    split = cfg.data.split
     pool = _load_pool(cfg)
     data = DeviceData.place(pool, device, memory_fraction=cfg.data.memory_fraction)
-    folds = split_folds(pool.y, val_split=split["val_split"], cv_folds=split["cv_folds"], seed=cfg.seed)
+    folds = _split(cfg, pool.y)
     _preflight_model(cfg, data)
     return WorkerContext(cfg=cfg, data=data, labels=pool.y, folds=folds, device=device,
                          device_name=describe_device(device), worker=f"{socket.gethostname()}:{os.getpid()}",
