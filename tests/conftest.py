@@ -59,3 +59,22 @@ def write_study(workdir: Path) -> Callable[..., Path]:
 
     return write
 
+
+@pytest.fixture(scope="session")
+def pg_url() -> Any:
+    """URL of a fresh PostgreSQL database on 127.0.0.1:5432 for this session, dropped afterwards.
+
+    Skips (naming host and port) when no server answers; HPSEARCH_REQUIRE_POSTGRES=1 makes that a failure.
+    """
+    import os
+
+    import pg
+
+    try:
+        url, name = pg.create_database()
+    except pg.PostgresUnavailable as exc:
+        if os.environ.get("HPSEARCH_REQUIRE_POSTGRES") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield url
+    pg.drop_database(name)
