@@ -169,7 +169,8 @@ def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None =
              len(study.get_trials(deepcopy=False, states=_finished_states())), cfg.n_trials)
     signal.signal(signal.SIGTERM, _terminate)
     outcome = run_worker(study, functools.partial(run_trial, ctx=ctx), cfg.n_trials, cfg.timeout,
-                         on_trial=on_trial, max_retries=cfg.workers.max_retries)
+                         on_trial=on_trial, max_retries=cfg.workers.max_retries,
+                         stale_check_s=cfg.workers.heartbeat_interval)
     return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 import warnings
 from collections import Counter
@@ -12,7 +13,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from hpsearch import __version__
 from hpsearch.config import StudyConfig, WorkersConfig
@@ -135,21 +136,29 @@ def _prepare_sqlite(url: str) -> None:
         engine.dispose()
 
 
-def _rdb_storage(url: str, heartbeat: dict[str, Any], attempts: int = 3) -> optuna.storages.RDBStorage:
-    def connect() -> optuna.storages.RDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+def _rdb_storage(url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
 
+
+def _is_startup_race(exc: SQLAlchemyError) -> bool:
+    """Workers opening a new database together race on table creation, version rows and the WAL switch."""
+    text = str(exc)
+    return isinstance(exc, IntegrityError) or "already exists" in text or "database is locked" in text
+
+
+def _open_rdb(url: str, heartbeat: dict[str, Any], attempts: int = 6) -> optuna.storages.RDBStorage:
     for attempt in range(attempts - 1):
         try:
-            return connect()
+            _prepare_sqlite(url)
+            return _rdb_storage(url, heartbeat)
         except SQLAlchemyError as exc:
-            # Workers starting together on a new database race to create the tables; the loser retries.
-            if "already exists" not in str(exc):
+            if not _is_startup_race(exc):
                 raise
-            time.sleep(0.2 * (attempt + 1))
-    return connect()
+            time.sleep(random.uniform(0.1, 0.2) * (attempt + 1))  # jitter: the losers must not collide again
+    _prepare_sqlite(url)
+    return _rdb_storage(url, heartbeat)
 
 
 def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | None = None) -> optuna.storages.RDBStorage:
@@ -164,8 +173,7 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
         heartbeat = {"heartbeat_interval": workers.heartbeat_interval, "grace_period": workers.grace_period,
                      "heartbeat_stale_trial_callback": _retry_callback(workers.max_retries)}
     try:
-        _prepare_sqlite(url)
-        storage = _rdb_storage(url, heartbeat)
+        storage = _open_rdb(url, heartbeat)
         if make_url(url).get_backend_name() == "sqlite":
             _begin_immediate(storage.engine)
         return storage

@@ -26,7 +26,7 @@ from hpsearch.errors import DataError, DeviceError, ModelError, TrialFailureErro
 from hpsearch.models import build_model
 from hpsearch.objective import WorkerContext, release_memory
 from hpsearch.slots import Slot
-from hpsearch.study import finished_count, requeue
+from hpsearch.study import requeue
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error in this many consecutive trials stops the worker
@@ -135,15 +135,10 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, error: str | No
 
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     """True when `n_trials` lower-numbered trials already finished, run or wait: this one would overshoot."""
+    if trial.number < n_trials:  # fewer than n trials of any state lie below it: no query needed
+        return False
     claimed = study.get_trials(deepcopy=False, states=CLAIMED)
     return sum(1 for t in claimed if t.number < trial.number) >= n_trials
-
-
-def _room_for_a_trial(study: optuna.Study, n_trials: int) -> bool:
-    """A waiting (retried) trial, or fewer finished + running trials than the total."""
-    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
-    waiting = sum(1 for t in claimed if t.state == TrialState.WAITING)
-    return waiting > 0 or len(claimed) - waiting < n_trials
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, max_retries: int,
@@ -170,25 +165,32 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, max
 
 def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None = None,
                on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None, max_retries: int = 3,
-               poll_s: float = 1.0) -> WorkerOutcome:
+               poll_s: float = 1.0, stale_check_s: float = 10.0) -> WorkerOutcome:
     """Run trials until exactly `n_trials` finished trials exist study-wide (across all workers).
 
     Stops starting trials after `timeout` seconds; Ctrl-C marks the trial in flight failed and
-    queues it again (it resumes from its checkpoint on the next run).
+    queues it again (it resumes from its checkpoint on the next run). Stale trials (no heartbeat)
+    are looked for every `stale_check_s` seconds: nothing can go stale faster than the heartbeat.
     """
     outcome = WorkerOutcome()
     deadline = None if timeout is None else time.monotonic() + timeout
     failures: list[str] = []
     waiting_logged = False
+    next_stale_check = 0.0
     try:
         while True:
-            _fail_stale_trials(study)
-            if finished_count(study) >= n_trials:
+            if time.monotonic() >= next_stale_check:
+                _fail_stale_trials(study)
+                next_stale_check = time.monotonic() + stale_check_s
+            claimed = study.get_trials(deepcopy=False, states=CLAIMED)  # one read decides both checks below
+            waiting = sum(1 for t in claimed if t.state == TrialState.WAITING)
+            running = sum(1 for t in claimed if t.state == TrialState.RUNNING)
+            if len(claimed) - waiting - running >= n_trials:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 outcome.timed_out = True
                 break
-            if not _room_for_a_trial(study, n_trials):
+            if waiting == 0 and len(claimed) - waiting >= n_trials:
                 if not waiting_logged:
                     log.info("the last trials are running elsewhere; waiting in case one must be retried")
                     waiting_logged = True

@@ -298,10 +298,6 @@ def open_together(new_url: Callable[[], ContextManager[str]], n_procs: int, roun
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "hpsearch/study.py: _rdb_storage retries only on 'already exists', but the losers of the race get "
-    "IntegrityError from Optuna's check-then-insert of alembic_version, and _prepare_sqlite's "
-    "PRAGMA journal_mode=WAL gets 'database is locked' at once; about one open in 20 fails"))
 def test_workers_opening_a_new_sqlite_file_together_all_succeed(tmp_path: Path) -> None:
     files = iter(range(1000))
 
