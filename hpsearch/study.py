@@ -230,6 +230,9 @@ def _record_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
              "hpsearch_version": __version__, "config": resolved}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([cfg.metric])  # the dashboard labels its axes "val_accuracy", not "Objective 0"
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:
