@@ -8,7 +8,6 @@ it does not fit.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hpsearch.errors import DataError
+from hpsearch.plugins import import_callable
 
 __all__ = [
     "AUGMENTATIONS",
@@ -249,7 +249,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _load_custom(spec: str, root: str | Path | None) -> ArrayData:
-    factory = _import_callable(spec)
+    factory = import_callable(spec, "dataset", DataError)
     try:
         result = factory(root=root)
     except Exception as exc:
@@ -270,23 +270,6 @@ def _load_custom(spec: str, root: str | Path | None) -> ArrayData:
         f"dataset '{spec}' returned {type(result).__name__}; return an ArrayData, a tuple (x, y) "
         f"of arrays, or a torch Dataset"
     )
-
-
-def _import_callable(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise DataError(f"dataset '{spec}': write a custom dataset as 'package.module:callable'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise DataError(
-            f"dataset '{spec}': cannot import module '{module_name}' ({type(exc).__name__}: {exc}); "
-            f"make sure it is on PYTHONPATH"
-        ) from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise DataError(f"dataset '{spec}': module '{module_name}' has no callable '{attr}'")
-    return factory
 
 
 def _materialise(ds: Any) -> ArrayData:

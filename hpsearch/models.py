@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from hpsearch.errors import ModelError
+from hpsearch.plugins import import_callable
 
 __all__ = ["MODEL_KWARGS", "MODEL_NAMES", "build_model"]
 
@@ -105,19 +105,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {"seednet": seednet, "mlp": mlp
 def _build_custom(
     spec: str, input_shape: tuple[int, ...], num_classes: int, dropout: float, kwargs: dict[str, Any]
 ) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ModelError(f"model '{spec}': write a custom model as 'package.module:callable'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ModelError(
-            f"model '{spec}': cannot import module '{module_name}' ({type(exc).__name__}: {exc}); "
-            f"make sure it is on PYTHONPATH"
-        ) from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ModelError(f"model '{spec}': module '{module_name}' has no callable '{attr}'")
+    factory = import_callable(spec, "model", ModelError)
     arguments = {"input_shape": input_shape, "num_classes": num_classes, "dropout": dropout, **kwargs}
     try:
         inspect.signature(factory).bind(**arguments)
