@@ -110,7 +110,7 @@ def test_heartbeat_frees_the_trial_of_a_worker_killed_without_supervisor(write_s
 @pytest.mark.slow
 def test_sigint_to_supervisor_stops_all_workers_and_rerun_continues(write_study: Callable[..., Path],
                                                                    workdir: Path) -> None:
-    path = write_study(n_trials=3, train=LONG_TRAIN, workers=FAST_HEARTBEAT)
+    path = write_study(n_trials=3, train={"epochs": 300, "batch_size": 16}, workers=FAST_HEARTBEAT)
     proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
     try:
         _wait_for(lambda trials: sum(1 for t in trials if t.state == TrialState.RUNNING and
