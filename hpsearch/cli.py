@@ -158,26 +158,21 @@ def _open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> Any:
     return study
 
 
-def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None) -> int:
-    """One worker in this process: load data once, run trials to the study-wide total."""
+def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None) -> tuple[int, Any]:
+    """One worker in this process: load data once, run trials to the study-wide total; (exit code, study)."""
     from hpsearch.objective import run_trial
+    from hpsearch.study import finished_count
     from hpsearch.worker import prepare_context, run_worker
 
     ctx = prepare_context(cfg, slot)
     study = _open_and_enqueue(cfg, sampler_seed)
     log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
-             len(study.get_trials(deepcopy=False, states=_finished_states())), cfg.n_trials)
+             finished_count(study), cfg.n_trials)
     signal.signal(signal.SIGTERM, _terminate)
     outcome = run_worker(study, functools.partial(run_trial, ctx=ctx), cfg.n_trials, cfg.timeout,
                          on_trial=on_trial, max_retries=cfg.workers.max_retries,
                          stale_check_s=cfg.workers.heartbeat_interval)
-    return EXIT_INTERRUPTED if outcome.interrupted else 0
-
-
-def _finished_states() -> tuple[Any, ...]:
-    from hpsearch.study import FINISHED
-
-    return FINISHED
+    return (EXIT_INTERRUPTED if outcome.interrupted else 0), study
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -187,8 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args.study_file, args)
     slots = _slots(cfg, args)
     if len(slots) == 1:
-        code = _work(cfg, slots[0], summary.trial_logger(cfg))
-        summary.print_summary(_open_and_enqueue(cfg), cfg)
+        code, study = _work(cfg, slots[0], summary.trial_logger(cfg))
+        summary.print_summary(study, cfg)
         return code
     from hpsearch.monitor import Monitor
     from hpsearch.supervisor import Supervisor, worker_argv
@@ -209,6 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker joining the study (started by `run --workers`, by docker, or by hand on another machine)."""
     from hpsearch import summary
+    from hpsearch.objective import trial_seed
     from hpsearch.slots import Slot, assign_slots, claim_gpu, parse_gpus, visible_gpus
 
     cfg = _config(args.study_file, args)
@@ -223,10 +219,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     else:
         gpu = 0 if visible else None
     slot = Slot(index=args.slot, gpu=gpu)
-    from hpsearch.objective import trial_seed
-
     try:
-        return _work(cfg, slot, summary.trial_logger(cfg), sampler_seed=trial_seed(cfg.seed, os.getpid()))
+        return _work(cfg, slot, summary.trial_logger(cfg), sampler_seed=trial_seed(cfg.seed, os.getpid()))[0]
     finally:
         if claim is not None:
             claim.release()

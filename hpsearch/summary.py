@@ -15,11 +15,6 @@ from hpsearch.study import best_trial, count_states, finished_count, redact_url
 log = logging.getLogger("hpsearch")
 
 
-def finished(study: optuna.Study) -> int:
-    """Finished (complete or pruned) trials so far."""
-    return finished_count(study)
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
