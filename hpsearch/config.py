@@ -197,6 +197,14 @@ PrunerConfig = Annotated[
 ]
 
 
+def _builtin_or_callable(name: str, kind: str, builtins: Any, callable_word: str) -> str:
+    """A builtin name, or user code as 'package.module:callable'; anything else is a clear error."""
+    if name not in builtins and not CALLABLE_RE.match(name):
+        raise ValueError(f"unknown {kind} '{name}'{_did_you_mean(name, builtins)}; use one of "
+                         f"{', '.join(builtins)} or 'package.module:{callable_word}'")
+    return name
+
+
 class DataConfig(Strict):
     dataset: str = "digits"
     root: str = "./data"
@@ -209,10 +217,7 @@ class DataConfig(Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        if name not in BUILTIN_DATASETS and not CALLABLE_RE.match(name):
-            raise ValueError(f"unknown dataset '{name}'{_did_you_mean(name, BUILTIN_DATASETS)}; use one of "
-                             f"{', '.join(BUILTIN_DATASETS)} or 'package.module:callable'")
-        return name
+        return _builtin_or_callable(name, "dataset", BUILTIN_DATASETS, "callable")
 
     @model_validator(mode="after")
     def _one_split(self) -> DataConfig:
@@ -235,10 +240,7 @@ class ModelConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        if name not in BUILTIN_MODELS and not CALLABLE_RE.match(name):
-            raise ValueError(f"unknown model '{name}'{_did_you_mean(name, BUILTIN_MODELS)}; use one of "
-                             f"{', '.join(BUILTIN_MODELS)} or 'package.module:factory'")
-        return name
+        return _builtin_or_callable(name, "model", BUILTIN_MODELS, "factory")
 
     @model_validator(mode="after")
     def _known_args(self) -> ModelConfig:
