@@ -31,13 +31,16 @@ __all__ = [
     "Trainer",
     "amp_dtype",
     "build_optimizer",
+    "channels_last_for",
     "class_weights_for",
     "evaluate",
+    "grad_scaler_for",
     "load_checkpoint",
     "lr_at",
     "save_checkpoint",
     "seed_everything",
     "train_one_epoch",
+    "tune_backend",
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -186,6 +189,23 @@ def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     return torch.bfloat16 if bf16 else torch.float16
 
 
+def grad_scaler_for(dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 autocast, else None (bf16 has fp32's exponent range; fp32 needs none)."""
+    # fp16 gradients underflow to zero without loss scaling.
+    return torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+
+def channels_last_for(model: nn.Module, device: torch.device, enabled: bool = True) -> bool:
+    """Whether to train ``model`` in channels_last: conv nets on CUDA (NHWC feeds tensor cores directly)."""
+    return torch.device(device).type == "cuda" and enabled and _has_conv(model)
+
+
+def tune_backend(device: torch.device) -> None:
+    """Per-process backend switches for ``device``: cuDNN autotuning on CUDA, nothing on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes (drop_last): autotuned kernels pay off
+
+
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -308,19 +328,17 @@ class Trainer:
         self.device = data.device
         self.data = data
         self.settings = settings
-        self.use_channels_last = self.device.type == "cuda" and settings.channels_last and _has_conv(model)
+        self.use_channels_last = channels_last_for(model, self.device, settings.channels_last)
         self.model = model.to(self.device)
         if self.use_channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed batch shapes (drop_last): autotuned kernels pay off
+        tune_backend(self.device)
         self.train_idx = train_idx.to(self.device)
         self.val_idx = val_idx.to(self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.amp = amp_dtype(self.device, settings.amp)
-        # fp16 needs loss scaling against gradient underflow; bf16 has fp32's exponent range.
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        self.scaler = grad_scaler_for(self.amp)
         self.optimizer = build_optimizer(self.model, settings, self.device)
         weight = None
         if settings.class_weights is not None:

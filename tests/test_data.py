@@ -13,7 +13,7 @@ import torch
 
 from hpsearch.data import ArrayData, DeviceData, from_arrays, load_dataset, random_crop, random_hflip, split_folds
 from hpsearch.errors import DataError
-from torch_fixtures import skip_md5_checks, write_cifar10, write_image_folder, write_mnist, write_svhn
+from torch_fixtures import DEVICES, skip_md5_checks, write_cifar10, write_image_folder, write_mnist, write_svhn
 
 CPU = torch.device("cpu")
 
@@ -313,18 +313,41 @@ def test_augment_rejects_unknown_and_feature_data() -> None:
         feats.batches(torch.arange(10), 4, shuffle=False, augment=("rotate",))
 
 
-def test_streaming_yields_same_samples_as_resident(tagged: ArrayData, caplog: pytest.LogCaptureFixture) -> None:
-    resident = DeviceData.place(tagged, CPU)
+@pytest.mark.parametrize("device", DEVICES)
+def test_streaming_yields_same_samples_as_resident(tagged: ArrayData, caplog: pytest.LogCaptureFixture, device: str) -> None:
+    """The streaming fallback (on CUDA: pinned memory, loader workers, non-blocking copies) gives the same batches."""
+    dev = torch.device(device)
+    resident = DeviceData.place(tagged, dev)
     with caplog.at_level(logging.WARNING, logger="hpsearch"):
-        streamed = DeviceData.place(tagged, CPU, force_streaming=True)
-    assert not streamed.resident
+        streamed = DeviceData.place(tagged, dev, force_streaming=True)
+    assert resident.resident and resident.x.device.type == dev.type
+    assert not streamed.resident and streamed.x.device.type == "cpu"
     assert any("streaming" in r.getMessage() for r in caplog.records)
     idx = torch.arange(5, 95)
+
+    def gen(seed: int) -> torch.Generator:
+        return torch.Generator(device=dev).manual_seed(seed)
+
     for shuffle in (False, True):
-        a = _collect(resident.batches(idx, 16, shuffle=shuffle, generator=torch.Generator().manual_seed(7)))
-        b = _collect(streamed.batches(idx, 16, shuffle=shuffle, generator=torch.Generator().manual_seed(7)))
+        a = _collect(resident.batches(idx, 16, shuffle=shuffle, generator=gen(7)))
+        b = _collect(streamed.batches(idx, 16, shuffle=shuffle, generator=gen(7)))
+        assert b[0].device.type == b[1].device.type == dev.type
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    a = _collect(resident.batches(idx, 16, shuffle=True, augment=("crop", "hflip"), generator=g1))
-    b = _collect(streamed.batches(idx, 16, shuffle=True, augment=("crop", "hflip"), generator=g2))
+    a = _collect(resident.batches(idx, 16, shuffle=True, augment=("crop", "hflip"), generator=gen(3)))
+    b = _collect(streamed.batches(idx, 16, shuffle=True, augment=("crop", "hflip"), generator=gen(3)))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_placement_budget_is_checked_against_free_memory(tagged: ArrayData, caplog: pytest.LogCaptureFixture, device: str) -> None:
+    """On CUDA data over the budget streams (visibly); host memory (the CPU) has no such budget."""
+    dev = torch.device(device)
+    with caplog.at_level(logging.WARNING, logger="hpsearch"):
+        tight = DeviceData.place(tagged, dev, memory_fraction=1e-12)
+    assert tight.resident is (dev.type == "cpu")
+    logged = [r.getMessage() for r in caplog.records if "streaming" in r.getMessage()]
+    if dev.type == "cuda":
+        assert len(logged) == 1 and "MiB free" in logged[0]
+    else:
+        assert not logged
+    assert DeviceData.place(tagged, dev).resident

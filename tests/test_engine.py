@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ from hpsearch.engine import (
     TrainSettings,
     amp_dtype,
     build_optimizer,
+    channels_last_for,
     class_weights_for,
     evaluate,
+    grad_scaler_for,
     load_checkpoint,
     lr_at,
     save_checkpoint,
@@ -29,6 +32,7 @@ from hpsearch.engine import (
 )
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.models import build_model
+from torch_fixtures import DEVICES
 
 CPU = torch.device("cpu")
 
@@ -331,18 +335,82 @@ def test_evaluate_empty_is_nan() -> None:
     assert math.isnan(out["loss"]) and math.isnan(out["accuracy"])
 
 
+# ---------------------------------------------------------------- device switches (CPU and CUDA)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_switches(digits: ArrayData, split, device: str) -> None:
+    """Each CUDA-only switch is on with CUDA and off on the CPU; everything else is the same path."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    placed = DeviceData.place(digits, dev)
+    assert placed.resident and placed.x.dtype == torch.uint8 and placed.x.device.type == dev.type
+    conv = _trainer(placed, split, model="seednet", epochs=1)
+    assert conv.use_channels_last is cuda and channels_last_for(conv.model, dev) is cuda
+    assert conv.model[3].weight.is_contiguous(memory_format=torch.channels_last) is cuda  # 32 -> 32 channels
+    assert conv.amp == amp_dtype(dev, "auto") and (conv.amp is not None) is cuda
+    assert (conv.scaler is not None) is (conv.amp == torch.float16)
+    assert bool(conv.optimizer.defaults.get("fused")) is cuda
+    assert torch.backends.cudnn.benchmark is True or not cuda
+    assert _trainer(placed, split, model="mlp", epochs=1).use_channels_last is False
+    fp16 = _trainer(placed, split, amp="fp16", epochs=1)
+    assert fp16.amp == (torch.float16 if cuda else None)
+    assert isinstance(fp16.scaler, torch.amp.GradScaler) is cuda
+    assert grad_scaler_for(torch.bfloat16) is None and grad_scaler_for(None) is None
+    row = conv.run_epoch()
+    assert math.isfinite(row["train_loss"]) and 0.0 <= row["val_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_exact_resume_on_device(digits: ArrayData, split, device: str, tmp_path: Path) -> None:
+    """State saved on the device, read back through a CPU checkpoint, continues the same run."""
+    placed = DeviceData.place(digits, torch.device(device))
+    settings = {"epochs": 4, "augment": ("crop", "hflip"), "dropout": 0.2, "optimizer": "adamw", "weight_decay": 1e-3}
+    original = _trainer(placed, split, seed=3, **settings)
+    original.run_epoch()
+    save_checkpoint(tmp_path / "state.pt", original.state_dict())
+    expected = original.run_epoch()
+    restored = _trainer(placed, split, seed=4, **settings)
+    restored.load_state_dict(load_checkpoint(tmp_path / "state.pt"))
+    got = restored.run_epoch()
+    tolerance = 0.0 if device == "cpu" else 1e-5  # CUDA kernels may reorder sums between runs
+    for key, value in _without_time([expected])[0].items():
+        assert got[key] == pytest.approx(value, rel=tolerance, abs=tolerance), key
+    for p, q in zip(original.model.parameters(), restored.model.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_epoch_syncs_with_the_host_once(digits: ArrayData, split) -> None:
+    """No host sync inside the epoch on CUDA: torch's sync debug mode flags each one."""
+    placed = DeviceData.place(digits, torch.device("cuda"))
+    trainer = _trainer(placed, split, model="seednet", epochs=2, augment=("crop", "hflip"))
+    trainer.train_epoch()  # warm-up: cuDNN autotuning, the allocator and optimizer state settle first
+    torch.cuda.synchronize()
+    counts = []
+    for run in (trainer.train_epoch, trainer.validate):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append([str(w.message) for w in caught if "synchroniz" in str(w.message)])
+    assert all(len(found) <= 1 for found in counts), counts  # the one transfer of the epoch's metrics
+
+
+@pytest.mark.gpu
 def test_cuda_fast_path_matches_fp32_accuracy(digits: ArrayData, split) -> None:
     cuda = torch.device("cuda")
     placed = DeviceData.place(digits, cuda)
-    assert placed.resident and placed.x.dtype == torch.uint8 and placed.x.is_cuda
     results = {}
-    for amp, channels_last in (("bf16", True), ("off", False)):
+    for amp, channels_last in (("bf16", True), ("fp16", True), ("off", False)):
         trainer = _trainer(placed, split, model="seednet", amp=amp, channels_last=channels_last, epochs=15, lr=3e-3, batch_size=64, augment=("crop",))
-        assert trainer.amp == (torch.bfloat16 if amp == "bf16" else None)
+        assert trainer.amp == {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
         assert trainer.use_channels_last is channels_last
         history = [trainer.run_epoch() for _ in range(15)]
         results[amp] = history[-1]["val_accuracy"]
     assert results["off"] > 0.85
     assert abs(results["bf16"] - results["off"]) < 0.05
+    assert abs(results["fp16"] - results["off"]) < 0.05

@@ -13,6 +13,8 @@ from typing import Callable
 import optuna
 import pytest
 
+from torch_fixtures import DEVICES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,3 +78,21 @@ def test_console_script_runs_a_study(write_study: Callable[..., Path], workdir: 
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "finished 1 of 1 trials" in out and "best trial #0" in out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_run_trains_on_the_device_and_saves_portable_checkpoints(write_study: Callable[..., Path], workdir: Path,
+                                                                 device: str) -> None:
+    from hpsearch.engine import load_checkpoint
+
+    path = write_study(n_trials=2, device=device, model={"name": "seednet", "args": {"width": 8}},
+                       train={"epochs": 2, "batch_size": 64, "augment": ["crop", "hflip"]})
+    proc = _hpsearch("run", str(path), cwd=workdir)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db")
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 2
+    assert all(t.user_attrs["device"].startswith("cuda:0 (" if device == "cuda" else "cpu") for t in done)
+    checkpoint = load_checkpoint(done[0].user_attrs["checkpoint"])  # read on the CPU, wherever it was written
+    assert all(not tensor.is_cuda for tensor in checkpoint["model"].values())

@@ -101,3 +101,8 @@ def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "ee
             xs.append(pixels.transpose(2, 0, 1))
             ys.append(label)
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+
+
+# The same test body on the CPU (always) and on CUDA (`gpu`, skipped without a GPU): the fast path
+# is one code path, and only the CUDA switches differ in what the test expects.
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
