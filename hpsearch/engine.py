@@ -8,22 +8,20 @@ multiply it by a factor in [0, 1].
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hpsearch.checkpoints import load_checkpoint, save_checkpoint  # re-exported: their documented home
 from hpsearch.data import DeviceData
-from hpsearch.errors import ConfigError, DeviceError, HpsearchError
+from hpsearch.errors import ConfigError, DeviceError
 
 __all__ = [
     "EarlyStopping",
@@ -433,32 +431,6 @@ class Trainer:
         self.generator.set_state(rng["generator"].cpu())
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
-
-
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``: tensors and primitives)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError as exc:
-        raise HpsearchError(f"checkpoint {path} does not exist") from exc
-    except Exception as exc:
-        raise HpsearchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); delete it to start over") from exc
 
 
 class EarlyStopping:

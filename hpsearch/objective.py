@@ -19,9 +19,10 @@ import torch
 
 from hpsearch import __version__, space
 from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
+from hpsearch.checkpoints import CheckpointWriter, load_checkpoint
 from hpsearch.data import DeviceData
-from hpsearch.engine import (EarlyStopping, Trainer, TrainSettings, class_weights_for, load_checkpoint, save_checkpoint,
-                             seed_everything)
+from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights_for, seed_everything
+from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model
 
 log = logging.getLogger("hpsearch")
@@ -29,7 +30,7 @@ log = logging.getLogger("hpsearch")
 
 @dataclass
 class WorkerContext:
-    """What a worker prepares once and every trial reuses: config, resident data, folds, identity."""
+    """What a worker prepares once and every trial reuses: config, resident data, folds, identity, writer."""
 
     cfg: StudyConfig
     data: DeviceData
@@ -40,6 +41,7 @@ class WorkerContext:
     worker: str
     slot: int = 0
     extra_attrs: dict[str, Any] = field(default_factory=dict)
+    checkpoints: CheckpointWriter = field(default_factory=CheckpointWriter)
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -93,7 +95,10 @@ def _mean_record(records: list[dict[str, float]]) -> dict[str, float]:
 
 
 class _Checkpointer:
-    """The trial's files: best weights when the metric improves, resumable state every epoch."""
+    """The trial's files: best weights when the metric improves, resumable state every epoch.
+
+    Both are written in the background (the worker's CheckpointWriter); :meth:`flush` waits for them.
+    """
 
     def __init__(self, ctx: WorkerContext, trial: optuna.Trial, params: dict[str, Any], spec: dict[str, Any]):
         out = Path(ctx.cfg.out_dir).resolve()
@@ -104,6 +109,7 @@ class _Checkpointer:
         self.base = {"params": params, "model_spec": spec, "hpsearch_version": __version__,
                      "study": ctx.cfg.name, "trial": trial.number}
         self.metric = ctx.cfg.metric
+        self.writer = ctx.checkpoints
         self.resumed_from: Path | None = None
 
     def save_best(self, trainers: list[Trainer], epoch: int, value: float) -> None:
@@ -114,15 +120,27 @@ class _Checkpointer:
                    "epoch": epoch, "metric": {"name": self.metric, "value": value}}
         if len(trainers) > 1:
             payload["fold_models"] = [t.model.state_dict() for t in trainers]
-        save_checkpoint(self.path, payload)
+        self.writer.submit(self.path, payload)
 
     def save_resume(self, trainers: list[Trainer], progress: _Progress) -> None:
         if self.resume_enabled:
-            save_checkpoint(self.resume_path, {**self.base, "trainers": [t.state_dict() for t in trainers],
-                                               **progress.state_dict()})
+            self.writer.submit(self.resume_path, {**self.base, "trainers": [t.state_dict() for t in trainers],
+                                                  **progress.state_dict()})
+
+    def flush(self) -> None:
+        """Wait until every checkpoint of this trial submitted so far is on disk."""
+        self.writer.flush()
+
+    def flush_quietly(self) -> None:
+        """:meth:`flush` while another error is on its way: a write error is logged, not raised."""
+        try:
+            self.writer.flush()
+        except HpsearchError as exc:
+            log.warning("trial %d: %s", self.base["trial"], exc)
 
     def drop_resume(self) -> None:
         """The trial ended: neither its own state nor the one it resumed from is needed any more."""
+        self.flush()  # a write still in flight would bring the file back
         self.resume_path.unlink(missing_ok=True)
         if self.resumed_from is not None:
             self.resumed_from.unlink(missing_ok=True)
@@ -190,6 +208,7 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
     started = time.perf_counter()
 
     def finish(reason: str) -> None:
+        files.flush()  # the checkpoint attr must name a complete file
         for key, value in {"stop_reason": reason, "epochs_run": len(progress.history),
                            "best_epoch": progress.best_epoch, "train_time": time.perf_counter() - started}.items():
             trial.set_user_attr(key, value)
@@ -240,7 +259,11 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
         files.resumed_from = resume_path(Path(ctx.cfg.out_dir).resolve(), source)
         trial.set_user_attr("resumed_from", {"trial": source, "epoch": trainers[0].epoch})
         log.info("trial %d resumes trial %d from epoch %d", trial.number, source, trainers[0].epoch)
-    return _fit(trial, ctx, trainers, files, progress)
+    try:
+        return _fit(trial, ctx, trainers, files, progress)
+    except BaseException:
+        files.flush_quietly()  # an interrupted trial resumes from the last epoch it submitted
+        raise
 
 
 def release_memory(device: torch.device) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
-TORCH_SIDE = ("data", "models", "engine")
+TORCH_SIDE = ("data", "models", "engine", "checkpoints")
 LIGHT_SIDE = ("config", "space", "study", "report", "summary")
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")
 

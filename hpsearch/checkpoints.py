@@ -1,0 +1,125 @@
+"""Checkpoint files: atomic writes, safe reads, and a background writer that keeps training going.
+
+A trial saves its best weights when the metric improves and its resumable state every epoch. For
+a large model that is hundreds of MB per epoch; written inline, the accelerator waits for the disk.
+:class:`CheckpointWriter` snapshots the tensors to host memory (fast) and leaves the write to a
+thread, so the next epoch starts at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpsearch.errors import HpsearchError
+
+__all__ = ["CheckpointWriter", "host_copy", "load_checkpoint", "save_checkpoint"]
+
+log = logging.getLogger("hpsearch")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``: tensors and primitives)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise HpsearchError(f"checkpoint {path} does not exist") from exc
+    except Exception as exc:
+        raise HpsearchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); delete it to start over") from exc
+
+
+def host_copy(obj: Any) -> Any:
+    """A deep copy of nested dicts, lists and tuples with every tensor copied to host memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: host_copy(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(host_copy(value) for value in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints on one background thread, newest snapshot per path, errors re-raised.
+
+    :meth:`submit` copies the payload (tensors to host memory: training may change them right
+    after) and returns; a snapshot still queued for the same path is replaced, since only the
+    newest matters. :meth:`flush` waits until everything submitted is on disk and re-raises the
+    first write error; :meth:`submit` re-raises it too. Each file is replaced atomically, so a
+    crash leaves the previous version intact.
+    """
+
+    def __init__(self) -> None:
+        self._queued: dict[Path, dict[str, Any]] = {}
+        self._writing = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, path: str | Path, payload: dict[str, Any]) -> None:
+        """Queue ``payload`` for ``path`` (a snapshot taken now) and return without waiting for the disk."""
+        self._raise_error()
+        snapshot = host_copy(payload)
+        with self._cond:
+            self._queued.pop(Path(path), None)  # re-insert: writes stay in submission order
+            self._queued[Path(path)] = snapshot
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hpsearch-checkpoints", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every submitted checkpoint is written; re-raise the first write error."""
+        with self._cond:
+            while self._queued or self._writing:
+                if self._thread is None or not self._thread.is_alive():
+                    raise HpsearchError("the checkpoint writer thread is gone; checkpoints were not written")
+                self._cond.wait(timeout=1.0)
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        with self._cond:
+            error, self._error = self._error, None
+        if error is not None:
+            raise HpsearchError(f"writing a checkpoint failed ({type(error).__name__}: {error})") from error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queued:
+                    self._cond.wait()
+                path = next(iter(self._queued))
+                snapshot = self._queued.pop(path)
+                self._writing = True
+            try:
+                save_checkpoint(path, snapshot)
+            except Exception as exc:  # kept for the training thread, which decides what to do
+                log.error("checkpoint %s could not be written: %s", path, exc)
+                with self._cond:
+                    self._error = self._error or exc
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()

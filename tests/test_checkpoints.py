@@ -1,0 +1,101 @@
+"""Checkpoint files: atomic writes, one-line read errors, and the background writer's guarantees."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpsearch import checkpoints
+from hpsearch.checkpoints import CheckpointWriter, host_copy, load_checkpoint, save_checkpoint
+from hpsearch.errors import HpsearchError
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(HpsearchError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HpsearchError, match="cannot be read"):
+        load_checkpoint(tmp_path / "bad.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"x": torch.ones(2)})
+    save_checkpoint(tmp_path / "ok.pt", {"x": torch.zeros(2)})  # replaces atomically
+    assert torch.equal(load_checkpoint(tmp_path / "ok.pt")["x"], torch.zeros(2))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_host_copy_is_deep_and_detached() -> None:
+    weights = torch.ones(3, requires_grad=True)
+    history = [{"epoch": 1, "loss": 0.5}]
+    payload = {"model": {"w": weights}, "rng": (torch.arange(2),), "history": history, "epoch": 1}
+    copied = host_copy(payload)
+    with torch.no_grad():
+        weights.add_(1.0)
+    history.append({"epoch": 2, "loss": 0.4})
+    assert torch.equal(copied["model"]["w"], torch.ones(3)) and not copied["model"]["w"].requires_grad
+    assert copied["history"] == [{"epoch": 1, "loss": 0.5}] and isinstance(copied["rng"], tuple)
+
+
+def test_writer_saves_the_snapshot_taken_at_submit(tmp_path: Path) -> None:
+    writer = CheckpointWriter()
+    weights = torch.zeros(1000)
+    for epoch in range(1, 4):
+        weights.fill_(epoch)
+        writer.submit(tmp_path / "state.pt", {"w": weights, "epoch": epoch})
+        weights.fill_(-1.0)  # training goes on and changes the live tensor at once
+    writer.flush()
+    state = load_checkpoint(tmp_path / "state.pt")
+    assert state["epoch"] == 3 and torch.equal(state["w"], torch.full((1000,), 3.0))
+    writer.flush()  # nothing pending: returns at once
+
+
+def test_writer_keeps_only_the_newest_queued_snapshot_per_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[tuple[str, int]] = []
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_save(path: Path, payload: dict) -> None:
+        started.set()
+        release.wait(10)
+        written.append((path.name, payload["epoch"]))
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", slow_save)
+    writer = CheckpointWriter()
+    writer.submit(tmp_path / "resume.pt", {"epoch": 1})
+    assert started.wait(10)  # epoch 1 is being written; everything below queues behind it
+    writer.submit(tmp_path / "resume.pt", {"epoch": 2})
+    writer.submit(tmp_path / "best.pt", {"epoch": 2})
+    writer.submit(tmp_path / "resume.pt", {"epoch": 3})  # replaces epoch 2, never written
+    release.set()
+    writer.flush()
+    assert written == [("resume.pt", 1), ("best.pt", 2), ("resume.pt", 3)]
+
+
+def test_write_errors_reach_the_training_thread_once(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    writer = CheckpointWriter()
+    writer.submit(tmp_path / "file" / "trial.pt", {"epoch": 1})
+    with pytest.raises(HpsearchError, match="writing a checkpoint failed"):
+        writer.flush()
+    writer.flush()  # reported once
+    writer.submit(tmp_path / "file" / "trial.pt", {"epoch": 2})
+    with pytest.raises(HpsearchError, match="writing a checkpoint failed"):
+        writer.flush()
+    writer.submit(tmp_path / "ok.pt", {"epoch": 3})
+    writer.flush()
+    assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3
+
+
+def test_submit_reports_an_earlier_write_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    writer = CheckpointWriter()
+    bad = tmp_path / "file" / "trial.pt"
+    writer.submit(bad, {"epoch": 1})
+    deadline = time.monotonic() + 10
+    with pytest.raises(HpsearchError, match="writing a checkpoint failed"):
+        while time.monotonic() < deadline:  # the failure lands in the background; a later submit reports it
+            writer.submit(tmp_path / "ok.pt", {"epoch": 2})
+            time.sleep(0.01)
+    writer.flush()
