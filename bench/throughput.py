@@ -13,6 +13,12 @@ augmentation). Prints one JSON line per measurement (images/s: best of the inter
 every run are printed too), then a JSON summary line with the speedups (engine / classic).
 
     python bench/throughput.py --device cpu --quick
+    python bench/throughput.py --device cuda --profile   # + where the engine's time goes, per configuration
+
+``--profile`` adds one JSON line per configuration from ``torch.profiler`` over a few engine
+steps (after the timed runs, so it does not disturb them): the ops with the most host time and,
+on CUDA, the kernels with the most device time, the kernel launches per step and how busy the
+GPU was (a GPU busy well under 100 % with a short kernel list means the loop is launch-bound).
 """
 
 from __future__ import annotations
@@ -114,7 +120,49 @@ def _rate(run: Callable[[], int], device: torch.device) -> float:
     return images / (time.perf_counter() - start)
 
 
-def measure(name: str, data: ArrayData, batch_size: int, device: torch.device, repeats: int, augment: bool, epochs: int, note: str) -> dict[str, float]:
+def _busy_us(intervals: list[tuple[int, int]]) -> int:
+    """Length of the union of (start, end) intervals: time the device ran at least one kernel."""
+    total, reach = 0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total, reach = total + end - start, end
+        elif end > reach:
+            total, reach = total + end - reach, end
+    return total
+
+
+def profile_engine(name: str, trainer: Trainer, device: torch.device, steps: int = 30) -> dict[str, object]:
+    """Profile ``steps`` engine steps: top host ops, and on CUDA top kernels, launches per step, GPU busy."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    engine_epoch(trainer, limit=steps)  # the same shapes once more outside the profile
+    _sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        done = engine_epoch(trainer, limit=steps) // trainer.settings.batch_size
+        _sync(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    averages = prof.key_averages()
+
+    def top(key: str) -> list[dict[str, object]]:
+        ranked = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:12]
+        return [{"op": e.key, "us_per_step": round(getattr(e, key) / done, 1), "calls_per_step": round(e.count / done, 2)}
+                for e in ranked if getattr(e, key) > 0]
+
+    row: dict[str, object] = {"profile": name, "batch_size": trainer.settings.batch_size, "device": str(device),
+                              "steps": done, "wall_us_per_step": round(wall_us / done, 1), "host_top": top("self_cpu_time_total")}
+    if device.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        busy = _busy_us([(e.time_range.start, e.time_range.end) for e in kernels])
+        row.update({"kernels_per_step": round(len(kernels) / done, 1), "gpu_busy_us_per_step": round(busy / done, 1),
+                    "gpu_busy_fraction": round(busy / wall_us, 3), "device_top": top("self_device_time_total")})
+    return row
+
+
+def measure(name: str, data: ArrayData, batch_size: int, device: torch.device, repeats: int, augment: bool, epochs: int, note: str,
+            profile: bool = False) -> dict[str, float]:
     """Time both loops ``repeats`` times, interleaved (A B B A ...); report the best run of each.
 
     Best-of-N as in ``timeit``: other load on the machine only ever slows a run down.
@@ -146,6 +194,8 @@ def measure(name: str, data: ArrayData, batch_size: int, device: torch.device, r
         if note:
             row["note"] = note
         print(json.dumps(row), flush=True)
+    if profile:
+        print(json.dumps(profile_engine(name, trainer, device)), flush=True)
     return {"classic": best["classic"], "engine": best["engine"], "ratio": best["engine"] / best["classic"]}
 
 
@@ -156,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="seednet,resnet18,mlp", help="comma list of seednet, resnet18, mlp (mlp = the quickstart on digits)")
     parser.add_argument("--batch-sizes", default="64,512", help="for seednet and resnet18; the quickstart always uses 64")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="also profile a few engine steps per configuration (torch.profiler)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -170,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         if name == "mlp":
             digits = load_dataset("digits")
-            r = measure("mlp", digits, 64, device, args.repeats, augment=False, epochs=10, note="quickstart: digits, mlp width 128 depth 2, 10 epochs per run")
+            r = measure("mlp", digits, 64, device, args.repeats, augment=False, epochs=10, note="quickstart: digits, mlp width 128 depth 2, 10 epochs per run",
+                        profile=args.profile)
             speedups["mlp/64"] = r["ratio"]
             continue
         n, repeats, note = 50_000, args.repeats, ""
@@ -180,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             note = f"--quick: {n} synthetic images" + (f", {repeats} repeats (resnet18 on the CPU is slow)" if slow else "")
         data = synthetic_cifar(n)
         for bs in batch_sizes:
-            r = measure(name, data, bs, device, repeats, augment=True, epochs=1, note=note)
+            r = measure(name, data, bs, device, repeats, augment=True, epochs=1, note=note, profile=args.profile)
             speedups[f"{name}/{bs}"] = r["ratio"]
     seednet = [k for k in speedups if k.startswith("seednet/")]
     summary = {
