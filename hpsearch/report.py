@@ -6,7 +6,8 @@ Three layers, each testable on its own:
   dataclasses, lists and dicts (no plotly): summary, per-trial rows, learning curves, best-so-far
   series, importances and the data behind parallel coordinates, the lr x batch-size contour and
   the slice plots.
-- :func:`build_figures` turns one or more :class:`StudyData` into named plotly figures.
+- :func:`build_figures` turns one or more :class:`StudyData` into named plotly figures; studies
+  are compared only within the groups :func:`compare_groups` forms (same metric and direction).
 - :func:`write_report` writes them into a single self-contained HTML file (plotly.js inlined once,
   no network access needed to view it), optionally also one PNG per figure.
 
@@ -48,7 +49,9 @@ __all__ = [
     "ParallelData",
     "ContourData",
     "SliceData",
+    "CompareGroup",
     "collect_study",
+    "compare_groups",
     "build_figures",
     "write_report",
 ]
@@ -235,6 +238,33 @@ class StudyData:
     parallel: ParallelData | None
     contour: ContourData | None
     slices: list[SliceData]
+
+
+@dataclass
+class CompareGroup:
+    """Studies that optimise one metric in one direction, so they can share a y axis.
+
+    ``positions`` are the studies' indices in the sequence given to :func:`compare_groups`; a
+    study keeps the colour of its position in every comparison figure.
+    """
+
+    metric: str
+    direction: str
+    studies: list[StudyData]
+    positions: list[int]
+
+
+def compare_groups(studies: Sequence[StudyData]) -> list[CompareGroup]:
+    """Group ``studies`` by (metric, direction); groups and members keep the order given.
+
+    A study whose metric or direction no other study shares is a group of its own.
+    """
+    groups: dict[tuple[str, str], CompareGroup] = {}
+    for i, d in enumerate(studies):
+        group = groups.setdefault((d.metric, d.direction), CompareGroup(d.metric, d.direction, [], []))
+        group.studies.append(d)
+        group.positions.append(i)
+    return list(groups.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -837,36 +867,53 @@ def _fig_timeline(d: StudyData) -> go.Figure:
                    height=max(260, 120 + 40 * len(lanes)))
 
 
-def _fig_compare_best(studies: Sequence[StudyData], by_time: bool) -> go.Figure:
+def _study_color(position: int) -> str:
+    return STUDY_COLORS[position % len(STUDY_COLORS)]
+
+
+def _fig_compare_best(group: CompareGroup, by_time: bool, prefix: str) -> go.Figure:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for i, d in enumerate(studies):
+    for pos, d in zip(group.positions, group.studies):
         pts = [p for p in d.best_so_far if not by_time or p.elapsed_s is not None]
         x = [p.elapsed_s / 60 for p in pts] if by_time else [p.trial for p in pts]  # type: ignore[operator]
         fig.add_trace(go.Scatter(x=x, y=[p.best for p in pts], mode="lines", line_shape="hv",
-                                 name=d.name, line={"color": STUDY_COLORS[i % len(STUDY_COLORS)], "width": 2}))
+                                 name=d.name, line={"color": _study_color(pos), "width": 2}))
     fig.update_xaxes(title_text="minutes since the study's first trial" if by_time else "trial number")
-    fig.update_yaxes(title_text=_shared_metric(studies))
+    fig.update_yaxes(title_text=group.metric)
     what = "wall-clock time" if by_time else "trial number"
-    return _layout(fig, f"Comparison: best so far vs {what}")
+    return _layout(fig, f"{prefix}: best so far vs {what}")
 
 
-def _fig_compare_dist(studies: Sequence[StudyData]) -> go.Figure:
+def _fig_compare_dist(group: CompareGroup, prefix: str) -> go.Figure:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for i, d in enumerate(studies):
+    for pos, d in zip(group.positions, group.studies):
         fig.add_trace(go.Box(y=[p.value for p in d.best_so_far], name=d.name, boxpoints="all",
                              jitter=0.4, pointpos=0, boxmean=True,
-                             marker={"color": STUDY_COLORS[i % len(STUDY_COLORS)], "size": 4, "opacity": 0.6}))
-    fig.update_yaxes(title_text=_shared_metric(studies))
-    return _layout(fig, "Comparison: final metric of complete trials", showlegend=False)
+                             marker={"color": _study_color(pos), "size": 4, "opacity": 0.6}))
+    fig.update_yaxes(title_text=group.metric)
+    return _layout(fig, f"{prefix}: final metric of complete trials", showlegend=False)
 
 
-def _shared_metric(studies: Sequence[StudyData]) -> str:
-    metrics = {d.metric for d in studies}
-    return metrics.pop() if len(metrics) == 1 else "objective (metrics differ between studies)"
+def _comparison_figures(studies: Sequence[StudyData]) -> list[tuple[str, go.Figure]]:
+    """The comparison figures of two or more studies, one set per :func:`compare_groups` group.
+
+    With one group the names carry no group label (``Comparison: ...``); with several each
+    name and title says its metric and direction (``Comparison (val_loss, minimize): ...``).
+    """
+    if len(studies) < 2:
+        return []
+    groups = compare_groups(studies)
+    figs: list[tuple[str, go.Figure]] = []
+    for g in groups:
+        prefix = "Comparison" if len(groups) == 1 else f"Comparison ({g.metric}, {g.direction})"
+        figs.append((f"{prefix}: best so far vs trial number", _fig_compare_best(g, False, prefix)))
+        figs.append((f"{prefix}: best so far vs wall-clock time", _fig_compare_best(g, True, prefix)))
+        figs.append((f"{prefix}: final metric distribution", _fig_compare_dist(g, prefix)))
+    return figs
 
 
 def _figure_groups(
@@ -890,12 +937,7 @@ def _figure_groups(
         if any(r.start is not None for r in d.trials):
             figs.append((f"{d.name}: timeline", _fig_timeline(d)))
         per_study.append(figs)
-    comparison: list[tuple[str, go.Figure]] = []
-    if len(studies) >= 2:
-        comparison.append(("Comparison: best so far vs trial number", _fig_compare_best(studies, False)))
-        comparison.append(("Comparison: best so far vs wall-clock time", _fig_compare_best(studies, True)))
-        comparison.append(("Comparison: final metric distribution", _fig_compare_dist(studies)))
-    return per_study, comparison
+    return per_study, _comparison_figures(studies)
 
 
 def build_figures(studies: Sequence[StudyData]) -> list[tuple[str, go.Figure]]:
@@ -903,7 +945,9 @@ def build_figures(studies: Sequence[StudyData]) -> list[tuple[str, go.Figure]]:
 
     Per study (each only when it has the data): optimization history, learning curves,
     parallel coordinates, param importances, lr x batch_size contour, slices, timeline.
-    Comparison: best so far vs trial number and vs wall-clock time, final metric distributions.
+    Comparison: best so far vs trial number and vs wall-clock time, final metric distributions;
+    when the studies do not all share one metric and direction, these three are drawn once per
+    (metric, direction) group, named ``Comparison (METRIC, DIRECTION): ...``.
     """
     per_study, comparison = _figure_groups(studies)
     return [f for group in per_study for f in group] + comparison
@@ -1007,6 +1051,16 @@ def _top_trials_html(d: StudyData, k: int = 10) -> str:
             + "".join(body) + "</table>")
 
 
+def _comparison_note_html(studies: Sequence[StudyData]) -> str:
+    """A note naming the groups when studies with different metrics are compared per metric."""
+    groups = compare_groups(studies)
+    if len(groups) < 2:
+        return ""
+    listing = "; ".join(f"{g.metric} ({g.direction}): " + ", ".join(d.name for d in g.studies) for g in groups)
+    return (f'<p class="note">These studies do not all optimise the same metric, so each metric is '
+            f"compared on its own axes: {_e(listing)}.</p>")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80] or "figure"
 
@@ -1041,13 +1095,12 @@ def write_report(
     config = {"displaylogo": False, "responsive": True}
     counter = iter(range(len(figs)))
 
-    def figure_div(name: str, fig: go.Figure) -> str:
+    def figure_div(name: str, fig: go.Figure, heading: str) -> str:
         idx = next(counter)
         div = pio.to_html(fig, full_html=False, include_plotlyjs=False, include_mathjax=False,
                           config=config, div_id=f"fig-{idx}",
                           default_height=f"{fig.layout.height or 440}px", validate=False)
         anchor = f"{_slug(name)}-{idx}"
-        heading = name.split(": ", 1)[-1]  # the section already names the study
         return f'<div class="figure" id="{anchor}"><h3>{_e(heading)}</h3>{div}</div>'
 
     title = "hpsearch report: " + ", ".join(d.name for d in data) if data else "hpsearch report"
@@ -1077,11 +1130,13 @@ def write_report(
             parts.append('<p class="note">This study has no trials yet: nothing to plot. '
                          "Run it (<code>hpsearch run STUDY.yaml</code>) and build the report again.</p>")
         parts.append(_top_trials_html(d))
-        parts.extend(figure_div(name, fig) for name, fig in per_study[idx])
+        # the section already names the study
+        parts.extend(figure_div(name, fig, name.split(": ", 1)[-1]) for name, fig in per_study[idx])
         parts.append("</section>")
     if comparison:
         parts.append('<section id="comparison"><h2>Comparison</h2>')
-        parts.extend(figure_div(name, fig) for name, fig in comparison)
+        parts.append(_comparison_note_html(data))
+        parts.extend(figure_div(name, fig, name.removeprefix("Comparison: ")) for name, fig in comparison)
         parts.append("</section>")
     parts.append("</body></html>")
     out.write_text("\n".join(parts), encoding="utf-8")

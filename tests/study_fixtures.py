@@ -33,12 +33,12 @@ DISTRIBUTIONS: dict[str, Any] = {
 }
 
 
-def study_config(name: str, epochs: int, direction: str = "maximize") -> dict[str, Any]:
+def study_config(name: str, epochs: int, direction: str = "maximize", metric: str = METRIC) -> dict[str, Any]:
     """A resolved study config as ``study.user_attrs["config"]`` holds it (JSON-able)."""
     return {
         "name": name,
         "direction": direction,
-        "metric": METRIC,
+        "metric": metric,
         "n_trials": 0,
         "model": {"name": "mlp"},
         "data": {"dataset": "digits"},
@@ -61,14 +61,15 @@ def new_study(
     epochs: int = 6,
     direction: str = "maximize",
     output_dir: str | None = None,
+    metric: str = METRIC,
 ) -> optuna.Study:
     """An empty study with the study user attrs hpsearch sets."""
     study = optuna.create_study(storage=storage, study_name=name, direction=direction)
-    study.set_user_attr("metric", METRIC)
+    study.set_user_attr("metric", metric)
     study.set_user_attr("epochs", epochs)
     study.set_user_attr("output_dir", output_dir or f"runs/{name}")
     study.set_user_attr("hpsearch_version", "0.1.0")
-    study.set_user_attr("config", study_config(name, epochs, direction))
+    study.set_user_attr("config", study_config(name, epochs, direction, metric))
     return study
 
 
@@ -105,12 +106,14 @@ def synthetic_trials(
     fail_every: int = 0,
     running: int = 0,
     checkpoint_dir: str | None = None,
+    metric: str = METRIC,
 ) -> Iterator[FrozenTrial]:
     """Yield ``n`` finished trials (plus ``running`` RUNNING ones) like the objective records them.
 
     Trials are scheduled on ``n_slots`` workers back to back, so datetimes, worker and slot agree.
     Every ``prune_every``-th trial is PRUNED, every ``early_stop_every``-th COMPLETE trial stops
-    early, every ``fail_every``-th trial FAILs (0: never).
+    early, every ``fail_every``-th trial FAILs (0: never). ``metric`` (a history key) is the
+    reported value; one ending in ``loss`` is lower-is-better when picking the best epoch.
     """
     rng = random.Random(seed)
     slot_free = [t0 + dt.timedelta(seconds=0.5 * s) for s in range(n_slots)]
@@ -146,8 +149,8 @@ def synthetic_trials(
                 "lr": params["lr"] * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs)),
                 "epoch_time": epoch_time,
             })
-        intermediate = {h["epoch"]: h[METRIC] for h in history}
-        best = max(history, key=lambda h: h[METRIC])
+        intermediate = {h["epoch"]: h[metric] for h in history}
+        best = (min if metric.endswith("loss") else max)(history, key=lambda h: h[metric])
         train_time = sum(h["epoch_time"] for h in history)
         user_attrs: dict[str, Any] = {
             "history": history,
@@ -168,7 +171,7 @@ def synthetic_trials(
             user_attrs["error"] = "Traceback (most recent call last):\n  ...\nRuntimeError: boom"
         trial = optuna.trial.create_trial(
             state=state,
-            value=best[METRIC] if state == TrialState.COMPLETE else None,
+            value=best[metric] if state == TrialState.COMPLETE else None,
             params=params,
             distributions={k: DISTRIBUTIONS[k] for k in params},
             user_attrs=user_attrs,
@@ -195,8 +198,9 @@ def make_study(
     epochs: int = 6,
     direction: str = "maximize",
     seed: int = 0,
+    metric: str = METRIC,
     **kwargs: Any,
 ) -> optuna.Study:
     """A study of ``n`` synthetic trials in ``storage`` (see :func:`synthetic_trials`)."""
-    study = new_study(storage, name, epochs=epochs, direction=direction)
-    return add_trials(study, synthetic_trials(n, epochs=epochs, seed=seed, **kwargs))
+    study = new_study(storage, name, epochs=epochs, direction=direction, metric=metric)
+    return add_trials(study, synthetic_trials(n, epochs=epochs, seed=seed, metric=metric, **kwargs))

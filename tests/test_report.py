@@ -36,6 +36,17 @@ def data(study: optuna.Study) -> report.StudyData:
     return report.collect_study(study)
 
 
+@pytest.fixture(scope="module")
+def loss_study(db: str) -> optuna.Study:
+    """A study that minimises val_loss, to compare with ``study`` (maximises val_accuracy)."""
+    return sf.make_study(db, "lossy", 12, seed=5, direction="minimize", metric="val_loss")
+
+
+@pytest.fixture(scope="module")
+def loss_data(loss_study: optuna.Study) -> report.StudyData:
+    return report.collect_study(loss_study)
+
+
 def test_summary_counts_and_best(study: optuna.Study, data: report.StudyData) -> None:
     trials = study.get_trials()
     s = data.summary
@@ -206,6 +217,42 @@ def test_build_figures_compares_studies(db: str, data: report.StudyData) -> None
     assert [t.name for t in figs["Comparison: best so far vs trial number"].data] == ["alpha", "beta"]
     box = figs["Comparison: final metric distribution"].data
     assert [len(t.y) for t in box] == [data.summary.by_state["COMPLETE"], other.summary.by_state["COMPLETE"]]
+    for name in names[14:]:
+        assert figs[name].layout.yaxis.title.text == "val_accuracy"
+        assert figs[name].layout.title.text.startswith("Comparison: ")
+
+
+def test_compare_groups_by_metric_and_direction(db: str, data: report.StudyData,
+                                                loss_data: report.StudyData) -> None:
+    acc_min = report.collect_study(sf.make_study(db, "acc-min", 5, seed=2, direction="minimize"))
+    other = report.collect_study(sf.make_study(db, "beta2", 5, seed=8))
+    groups = report.compare_groups([data, loss_data, acc_min, other])
+    assert [(g.metric, g.direction) for g in groups] == [
+        ("val_accuracy", "maximize"), ("val_loss", "minimize"), ("val_accuracy", "minimize")]
+    assert [[d.name for d in g.studies] for g in groups] == [["alpha", "beta2"], ["lossy"], ["acc-min"]]
+    assert [g.positions for g in groups] == [[0, 3], [1], [2]]
+    assert [[d.name for d in g.studies] for g in report.compare_groups([data, other])] == [["alpha", "beta2"]]
+    assert report.compare_groups([]) == []
+
+
+def test_build_figures_compares_per_metric(data: report.StudyData, loss_data: report.StudyData) -> None:
+    figs = report.build_figures([data, loss_data])
+    names = [n for n, _ in figs]
+    assert names[:14] == [f"alpha: {k}" for k in PER_STUDY] + [f"lossy: {k}" for k in PER_STUDY]
+    what = ["best so far vs trial number", "best so far vs wall-clock time", "final metric distribution"]
+    assert names[14:] == ([f"Comparison (val_accuracy, maximize): {w}" for w in what]
+                          + [f"Comparison (val_loss, minimize): {w}" for w in what])
+    by_name = dict(figs)
+    for d in (data, loss_data):
+        group = [by_name[f"Comparison ({d.metric}, {d.direction}): {w}"] for w in what]
+        for fig in group:
+            assert fig.layout.yaxis.title.text == d.metric
+            assert fig.layout.title.text.startswith(f"Comparison ({d.metric}, {d.direction}): ")
+            assert [t.name for t in fig.data] == [d.name]  # only this group's study
+        assert list(group[0].data[0].y) == [p.best for p in d.best_so_far]
+        assert list(group[2].data[0].y) == [p.value for p in d.best_so_far]
+    bests = [p.best for p in loss_data.best_so_far]
+    assert bests == sorted(bests, reverse=True)  # minimised: the loss study's best never increases
 
 
 def test_empty_study(db: str, tmp_path: Path) -> None:
@@ -250,6 +297,18 @@ def test_html_is_self_contained(db: str, study: optuna.Study, tmp_path: Path) ->
     assert "gamma&lt;&amp;&gt;" in html and "gamma<&>" not in html.replace(plotlyjs, "").split("<script", 1)[0]
     assert 'class="summary"' in html and "epochs saved" in html and "Top 10 trials" in html
     assert "Comparison: best so far vs wall-clock time" in html
+    assert "do not all optimise the same metric" not in html
+
+
+def test_html_compares_per_metric(study: optuna.Study, loss_study: optuna.Study, tmp_path: Path) -> None:
+    html = report.write_report([study, loss_study], tmp_path / "mixed.html").read_text(encoding="utf-8")
+    assert html.count('class="plotly-graph-div"') == 7 + 7 + 2 * 3
+    assert ('<p class="note">These studies do not all optimise the same metric, so each metric is compared '
+            "on its own axes: val_accuracy (maximize): alpha; val_loss (minimize): lossy.</p>") in html
+    comparison = html.split('<section id="comparison">', 1)[1]
+    for group in ("val_accuracy, maximize", "val_loss, minimize"):
+        assert f"<h3>Comparison ({group}): best so far vs trial number</h3>" in comparison
+    assert "metrics differ" not in html
 
 
 def test_png_dir_without_kaleido(monkeypatch: pytest.MonkeyPatch, study: optuna.Study, tmp_path: Path) -> None:
