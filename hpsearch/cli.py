@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(worker)
     _add_run_flags(worker)
     worker.add_argument("--slot", type=int, default=0, help="slot number recorded with trials (set by run)")
+    worker.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)  # set by run: stop when it dies
     worker.add_argument("--gpu-claim", metavar="DIR", help="pin to a free GPU by holding a lock file in DIR")
     worker.add_argument("--claim-wait", type=float, default=0.0, help="seconds to wait for a free GPU")
     _add_common(verbs.add_parser("validate", help="check a study file and print the resolved config"))
@@ -135,6 +136,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM stops like Ctrl-C: trials in flight are marked failed and resumable, exit 130."""
+    # Once is enough: a SIGKILLed supervisor's dying threads can each send its workers the parent-death SIGTERM,
+    # and a second KeyboardInterrupt would cut short the clean-up of the first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -203,6 +207,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker joining the study (started by `run --workers`, by docker, or by hand on another machine)."""
+    if args.supervisor_pid is not None:
+        from hpsearch.supervisor import follow_supervisor
+
+        follow_supervisor(args.supervisor_pid)
     from hpsearch import summary
     from hpsearch.objective import trial_seed
     from hpsearch.slots import Slot, assign_slots, claim_gpu, parse_gpus, visible_gpus

@@ -34,3 +34,9 @@ class TrialFailureError(HpsearchError):
     """Trials keep failing the same way (usually user code); the study stopped instead of burning its budget."""
 
     exit_code = 1
+
+
+class SupervisorGoneError(HpsearchError):
+    """The `hpsearch run` that started this worker is gone; the worker stops instead of running unwatched."""
+
+    exit_code = 130  # an interruption: nothing was started, rerunning continues

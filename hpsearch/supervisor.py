@@ -2,10 +2,13 @@
 
 Workers are plain `hpsearch worker` processes (the same command another machine runs to join), each
 pinned to its GPU by `CUDA_VISIBLE_DEVICES`. They coordinate only through the study's storage.
+Each one is tied to the supervisor (Linux): if the supervisor dies, even by SIGKILL, its workers get
+SIGTERM and stop as on Ctrl-C.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -21,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
-from hpsearch.errors import HpsearchError, TrialFailureError
+from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError
 from hpsearch.monitor import Monitor
 from hpsearch.slots import Slot
 from hpsearch.study import finished_count, requeue
@@ -30,6 +33,7 @@ log = logging.getLogger("hpsearch")
 STOP_GRACE_S = 8.0  # SIGINT, then SIGKILL after this: everything is down within 10 s
 POLL_S = 0.5
 EXIT_FATAL = (1, 2)  # a worker that exits with these hit a problem every worker would hit
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -69,8 +73,10 @@ class Supervisor:
         env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
         if slot.gpu is None and "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(self.cpu_threads)  # CPU workers share the cores instead of oversubscribing
-        argv = [sys.executable, "-m", "hpsearch", "worker", *self.worker_argv, "--slot", str(slot.index)]
+        argv = [sys.executable, "-m", "hpsearch", "worker", *self.worker_argv, "--slot", str(slot.index),
+                "--supervisor-pid", str(os.getpid())]
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which stops workers in order.
+        # Spawned from the main thread only: the kernel's parent-death signal fires when the forking thread exits.
         popen = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
         log.info("worker %s started (pid %d, log %s)", slot.label, popen.pid, log_file.name)
@@ -160,3 +166,24 @@ def worker_argv(study_file: str, args: Any) -> list[str]:
     if getattr(args, "debug", False):
         argv.append("--debug")
     return argv
+
+
+def _die_with_parent(signum: int) -> bool:
+    """Ask the kernel to send `signum` to this process when its parent dies; False where it cannot (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None)
+    args = (ctypes.c_ulong(signum), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    return libc.prctl(PR_SET_PDEATHSIG, *args) == 0
+
+
+def follow_supervisor(pid: int) -> None:
+    """Stop this worker as on SIGTERM when its supervisor `pid` dies; raise if it died already.
+
+    Called first thing in a worker started by `hpsearch run`; a worker started by hand is never tied.
+    """
+    if not _die_with_parent(signal.SIGTERM):
+        log.warning("cannot tie this worker to its supervisor (pid %d) on %s: if the supervisor is killed, "
+                    "stop this worker by hand", pid, sys.platform)
+    if os.getppid() != pid:  # the supervisor died before the signal was armed: it will never come
+        raise SupervisorGoneError(f"the supervisor (pid {pid}) that started this worker is gone; not starting")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,13 +17,14 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
-from hpsearch import engine
+from hpsearch import cli, engine, supervisor
 from hpsearch.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "sqlite:///runs/tiny/study.db"
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
 LONG_TRAIN = {"epochs": 15, "batch_size": 16}
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux-only")
 
 
 def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -56,6 +58,15 @@ def _running_with_epochs(n: int) -> Callable[[list[optuna.trial.FrozenTrial]], A
     def check(trials: list[optuna.trial.FrozenTrial]) -> Any:
         busy = [t for t in trials if t.state == TrialState.RUNNING and len(t.user_attrs.get("history", [])) >= n]
         return busy[0] if busy else None
+
+    return check
+
+
+def _all_running_with_epochs(count: int) -> Callable[[list[optuna.trial.FrozenTrial]], Any]:
+    """The running trials once `count` of them have at least one epoch, else None."""
+    def check(trials: list[optuna.trial.FrozenTrial]) -> Any:
+        busy = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("history")]
+        return busy if len(busy) >= count else None
 
     return check
 
@@ -130,6 +141,97 @@ def test_sigint_to_supervisor_stops_all_workers_and_rerun_continues(write_study:
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
     assert main(["run", str(path), "--epochs", "3"]) == 0
     assert len(_finished(_study())) == 3
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited; an orphan's zombie that nobody reaps counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.mark.slow
+@LINUX_ONLY
+def test_sigkilled_supervisor_takes_its_workers_down_cleanly(write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(n_trials=3, train={"epochs": 300, "batch_size": 16}, workers=FAST_HEARTBEAT)
+    proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
+    pids: set[int] = set()
+    try:
+        busy = _wait_for(_all_running_with_epochs(2), proc)
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        pids = {int(pid) for pid in re.findall(r"started \(pid (\d+),", err)}
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+    finally:
+        proc.kill()
+        for pid in pids:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    study = _study()
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    interrupted = [study.trials[t.number] for t in busy]
+    assert {t.state for t in interrupted} == {TrialState.FAIL}
+    assert {t.user_attrs["stop_reason"] for t in interrupted} == {"interrupted"}
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
+    for log in Path("runs/tiny/logs").glob("worker-*.log"):
+        assert "Traceback" not in log.read_text(), log.read_text()
+    assert main(["run", str(path), "--epochs", "2"]) == 0
+    study = _study()
+    assert len(_finished(study)) == 3
+    resumed = {t.user_attrs.get("resumed_from", {}).get("trial") for t in _finished(study)}
+    assert resumed >= {t.number for t in busy}
+
+
+def test_sigterm_interrupts_once_and_is_ignored_during_the_clean_up() -> None:
+    previous = signal.signal(signal.SIGTERM, cli._terminate)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # a dying supervisor's other threads: no second KeyboardInterrupt
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_only_a_worker_started_by_run_follows_its_supervisor(write_study: Callable[..., Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    followed: list[int] = []
+    monkeypatch.setattr(supervisor, "follow_supervisor", followed.append)
+    monkeypatch.setattr(cli, "_work", lambda *args, **kwargs: (0, None))
+    path = write_study()
+    assert main(["worker", str(path)]) == 0
+    assert followed == []  # a worker started by hand (another machine, docker) outlives whatever started it
+    assert main(["worker", str(path), "--supervisor-pid", "4321"]) == 0
+    assert followed == [4321]
+
+
+@LINUX_ONLY
+def test_follow_supervisor_arms_sigterm_for_the_parent_death() -> None:
+    probe = ("import ctypes, os; from hpsearch.supervisor import follow_supervisor; "
+             "follow_supervisor(os.getppid()); sig = ctypes.c_int(); "
+             "ctypes.CDLL(None).prctl(2, ctypes.byref(sig)); print(sig.value)")  # 2: PR_GET_PDEATHSIG
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(int(signal.SIGTERM))
+
+
+def test_worker_whose_supervisor_is_already_gone_stops_at_once(write_study: Callable[..., Path],
+                                                               workdir: Path) -> None:
+    path = write_study()
+    not_its_parent = os.getppid()  # the worker's parent is this process: as if its supervisor had died
+    done = _hpsearch("worker", str(path), "--supervisor-pid", str(not_its_parent), cwd=workdir)
+    _, err = done.communicate(timeout=60)
+    assert done.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (f"hpsearch: error: the supervisor (pid {not_its_parent}) that started "
+                                            f"this worker is gone; not starting")
+    assert not Path("runs/tiny/study.db").exists()  # it stopped before touching the study
 
 
 def _oom_above(limit: int | None) -> Callable[..., dict[str, float]]:
