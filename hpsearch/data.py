@@ -28,6 +28,8 @@ __all__ = [
     "DATASET_NAMES",
     "ArrayData",
     "DeviceData",
+    "apply_augment",
+    "augment_table",
     "load_dataset",
     "pinned",
     "split_folds",
@@ -388,6 +390,7 @@ class DeviceData:
         # x * scale + shift in one fused op instead of (x - mean) / std.
         self._scale = (1.0 / std).view(shape)
         self._shift = (-mean / std).view(shape)
+        self._tables: dict[tuple[str, ...], torch.Tensor] = {}  # augment_table per augmentation set
 
     @classmethod
     def place(
@@ -462,11 +465,11 @@ class DeviceData:
         drop_last: bool,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order(indices, shuffle, generator)
+        labels = self.y.index_select(0, order)  # once per epoch; each batch's labels are a view
         n = self.num_batches(order.shape[0], batch_size, drop_last)
         for b in range(n):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            x = self.x.index_select(0, idx)
-            yield self._finish(x, augment, generator), self.y.index_select(0, idx)
+            part = slice(b * batch_size, (b + 1) * batch_size)
+            yield self._finish(self.x.index_select(0, order[part]), augment, generator), labels[part]
 
     def _streamed_batches(
         self,
@@ -493,17 +496,48 @@ class DeviceData:
 
     def _finish(self, x: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator | None) -> torch.Tensor:
         # Augment while still uint8: a quarter of the memory traffic of float32.
-        if "crop" in augment:
-            x = random_crop(x, generator)
-        if "hflip" in augment:
-            x = random_hflip(x, generator)
-        return torch.addcmul(self._shift, x.to(torch.float32), self._scale)
+        if augment:
+            key = tuple(sorted(augment))
+            if key not in self._tables:
+                self._tables[key] = augment_table(x.shape[2], x.shape[3], key, self.device)
+            x = apply_augment(x, self._tables[key], generator)
+        return torch.addcmul(self._shift, x, self._scale)  # uint8 -> float32 inside the same kernel
+
+
+def augment_table(
+    height: int, width: int, augment: Sequence[str], device: torch.device | str = "cpu", padding: int | None = None
+) -> torch.Tensor:
+    """Every pixel map ``augment`` can draw, one per row: (K, height * width) int64 source indices.
+
+    "crop" translates by up to ``padding`` pixels with reflection (torchvision
+    ``RandomCrop(size, padding, padding_mode="reflect")``), "hflip" then mirrors; the K rows are
+    the equally likely (dy, dx, flip) combinations, so one uniform row per image draws them all.
+    """
+    pad = (crop_padding(height, width) if padding is None else padding) if "crop" in augment else 0
+    shifts = torch.arange(-pad, pad + 1, device=device).unsqueeze(1)
+    rows = _reflect(torch.arange(height, device=device) + shifts, height)  # (S, H)
+    cols = _reflect(torch.arange(width, device=device) + shifts, width)  # (S, W)
+    if "hflip" in augment:
+        cols = torch.cat([cols, cols.flip(1)])  # (2S, W): after the crop, mirrored or not
+    flat = rows[:, None, :, None] * width + cols[None, :, None, :]  # (S, S or 2S, H, W)
+    return flat.reshape(-1, height * width)
+
+
+def apply_augment(x: torch.Tensor, table: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Augment an (N, C, H, W) batch with one uniformly drawn row of ``table`` per image.
+
+    Three kernels whatever the augmentations (draw, look up, gather): small batches on a GPU are
+    bound by kernel launches, not by the bytes moved.
+    """
+    n, c, h, w = x.shape
+    pick = torch.randint(table.shape[0], (n,), device=x.device, generator=generator)
+    source = table.index_select(0, pick).unsqueeze(1).expand(n, c, h * w)
+    return x.reshape(n, c, h * w).gather(2, source).view(n, c, h, w)
 
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of an (N, C, H, W) batch horizontally with probability 1/2."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    return apply_augment(x, augment_table(x.shape[2], x.shape[3], ("hflip",), x.device), generator)
 
 
 def crop_padding(height: int, width: int) -> int:
@@ -517,14 +551,7 @@ def random_crop(x: torch.Tensor, generator: torch.Generator | None = None, paddi
     Equivalent to torchvision ``RandomCrop(size, padding, padding_mode="reflect")`` per sample;
     the padded image is never built: reflected source coordinates are gathered directly.
     """
-    n, c, h, w = x.shape
-    pad = crop_padding(h, w) if padding is None else padding
-    dy = torch.randint(-pad, pad + 1, (n, 1), device=x.device, generator=generator)
-    dx = torch.randint(-pad, pad + 1, (n, 1), device=x.device, generator=generator)
-    rows = _reflect(torch.arange(h, device=x.device) + dy, h)
-    cols = _reflect(torch.arange(w, device=x.device) + dx, w)
-    flat = (rows.unsqueeze(2) * w + cols.unsqueeze(1)).view(n, 1, h * w).expand(n, c, h * w)
-    return x.reshape(n, c, h * w).gather(2, flat).view(n, c, h, w)
+    return apply_augment(x, augment_table(x.shape[2], x.shape[3], ("crop",), x.device, padding), generator)
 
 
 def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpsearch.data import ArrayData, DeviceData, from_arrays, load_dataset, random_crop, random_hflip, split_folds
+from hpsearch.data import ArrayData, DeviceData, apply_augment, augment_table, from_arrays, load_dataset, random_crop, random_hflip, split_folds
 from hpsearch.errors import DataError
 from torch_fixtures import DEVICES, skip_md5_checks, write_cifar10, write_image_folder, write_mnist, write_svhn
 
@@ -291,6 +291,20 @@ def test_hflip_and_crop_keep_shapes_and_source_values(tagged: ArrayData) -> None
         match = (windows == cropped[i].float().view(3, 1, 1, 8, 8)).flatten(3).all(3).all(0)
         assert bool(match.any())
     assert not torch.equal(cropped, x)
+
+
+def test_augment_table_holds_each_crop_and_flip_once() -> None:
+    image = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8)
+    table = augment_table(8, 8, ("crop", "hflip"), padding=2)
+    assert table.shape == (5 * 5 * 2, 64) and table.dtype == torch.int64
+    padded = torch.nn.functional.pad(image.float(), (2, 2, 2, 2), mode="reflect")[0, 0]
+    windows = padded.unfold(0, 8, 1).unfold(1, 8, 1).reshape(-1, 8, 8)  # every crop of the padded image
+    expected = {tuple((w.flip(-1) if flip else w).flatten().tolist()) for flip in (False, True) for w in windows}
+    got = {tuple(image.view(64)[row].float().tolist()) for row in table}
+    assert len(got) == 50 and got == expected  # every (dy, dx, flip) exactly once: uniform draws
+    assert augment_table(8, 8, ("hflip",)).shape == (2, 64) and augment_table(8, 8, ("crop",)).shape == (25, 64)
+    picks = apply_augment(image.expand(5000, 1, 8, 8), table, torch.Generator().manual_seed(0))
+    assert len({tuple(p.flatten().tolist()) for p in picks}) == 50
 
 
 def test_augmented_batches_come_from_their_samples(tagged: ArrayData) -> None:
