@@ -145,6 +145,9 @@ def profile_engine(name: str, trainer: Trainer, device: torch.device, steps: int
         _sync(device)
         wall_us = (time.perf_counter() - start) * 1e6
     averages = prof.key_averages()
+    # Ops the dispatcher ran at the top level (not inside another aten op): on a GPU, each launches kernels.
+    dispatched = [e for e in prof.events() if e.name.startswith("aten::")
+                  and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
 
     def top(key: str) -> list[dict[str, object]]:
         ranked = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:12]
@@ -152,7 +155,8 @@ def profile_engine(name: str, trainer: Trainer, device: torch.device, steps: int
                 for e in ranked if getattr(e, key) > 0]
 
     row: dict[str, object] = {"profile": name, "batch_size": trainer.settings.batch_size, "device": str(device),
-                              "steps": done, "wall_us_per_step": round(wall_us / done, 1), "host_top": top("self_cpu_time_total")}
+                              "steps": done, "wall_us_per_step": round(wall_us / done, 1),
+                              "aten_ops_per_step": round(len(dispatched) / done, 1), "host_top": top("self_cpu_time_total")}
     if device.type == "cuda":
         kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
         busy = _busy_us([(e.time_range.start, e.time_range.end) for e in kernels])
