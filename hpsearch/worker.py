@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -115,11 +119,37 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         fail_stale_trials(study)
 
 
-def _ask(study: optuna.Study) -> optuna.Trial:
-    """study.ask() with heartbeats on; this loop runs the heartbeat thread itself, as Study.optimize does."""
-    with warnings.catch_warnings():
+@contextmanager
+def _held_interrupts() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM back (main thread only), listing the ones that arrive meanwhile."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM) if (handler := signal.getsignal(sig)) is not None}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ask(study: optuna.Study, max_retries: int) -> optuna.Trial:
+    """study.ask() with heartbeats on; this loop runs the heartbeat thread itself, as Study.optimize does.
+
+    The trial is RUNNING in storage before ask returns (samplers then fit their models, which can take
+    seconds), and it has no heartbeat yet, so nothing would ever fail it: Ctrl-C or SIGTERM is held
+    until the trial is in hand, then the trial is handed back (failed, queued again) and the stop goes on.
+    """
+    with _held_interrupts() as held, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
-        return study.ask()
+        trial = study.ask()
+    if held:
+        _interrupted(study, trial, max_retries)
+        signal.raise_signal(held[0])  # delivered to the usual handler now: KeyboardInterrupt
+    return trial
 
 
 def _signature(exc: BaseException) -> str:
@@ -141,6 +171,12 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     return sum(1 for t in claimed if t.number < trial.number) >= n_trials
 
 
+def _interrupted(study: optuna.Study, trial: optuna.Trial, max_retries: int) -> None:
+    """Fail a trial cut short by Ctrl-C or SIGTERM and queue it again (to resume), unless that happened already."""
+    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        requeue(study, _fail(study, trial, "interrupted"), max_retries)
+
+
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, max_retries: int,
              failures: list[str]) -> optuna.trial.FrozenTrial:
     """Run the objective under a heartbeat and tell the storage how it ended."""
@@ -151,8 +187,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, max
             failures.clear()
             return study.tell(trial, state=TrialState.PRUNED)
         except KeyboardInterrupt:
-            frozen = _fail(study, trial, "interrupted")
-            requeue(study, frozen, max_retries)
+            _interrupted(study, trial, max_retries)
             raise
         except Exception as exc:  # user code may raise anything; the trial fails, the study goes on
             reason = "oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else "error"
@@ -196,11 +231,15 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                     waiting_logged = True
                 time.sleep(poll_s)
                 continue
-            trial = _ask(study)
-            if _is_surplus(study, trial, n_trials):
-                _fail(study, trial, "surplus")  # another worker took the last place between count and ask
-                continue
-            frozen = _run_one(study, trial, objective, max_retries, failures)
+            trial = _ask(study, max_retries)
+            try:
+                if _is_surplus(study, trial, n_trials):
+                    _fail(study, trial, "surplus")  # another worker took the last place between count and ask
+                    continue
+                frozen = _run_one(study, trial, objective, max_retries, failures)
+            except KeyboardInterrupt:  # also before or after the objective's own guard: never leave it RUNNING
+                _interrupted(study, trial, max_retries)
+                raise
             if frozen.state == TrialState.FAIL:  # after the except block, so the traceback no longer pins memory
                 release_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
             outcome.trials.append(frozen)

@@ -276,3 +276,41 @@ def test_three_workers_on_sqlite_finish_exactly_n_trials(write_study: Callable[.
     first = [tuple(sorted(t.params.items())) for t in study.trials[:3]]
     assert len(set(first)) == 3  # workers seed their samplers apart: no duplicate start-up points
     assert "finished 7 of 7 trials" in out
+
+
+class _InterruptedWhileAsking(optuna.samplers.RandomSampler):
+    """Ctrl-C lands inside study.ask(), after the trial row exists (Trial() calls before_trial)."""
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+def _objective(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", 0.0, 1.0)
+
+
+def _interrupted_run(study: optuna.Study) -> None:
+    from hpsearch.worker import run_worker
+
+    outcome = run_worker(study, _objective, n_trials=3, poll_s=0.05)
+    assert outcome.interrupted and not outcome.trials
+    trials = _study().trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # handed back, queued again
+    assert trials[0].user_attrs["stop_reason"] == "interrupted"
+
+
+def test_ctrl_c_while_asking_leaves_no_trial_running(workdir: Path) -> None:
+    Path("runs/tiny").mkdir(parents=True)
+    _interrupted_run(optuna.create_study(study_name="tiny", storage=URL, sampler=_InterruptedWhileAsking()))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual Ctrl-C again afterwards
+
+
+def test_ctrl_c_between_ask_and_objective_leaves_no_trial_running(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpsearch import worker
+
+    def interrupted(*args: Any) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(worker, "_is_surplus", interrupted)
+    Path("runs/tiny").mkdir(parents=True)
+    _interrupted_run(optuna.create_study(study_name="tiny", storage=URL, sampler=optuna.samplers.RandomSampler()))
