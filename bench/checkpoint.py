@@ -7,15 +7,16 @@ a host snapshot to :class:`hpsearch.checkpoints.CheckpointWriter`, which writes 
 
 One process, three loops interleaved (A B C C B A ...), each ``--epochs`` epochs of the same
 training work (real optimizer steps of the quickstart's MLP on digits, ``--epoch-s`` seconds
-calibrated once) followed by:
+calibrated once, on ``--work-threads`` torch threads) followed by:
 
 - none: no checkpoint (the baseline);
 - inline: ``save_checkpoint`` of the best and the resume payload;
 - background: ``CheckpointWriter.submit`` of both, and one ``flush`` at the end (inside the timing).
 
 Payloads are the real ``Trainer.state_dict()`` of seednet and resnet18 (CIFAR-10 shape, SGD with
-momentum). Prints one JSON line per loop (best-of-repeats seconds per epoch and the overhead over
-``none``) and a summary line.
+momentum). Prints one JSON line per loop (best-of-repeats seconds per epoch, the overhead over ``none``,
+and the median seconds per epoch the training thread spent inside checkpoint calls, the final
+flush included) and a summary line.
 
     python bench/checkpoint.py
 """
@@ -99,32 +100,35 @@ class Work:
         self.steps = max(1, round(200 * seconds / best))
 
 
-def _timed(run: Callable[[], None]) -> float:
+def _timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
 
 
-def loops(work: Work, best: dict[str, Any], resume: dict[str, Any], folder: Path, epochs: int) -> dict[str, Callable[[], None]]:
+def loops(work: Work, best: dict[str, Any], resume: dict[str, Any], folder: Path, epochs: int) -> dict[str, Callable[[], float]]:
+    """Each loop runs ``epochs`` epochs and returns the seconds the training thread spent in checkpoint calls."""
     best_path, resume_path = folder / "best.pt", folder / "resume.pt"
     writer = CheckpointWriter()
 
-    def none() -> None:
+    def none() -> float:
         for _ in range(epochs):
             work.run()
+        return 0.0
 
-    def inline() -> None:
+    def inline() -> float:
+        blocked = 0.0
         for _ in range(epochs):
             work.run()
-            save_checkpoint(best_path, best)
-            save_checkpoint(resume_path, resume)
+            blocked += _timed(lambda: (save_checkpoint(best_path, best), save_checkpoint(resume_path, resume)))
+        return blocked
 
-    def background() -> None:
+    def background() -> float:
+        blocked = 0.0
         for _ in range(epochs):
             work.run()
-            writer.submit(best_path, best)
-            writer.submit(resume_path, resume)
-        writer.flush()
+            blocked += _timed(lambda: writer.submit({best_path: best, resume_path: resume}))
+        return blocked + _timed(writer.flush)
 
     return {"none": none, "inline": inline, "background": background}
 
@@ -134,9 +138,12 @@ def measure(model_name: str, work: Work, args: argparse.Namespace, folder: Path)
     runs = loops(work, best, resume, folder, args.epochs)
     order = list(runs)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
+    blocked: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.repeats):
         for name in order if r % 2 == 0 else order[::-1]:
-            seconds[name].append(_timed(runs[name]) / args.epochs)
+            start = time.perf_counter()
+            blocked[name].append(runs[name]() / args.epochs)
+            seconds[name].append((time.perf_counter() - start) / args.epochs)
     per_epoch = {name: min(values) for name, values in seconds.items()}
     for name, values in seconds.items():
         print(json.dumps({
@@ -144,9 +151,10 @@ def measure(model_name: str, work: Work, args: argparse.Namespace, folder: Path)
             "work_s_per_epoch": args.epoch_s, "s_per_epoch": round(per_epoch[name], 4),
             "median_s_per_epoch": round(statistics.median(values), 4),
             "overhead_s_per_epoch": round(per_epoch[name] - per_epoch["none"], 4),
+            "blocked_s_per_epoch": round(statistics.median(blocked[name]), 4),
             "runs": [round(v, 4) for v in values],
         }), flush=True)
-    return per_epoch
+    return {**per_epoch, **{f"blocked_{name}": statistics.median(v) for name, v in blocked.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-s", type=float, default=1.0, help="seconds of training work per epoch")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder under the current one)")
+    parser.add_argument("--work-threads", type=int, default=1,
+                        help="torch threads of the training work (1: like a GPU worker, whose training thread drives the GPU "
+                             "from one core; all cores: a CPU worker, which leaves the writer no idle core)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.work_threads)
     print(json.dumps({"config": {"torch": torch.__version__, "python": platform.python_version(),
                                  "threads": torch.get_num_threads(), **vars(args)}}), flush=True)
     work = Work()
@@ -165,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.dir or ".", prefix=".bench-checkpoint-") as folder:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             per_epoch = measure(name, work, args, Path(folder))
-            summary[name] = {loop: round(per_epoch[loop] - per_epoch["none"], 4) for loop in ("inline", "background")}
-    print(json.dumps({"overhead_s_per_epoch": summary}), flush=True)
+            summary[name] = {loop: {"overhead_s_per_epoch": round(per_epoch[loop] - per_epoch["none"], 4),
+                                    "blocked_s_per_epoch": round(per_epoch[f"blocked_{loop}"], 4)}
+                             for loop in ("inline", "background")}
+    print(json.dumps({"checkpoint_cost": summary}), flush=True)
     return 0
 
 

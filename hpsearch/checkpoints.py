@@ -50,23 +50,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise HpsearchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); delete it to start over") from exc
 
 
-def host_copy(obj: Any) -> Any:
-    """A deep copy of nested dicts, lists and tuples with every tensor copied to host memory."""
+def host_copy(obj: Any, memo: dict[tuple[Any, ...], torch.Tensor] | None = None) -> Any:
+    """A deep copy of nested dicts, lists and tuples with every tensor copied to host memory.
+
+    Views of the same memory (the same weights in two state dicts) are copied once per ``memo``.
+    """
+    memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        key = (obj.device, obj.data_ptr(), obj.storage_offset(), obj.dtype, tuple(obj.shape), obj.stride())
+        if key not in memo:
+            memo[key] = obj.detach().to("cpu", copy=True)
+        return memo[key]
     if isinstance(obj, dict):
-        return {key: host_copy(value) for key, value in obj.items()}
+        return {key: host_copy(value, memo) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(host_copy(value) for value in obj)
+        return type(obj)(host_copy(value, memo) for value in obj)
     return obj
 
 
 class CheckpointWriter:
     """Writes checkpoints on one background thread, newest snapshot per path, errors re-raised.
 
-    :meth:`submit` copies the payload (tensors to host memory: training may change them right
-    after) and returns; a snapshot still queued for the same path is replaced, since only the
-    newest matters. :meth:`flush` waits until everything submitted is on disk and re-raises the
+    :meth:`submit` copies the payloads (tensors to host memory: training may change them right
+    after; a tensor in several of them once) and returns; a snapshot still queued for the same
+    path is replaced, since only the newest matters. :meth:`flush` waits until everything submitted is on disk and re-raises the
     first write error; :meth:`submit` re-raises it too. Each file is replaced atomically, so a
     crash leaves the previous version intact.
     """
@@ -78,13 +85,15 @@ class CheckpointWriter:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def submit(self, path: str | Path, payload: dict[str, Any]) -> None:
-        """Queue ``payload`` for ``path`` (a snapshot taken now) and return without waiting for the disk."""
+    def submit(self, files: dict[str | Path, dict[str, Any]]) -> None:
+        """Queue each payload for its path (a snapshot taken now) and return without waiting for the disk."""
         self._raise_error()
-        snapshot = host_copy(payload)
+        memo: dict[tuple[Any, ...], torch.Tensor] = {}
+        snapshots = {Path(path): host_copy(payload, memo) for path, payload in files.items()}
         with self._cond:
-            self._queued.pop(Path(path), None)  # re-insert: writes stay in submission order
-            self._queued[Path(path)] = snapshot
+            for path, snapshot in snapshots.items():
+                self._queued.pop(path, None)  # re-insert: writes stay in submission order
+                self._queued[path] = snapshot
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="hpsearch-checkpoints", daemon=True)
                 self._thread.start()

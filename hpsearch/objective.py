@@ -112,20 +112,19 @@ class _Checkpointer:
         self.writer = ctx.checkpoints
         self.resumed_from: Path | None = None
 
-    def save_best(self, trainers: list[Trainer], epoch: int, value: float) -> None:
-        if not self.best_enabled:
-            return
-        first = trainers[0]
-        payload = {**self.base, "model": first.model.state_dict(), "optimizer": first.optimizer.state_dict(),
-                   "epoch": epoch, "metric": {"name": self.metric, "value": value}}
-        if len(trainers) > 1:
-            payload["fold_models"] = [t.model.state_dict() for t in trainers]
-        self.writer.submit(self.path, payload)
-
-    def save_resume(self, trainers: list[Trainer], progress: _Progress) -> None:
+    def save_epoch(self, trainers: list[Trainer], progress: _Progress, improved: bool) -> None:
+        """Submit the epoch's files together (weights shared by both are copied once): best, resume."""
+        files: dict[Path, dict[str, Any]] = {}
+        if improved and self.best_enabled:
+            first = trainers[0]
+            files[self.path] = {**self.base, "model": first.model.state_dict(), "optimizer": first.optimizer.state_dict(),
+                                "epoch": progress.best_epoch, "metric": {"name": self.metric, "value": progress.best}}
+            if len(trainers) > 1:
+                files[self.path]["fold_models"] = [t.model.state_dict() for t in trainers]
         if self.resume_enabled:
-            self.writer.submit(self.resume_path, {**self.base, "trainers": [t.state_dict() for t in trainers],
-                                                  **progress.state_dict()})
+            files[self.resume_path] = {**self.base, "trainers": [t.state_dict() for t in trainers], **progress.state_dict()}
+        if files:
+            self.writer.submit(files)
 
     def flush(self) -> None:
         """Wait until every checkpoint of this trial submitted so far is on disk."""
@@ -226,11 +225,11 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
         if not math.isfinite(record["train_loss"]) or not math.isfinite(value):
             finish("diverged")
             raise optuna.TrialPruned(f"loss diverged at epoch {epoch}")
-        if progress.improved(value):
+        improved = progress.improved(value)
+        if improved:
             progress.best, progress.best_epoch = value, epoch
-            files.save_best(trainers, epoch, value)
         stop = progress.stopper is not None and progress.stopper.step(value)
-        files.save_resume(trainers, progress)
+        files.save_epoch(trainers, progress, improved)
         _report(trial, progress, epoch, value)
         if stop:
             finish("early_stopped")

@@ -36,6 +36,10 @@ def test_host_copy_is_deep_and_detached() -> None:
     history.append({"epoch": 2, "loss": 0.4})
     assert torch.equal(copied["model"]["w"], torch.ones(3)) and not copied["model"]["w"].requires_grad
     assert copied["history"] == [{"epoch": 1, "loss": 0.5}] and isinstance(copied["rng"], tuple)
+    memo: dict = {}
+    first, second = host_copy({"w": weights}, memo), host_copy({"w": weights.detach(), "half": weights[:2]}, memo)
+    assert first["w"] is second["w"] and second["half"] is not first["w"]  # the same view is copied once
+    assert torch.equal(second["half"], torch.full((2,), 2.0))
 
 
 def test_writer_saves_the_snapshot_taken_at_submit(tmp_path: Path) -> None:
@@ -43,7 +47,7 @@ def test_writer_saves_the_snapshot_taken_at_submit(tmp_path: Path) -> None:
     weights = torch.zeros(1000)
     for epoch in range(1, 4):
         weights.fill_(epoch)
-        writer.submit(tmp_path / "state.pt", {"w": weights, "epoch": epoch})
+        writer.submit({tmp_path / "state.pt": {"w": weights, "epoch": epoch}})
         weights.fill_(-1.0)  # training goes on and changes the live tensor at once
     writer.flush()
     state = load_checkpoint(tmp_path / "state.pt")
@@ -63,11 +67,11 @@ def test_writer_keeps_only_the_newest_queued_snapshot_per_path(tmp_path: Path, m
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", slow_save)
     writer = CheckpointWriter()
-    writer.submit(tmp_path / "resume.pt", {"epoch": 1})
+    writer.submit({tmp_path / "resume.pt": {"epoch": 1}})
     assert started.wait(10)  # epoch 1 is being written; everything below queues behind it
-    writer.submit(tmp_path / "resume.pt", {"epoch": 2})
-    writer.submit(tmp_path / "best.pt", {"epoch": 2})
-    writer.submit(tmp_path / "resume.pt", {"epoch": 3})  # replaces epoch 2, never written
+    writer.submit({tmp_path / "resume.pt": {"epoch": 2}})
+    writer.submit({tmp_path / "best.pt": {"epoch": 2}})
+    writer.submit({tmp_path / "resume.pt": {"epoch": 3}})  # replaces epoch 2, never written
     release.set()
     writer.flush()
     assert written == [("resume.pt", 1), ("best.pt", 2), ("resume.pt", 3)]
@@ -76,14 +80,14 @@ def test_writer_keeps_only_the_newest_queued_snapshot_per_path(tmp_path: Path, m
 def test_write_errors_reach_the_training_thread_once(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     writer = CheckpointWriter()
-    writer.submit(tmp_path / "file" / "trial.pt", {"epoch": 1})
+    writer.submit({tmp_path / "file" / "trial.pt": {"epoch": 1}})
     with pytest.raises(HpsearchError, match="writing a checkpoint failed"):
         writer.flush()
     writer.flush()  # reported once
-    writer.submit(tmp_path / "file" / "trial.pt", {"epoch": 2})
+    writer.submit({tmp_path / "file" / "trial.pt": {"epoch": 2}})
     with pytest.raises(HpsearchError, match="writing a checkpoint failed"):
         writer.flush()
-    writer.submit(tmp_path / "ok.pt", {"epoch": 3})
+    writer.submit({tmp_path / "ok.pt": {"epoch": 3}})
     writer.flush()
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3
 
@@ -92,10 +96,10 @@ def test_submit_reports_an_earlier_write_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     writer = CheckpointWriter()
     bad = tmp_path / "file" / "trial.pt"
-    writer.submit(bad, {"epoch": 1})
+    writer.submit({bad: {"epoch": 1}})
     deadline = time.monotonic() + 10
     with pytest.raises(HpsearchError, match="writing a checkpoint failed"):
         while time.monotonic() < deadline:  # the failure lands in the background; a later submit reports it
-            writer.submit(tmp_path / "ok.pt", {"epoch": 2})
+            writer.submit({tmp_path / "ok.pt": {"epoch": 2}})
             time.sleep(0.01)
     writer.flush()
