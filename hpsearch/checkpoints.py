@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,14 @@ log = logging.getLogger("hpsearch")
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    The file gets the usual permissions (0666 less the umask), so teammates sharing ``runs/`` can read it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mkstemp would make it 0600
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "ok.pt", {"x": torch.zeros(2)})  # replaces atomically
     assert torch.equal(load_checkpoint(tmp_path / "ok.pt")["x"], torch.zeros(2))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "ok.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any other file
 
 
 def test_host_copy_is_deep_and_detached() -> None:
