@@ -77,9 +77,9 @@ class CheckpointWriter:
 
     :meth:`submit` copies the payloads (tensors to host memory: training may change them right
     after; a tensor in several of them once) and returns; a snapshot still queued for the same
-    path is replaced, since only the newest matters. :meth:`flush` waits until everything submitted is on disk and re-raises the
-    first write error; :meth:`submit` re-raises it too. Each file is replaced atomically, so a
-    crash leaves the previous version intact.
+    path is replaced, since only the newest matters. :meth:`flush` waits until everything
+    submitted is on disk and re-raises the first write error; :meth:`submit` re-raises it too.
+    Each file is replaced atomically, so a crash leaves the previous version intact.
     """
 
     def __init__(self) -> None:

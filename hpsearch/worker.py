@@ -177,7 +177,7 @@ def _interrupted(study: optuna.Study, trial: optuna.Trial, max_retries: int) -> 
         requeue(study, _fail(study, trial, "interrupted"), max_retries)
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, max_retries: int,
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective,
              failures: list[str]) -> optuna.trial.FrozenTrial:
     """Run the objective under a heartbeat and tell the storage how it ended."""
     with get_heartbeat_thread(trial._trial_id, study._storage):
@@ -186,9 +186,6 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, max
         except optuna.TrialPruned:
             failures.clear()
             return study.tell(trial, state=TrialState.PRUNED)
-        except KeyboardInterrupt:
-            _interrupted(study, trial, max_retries)
-            raise
         except Exception as exc:  # user code may raise anything; the trial fails, the study goes on
             reason = "oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else "error"
             log.error("trial %d failed (%s): %s", trial.number, reason, _signature(exc))
@@ -236,8 +233,8 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                 if _is_surplus(study, trial, n_trials):
                     _fail(study, trial, "surplus")  # another worker took the last place between count and ask
                     continue
-                frozen = _run_one(study, trial, objective, max_retries, failures)
-            except KeyboardInterrupt:  # also before or after the objective's own guard: never leave it RUNNING
+                frozen = _run_one(study, trial, objective, failures)
+            except KeyboardInterrupt:  # wherever it lands between ask and tell: never leave the trial RUNNING
                 _interrupted(study, trial, max_retries)
                 raise
             if frozen.state == TrialState.FAIL:  # after the except block, so the traceback no longer pins memory
