@@ -161,8 +161,8 @@ def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Op
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    # Fused kernels on every device: one launch for all parameters on CUDA, 13-30 % less time per
-    # step than the per-parameter loop for the quickstart's MLP on the CPU (bench/RESULTS.md).
+    # Fused kernels on every device: one launch for all parameters on CUDA, fewer dispatches per
+    # step on the CPU too (ops per step and the quickstart's speedup: bench/RESULTS.md).
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
                                nesterov=settings.nesterov and settings.momentum > 0, fused=True)
