@@ -10,20 +10,20 @@ import functools
 import json
 import logging
 import os
-import signal
 import sys
 import traceback
 from typing import Any, Sequence
 
 import yaml
 
-from hpsearch import __version__
+from hpsearch import __version__, signals
 from hpsearch.config import StudyConfig, load_config, with_overrides
 from hpsearch.errors import ConfigError, HpsearchError
 
 log = logging.getLogger("hpsearch")
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+MAX_WORKERS = 1024  # the file's workers.n has the same bound
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +37,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer (got {text})")
+    return value
+
+
+def _worker_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_WORKERS} (got {text})")
     return value
 
 
@@ -61,7 +68,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_positive_float, help="stop starting trials after S seconds")
     parser.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device:")
-    parser.add_argument("--workers", type=_positive_int, help="worker processes on this machine")
+    parser.add_argument("--workers", type=_worker_count, help="worker processes on this machine")
     parser.add_argument("--gpus", help="GPUs to use: all, none or a list like 0,1")
 
 
@@ -134,14 +141,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM stops like Ctrl-C: trials in flight are marked failed and resumable, exit 130."""
-    # Once is enough: a SIGKILLed supervisor's dying threads can each send its workers the parent-death SIGTERM,
-    # and a second KeyboardInterrupt would cut short the clean-up of the first.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def _slots(cfg: StudyConfig, args: argparse.Namespace) -> list[Any]:
     from hpsearch.errors import DeviceError
     from hpsearch.slots import assign_slots, parse_gpus, visible_gpus
@@ -165,18 +164,28 @@ def _open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> Any:
 def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None) -> tuple[int, Any]:
     """One worker in this process: load data once, run trials to the study-wide total; (exit code, study)."""
     from hpsearch.objective import run_trial
-    from hpsearch.study import finished_count
+    from hpsearch.study import finished_count, guard_storage
     from hpsearch.worker import prepare_context, run_worker
 
     ctx = prepare_context(cfg, slot)
-    study = _open_and_enqueue(cfg, sampler_seed)
-    log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
-             finished_count(study), cfg.n_trials)
-    signal.signal(signal.SIGTERM, _terminate)
-    outcome = run_worker(study, functools.partial(run_trial, ctx=ctx), cfg.n_trials, cfg.timeout,
-                         on_trial=on_trial, max_retries=cfg.workers.max_retries,
-                         stale_check_s=cfg.workers.heartbeat_interval)
+    with guard_storage(cfg, running=True):
+        study = _open_and_enqueue(cfg, sampler_seed)
+        log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
+                 finished_count(study), cfg.n_trials)
+        workers = cfg.workers
+        outcome = run_worker(study, functools.partial(run_trial, ctx=ctx), cfg.n_trials, cfg.timeout,
+                             on_trial=on_trial, max_retries=workers.max_retries,
+                             stale_check_s=workers.heartbeat_interval, grace_period=workers.grace_period,
+                             max_failures=workers.max_consecutive_failures)
     return (EXIT_INTERRUPTED if outcome.interrupted else 0), study
+
+
+def _summary(study: Any, cfg: StudyConfig) -> None:
+    from hpsearch import summary
+    from hpsearch.study import guard_storage
+
+    with guard_storage(cfg, running=True):
+        summary.print_summary(study, cfg)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -187,22 +196,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     slots = _slots(cfg, args)
     if len(slots) == 1:
         code, study = _work(cfg, slots[0], summary.trial_logger(cfg))
-        summary.print_summary(study, cfg)
+        _summary(study, cfg)
         return code
     from hpsearch.monitor import Monitor
+    from hpsearch.study import finished_count, guard_storage
     from hpsearch.supervisor import Supervisor, worker_argv
     from hpsearch.worker import preflight
 
     preflight(cfg)
-    study = _open_and_enqueue(cfg)
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        Supervisor(cfg, study, slots, worker_argv(args.study_file, args)).run(Monitor(study, cfg, slots))
-    except KeyboardInterrupt:
-        summary.print_summary(study, cfg)
-        return EXIT_INTERRUPTED
-    summary.print_summary(study, cfg)
+    with guard_storage(cfg, running=True):
+        study = _open_and_enqueue(cfg)
+        slots = _enough_slots(slots, cfg.n_trials - finished_count(study))
+        try:
+            Supervisor(cfg, study, slots, worker_argv(args.study_file, args)).run(Monitor(study, cfg, slots))
+        except KeyboardInterrupt:
+            _summary(study, cfg)
+            return EXIT_INTERRUPTED
+    _summary(study, cfg)
     return 0
+
+
+def _enough_slots(slots: list[Any], remaining: int) -> list[Any]:
+    """No more workers than trials left to run: each extra one would load the data and find nothing to do."""
+    keep = max(1, remaining)
+    if len(slots) > keep:
+        log.info("starting %d workers, not %d: only %d trials are left to run", keep, len(slots), max(0, remaining))
+    return slots[:keep]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -306,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _setup_logging(debug)
+        if args.verb in ("run", "worker"):
+            with signals.installed():  # a stop signal is honoured at safe points, never lost
+                return COMMANDS[args.verb](args)
         return COMMANDS[args.verb](args)
     except HpsearchError as exc:
         if debug:

@@ -289,6 +289,7 @@ class WorkersConfig(Strict):
     grace_period: int = Field(40, ge=2, le=86400)       # a trial silent this long is failed and retried
     max_retries: int = Field(3, ge=0, le=100)           # retries of a trial whose worker died
     max_restarts: int = Field(5, ge=0, le=1000)         # replacements of a dead worker per slot
+    max_consecutive_failures: int = Field(5, ge=1, le=10_000)  # trials failing in a row that stop the study
 
     @model_validator(mode="after")
     def _grace_exceeds_heartbeat(self) -> WorkersConfig:

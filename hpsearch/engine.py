@@ -216,12 +216,14 @@ def train_one_epoch(
     accum_steps: int,
     amp: torch.dtype | None,
     scaler: torch.amp.GradScaler | None = None,
+    between_batches: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Train over ``batches`` once; return {"loss", "accuracy", "lr", "steps"}.
 
     An optimizer step every ``accum_steps`` micro-batches (and one for a trailing partial group),
     each micro-batch loss scaled by 1/accum_steps. The LR of optimizer step ``start_step + i`` is
     ``lr_for_step(start_step + i)``. Metrics stay on the device until one sync at the end.
+    ``between_batches`` is called before every batch (it may raise to stop the epoch there).
     """
     model.train()
     device = _device_of(model)
@@ -230,6 +232,8 @@ def train_one_epoch(
     step = start_step
     lr = lr_for_step(step)
     for x, y in batches:
+        if between_batches is not None:
+            between_batches()
         if micro == 0:
             lr = _set_lr(optimizer, lr_for_step(step))
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -293,6 +297,7 @@ def evaluate(
     *,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     amp: torch.dtype | None,
+    between_batches: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` over ``batches``, in inference mode, one host sync."""
     model.eval()
@@ -300,6 +305,8 @@ def evaluate(
     totals = _Totals()
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
         for x, y in batches:
+            if between_batches is not None:
+                between_batches()
             logits = model(x)
             totals.add(loss_fn(logits.float(), y), logits, y)
     return totals.means()
@@ -316,6 +323,7 @@ class Trainer:
     reported validation loss is plain, unweighted cross-entropy so trials stay comparable.
     Shuffling and augmentation draw from a ``torch.Generator`` on the data's device seeded with
     ``seed``; dropout draws from torch's global RNG (seed it before building the model).
+    ``between_batches`` is called before every training and validation batch (a stop check).
     """
 
     def __init__(
@@ -326,8 +334,10 @@ class Trainer:
         val_idx: Tensor,
         settings: TrainSettings,
         seed: int,
+        between_batches: Callable[[], None] | None = None,
     ) -> None:
         self.device = data.device
+        self.between_batches = between_batches
         self.data = data
         self.settings = settings
         self.use_channels_last = channels_last_for(model, self.device, settings.channels_last)
@@ -381,6 +391,7 @@ class Trainer:
             accum_steps=self.settings.accum_steps,
             amp=self.amp,
             scaler=self.scaler,
+            between_batches=self.between_batches,
         )
         self.epoch += 1
         return metrics
@@ -389,7 +400,7 @@ class Trainer:
         """Loss and accuracy on the validation indices."""
         # Inference keeps no activations for backward, so twice the batch fits.
         batches = self._batches(self.val_idx, 2 * self.settings.batch_size, train=False)
-        return evaluate(self.model, batches, loss_fn=self.eval_loss_fn, amp=self.amp)
+        return evaluate(self.model, batches, loss_fn=self.eval_loss_fn, amp=self.amp, between_batches=self.between_batches)
 
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch then validate; losses may be nan/inf (the caller decides what to do)."""

@@ -36,6 +36,18 @@ class TrialFailureError(HpsearchError):
     exit_code = 1
 
 
+class StorageFailure(HpsearchError):
+    """The storage stopped working during a run (server gone, disk full, file damaged); rerunning continues."""
+
+    exit_code = 1
+
+
+class WorkerCrashError(HpsearchError):
+    """A worker process kept dying (killed, crashed); not a problem of the study file."""
+
+    exit_code = 1
+
+
 class SupervisorGoneError(HpsearchError):
     """The `hpsearch run` that started this worker is gone; the worker stops instead of running unwatched."""
 

@@ -17,13 +17,14 @@ from typing import Any
 import optuna
 import torch
 
-from hpsearch import __version__, space
+from hpsearch import __version__, signals, space
 from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
 from hpsearch.checkpoints import CheckpointWriter, load_checkpoint
 from hpsearch.data import DeviceData
 from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights_for, seed_everything
 from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model
+from hpsearch.study import retry_history
 
 log = logging.getLogger("hpsearch")
 
@@ -83,7 +84,7 @@ def _build_trainers(ctx: WorkerContext, spec: dict[str, Any], settings: TrainSet
         seed_everything(seed)  # every fold starts from the same initial weights: folds differ only in data
         model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], dropout=spec["dropout"],
                             **spec["kwargs"]).to(ctx.device)
-        trainers.append(Trainer(model, ctx.data, train_idx, val_idx, settings, seed))
+        trainers.append(Trainer(model, ctx.data, train_idx, val_idx, settings, seed, between_batches=signals.check))
     return trainers
 
 
@@ -110,7 +111,7 @@ class _Checkpointer:
                      "study": ctx.cfg.name, "trial": trial.number}
         self.metric = ctx.cfg.metric
         self.writer = ctx.checkpoints
-        self.resumed_from: Path | None = None
+        self.retried: list[Path] = []  # resume files of the trials this one retries: obsolete once it ends
 
     def save_epoch(self, trainers: list[Trainer], progress: _Progress, improved: bool) -> None:
         """Submit the epoch's files together (weights shared by both are copied once): best, resume."""
@@ -138,11 +139,10 @@ class _Checkpointer:
             log.warning("trial %d: %s", self.base["trial"], exc)
 
     def drop_resume(self) -> None:
-        """The trial ended: neither its own state nor the one it resumed from is needed any more."""
+        """The trial ended: neither its own state nor that of the trials it retries is needed any more."""
         self.flush()  # a write still in flight would bring the file back
-        self.resume_path.unlink(missing_ok=True)
-        if self.resumed_from is not None:
-            self.resumed_from.unlink(missing_ok=True)
+        for path in [self.resume_path, *self.retried]:
+            path.unlink(missing_ok=True)
 
 
 def resume_path(out_dir: Path, trial_number: int) -> Path:
@@ -184,14 +184,29 @@ def _new_progress(cfg: StudyConfig) -> _Progress:
 
 
 def _resume_source(ctx: WorkerContext, trial: optuna.Trial) -> tuple[int, dict[str, Any]] | None:
-    """The state left by the trial this one retries (its worker died or was interrupted), if any."""
-    history = trial.storage.get_trial_system_attrs(trial._trial_id).get("retry_history") or []
-    if not history or not ctx.cfg.train.resume_checkpoints:
+    """The newest state saved along the chain of trials this one retries (their workers died or stopped).
+
+    A retry of a retry that stopped before saving anything resumes from the trial before; a file
+    that cannot be read is skipped (recorded as `resume_skipped`), and with none left the trial
+    starts from scratch.
+    """
+    if not ctx.cfg.train.resume_checkpoints:
         return None
-    path = resume_path(Path(ctx.cfg.out_dir).resolve(), history[-1])
-    if not path.is_file():
-        return None
-    return history[-1], load_checkpoint(path, map_location=ctx.device)
+    out = Path(ctx.cfg.out_dir).resolve()
+    for number in reversed(retry_history(trial)):
+        path = resume_path(out, number)
+        if not path.is_file():
+            continue
+        try:
+            return number, load_checkpoint(path, map_location=ctx.device)
+        except HpsearchError as exc:
+            _skip_resume(trial, number, str(exc))
+    return None
+
+
+def _skip_resume(trial: optuna.Trial, source: int, why: str) -> None:
+    log.warning("trial %d cannot resume trial %d (%s); it starts from scratch", trial.number, source, why)
+    trial.set_user_attr("resume_skipped", {"trial": source, "reason": why[:500]})
 
 
 def _report(trial: optuna.Trial, progress: _Progress, epoch: int, value: float) -> None:
@@ -250,19 +265,32 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
     progress = _new_progress(ctx.cfg)
     progress.reported = reported
     files = _Checkpointer(ctx, trial, params, spec)
+    files.retried = [resume_path(Path(ctx.cfg.out_dir).resolve(), n) for n in retry_history(trial)]
     if resume is not None:
-        source, state = resume
-        for trainer, trainer_state in zip(trainers, state["trainers"]):
-            trainer.load_state_dict(trainer_state)
-        progress.load_state_dict(state)
-        files.resumed_from = resume_path(Path(ctx.cfg.out_dir).resolve(), source)
-        trial.set_user_attr("resumed_from", {"trial": source, "epoch": trainers[0].epoch})
-        log.info("trial %d resumes trial %d from epoch %d", trial.number, source, trainers[0].epoch)
+        try:
+            _restore(trial, trainers, progress, resume)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a file of another shape: start afresh
+            _skip_resume(trial, resume[0], f"{type(exc).__name__}: {exc}")
+            trainers = _build_trainers(ctx, spec, settings, seed)
+            progress = _new_progress(ctx.cfg)
+            progress.reported = reported
     try:
         return _fit(trial, ctx, trainers, files, progress)
     except BaseException:
         files.flush_quietly()  # an interrupted trial resumes from the last epoch it submitted
         raise
+
+
+def _restore(trial: optuna.Trial, trainers: list[Trainer], progress: _Progress,
+             resume: tuple[int, dict[str, Any]]) -> None:
+    source, state = resume
+    if len(state["trainers"]) != len(trainers):
+        raise ValueError(f"{len(state['trainers'])} folds saved, {len(trainers)} to train")
+    for trainer, trainer_state in zip(trainers, state["trainers"]):
+        trainer.load_state_dict(trainer_state)
+    progress.load_state_dict(state)
+    trial.set_user_attr("resumed_from", {"trial": source, "epoch": trainers[0].epoch})
+    log.info("trial %d resumes trial %d from epoch %d", trial.number, source, trainers[0].epoch)
 
 
 def release_memory(device: torch.device) -> None:

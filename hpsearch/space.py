@@ -18,6 +18,15 @@ def _active(spec: Any, params: dict[str, Any]) -> bool:
     return True
 
 
+def distribution(spec: Any) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution that `trial.suggest_*` records for `spec` (what the storage keeps)."""
+    if isinstance(spec, FloatParam):
+        return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, IntParam):
+        return optuna.distributions.IntDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+    return optuna.distributions.CategoricalDistribution(spec.choices)
+
+
 def _suggest_one(trial: optuna.trial.BaseTrial, name: str, spec: Any) -> Any:
     if isinstance(spec, FloatParam):
         return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)

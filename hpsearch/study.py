@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import logging
+import os
 import random
+import socket
+import threading
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +25,13 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQL
 
 from hpsearch import __version__
 from hpsearch.config import StudyConfig, WorkersConfig
-from hpsearch.errors import StorageError
+from hpsearch.errors import ConfigError, HpsearchError, StorageError, StorageFailure
 from hpsearch import space
 
 log = logging.getLogger("hpsearch")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SQLITE_BUSY_TIMEOUT_S = 60
+PG_CONNECT_TIMEOUT_S = 10  # a stopped server is reported within seconds, not after the OS's TCP timeout
 
 
 def redact_url(url: str) -> str:
@@ -79,10 +88,18 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
-    if make_url(url).get_backend_name() == "sqlite":
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
         # Several local workers share one file: wait for the lock instead of failing at once.
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    if backend == "postgresql":
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S}}
     return {"pool_pre_ping": True}
+
+
+def _is_memory(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
 def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
@@ -112,14 +129,6 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: i
         state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         system_attrs={"failed_trial": history[0], "retry_history": history},
     ))
-
-
-def _retry_callback(max_retries: int) -> Any:
-    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        log.warning("trial %d lost its worker (no heartbeat); queued again to resume", trial.number)
-        requeue(study, trial, max_retries)
-
-    return on_stale
 
 
 def _prepare_sqlite(url: str) -> None:
@@ -168,10 +177,17 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
     the grace period and queued again.
     """
     shown = redact_url(url)
+    try:
+        in_memory = _is_memory(url)
+    except (ArgumentError, ValueError):
+        in_memory = False  # unparseable: reported below with the usual message
+    if in_memory:
+        raise StorageError(f"{source}: storage: '{shown}' lives inside one process, so workers, reruns and "
+                           f"`hpsearch status` could never see the study; use a file such as "
+                           f"sqlite:///runs/study.db") from None
     heartbeat: dict[str, Any] = {}
     if workers is not None:
-        heartbeat = {"heartbeat_interval": workers.heartbeat_interval, "grace_period": workers.grace_period,
-                     "heartbeat_stale_trial_callback": _retry_callback(workers.max_retries)}
+        heartbeat = {"heartbeat_interval": workers.heartbeat_interval, "grace_period": workers.grace_period}
     try:
         storage = _open_rdb(url, heartbeat)
         if make_url(url).get_backend_name() == "sqlite":
@@ -184,6 +200,9 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
         raise StorageError(f"{source}: storage: no database driver for '{shown}' ({_first_line(exc)}); install it, "
                            f"e.g. pip install 'hpsearch[postgres]' for postgresql+psycopg://") from None
     except (SQLAlchemyError, OSError) as exc:
+        damage = _damage(exc)
+        if damage:
+            raise StorageError(f"{source}: storage: '{shown}' {damage}") from None
         raise StorageError(f"{source}: storage: cannot open '{shown}' ({_first_line(exc)}); check that the "
                            f"database server is running and the URL is right") from None
 
@@ -212,6 +231,10 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
                                 sampler=make_sampler(cfg, sampler_seed), pruner=make_pruner(cfg), load_if_exists=True)
     if existing is None:
         _record_study_attrs(study, cfg)
+    elif create:
+        check_space_unchanged(study, cfg)
+    if create:
+        _record_settings(study, cfg)
     return study
 
 
@@ -251,3 +274,255 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         return None
     return study.best_trial
+
+
+# --------------------------------------------------------------------------- what a run may not change
+
+def check_space_unchanged(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Refuse a space that Optuna cannot mix with the stored trials (other choices, log flag or kind).
+
+    Checked before any trial: otherwise every trial of the run fails on its first suggest.
+    """
+    stored: dict[str, optuna.distributions.BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        stored.update(trial.distributions)
+    for name, spec in cfg.space.items():
+        if name not in stored:
+            continue
+        new = space.distribution(spec)
+        try:
+            optuna.distributions.check_distribution_compatibility(stored[name], new)
+        except ValueError:
+            raise ConfigError(
+                f"{cfg.source}: space.{name}: study '{cfg.name}' in {redact_url(cfg.storage_url)} searched {name} "
+                f"as {_shown_distribution(stored[name])}, this file says {_shown_distribution(new)}; Optuna cannot "
+                f"mix the two: give the study a new name:, or restore the old space") from None
+
+
+def _shown_distribution(dist: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return f"categorical {list(dist.choices)}"
+    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+    return f"{kind} [{dist.low}, {dist.high}]{' log' if dist.log else ''}"
+
+
+SETTINGS_SECTIONS = ("metric", "seed", "data", "model", "train")
+
+
+def run_settings(cfg: StudyConfig) -> dict[str, Any]:
+    """What shapes how a trial trains (not how many, where or how fast): trials of one study share it."""
+    resolved = cfg.resolved()
+    return {key: resolved[key] for key in SETTINGS_SECTIONS}
+
+
+def settings_id(cfg: StudyConfig) -> str:
+    """A short stable hash of :func:`run_settings`, recorded with every trial as `settings`."""
+    text = json.dumps(run_settings(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _record_settings(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Keep this run's settings under their id, then refuse them if a running trial trains with others."""
+    mine = settings_id(cfg)
+    key = f"settings:{mine}"
+    attrs = study_system_attrs(study)
+    if key not in attrs:
+        storage_of(study).set_study_system_attr(study._study_id, key, run_settings(cfg))
+        attrs[key] = run_settings(cfg)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        theirs = trial.user_attrs.get("settings")
+        if theirs is None or theirs == mine or not _worker_may_be_alive(trial.user_attrs.get("worker")):
+            continue
+        path, old, new = _first_difference(attrs.get(f"settings:{theirs}", {}), run_settings(cfg))
+        raise ConfigError(
+            f"{cfg.source}: {path}: trial {trial.number} of study '{cfg.name}' is running now (worker "
+            f"{trial.user_attrs.get('worker', '?')}) with {path} = {old!r}, this run says {new!r}; mixing them "
+            f"would make the trials incomparable: use the same settings while it runs, or a new name:")
+
+
+def _worker_may_be_alive(worker: Any) -> bool:
+    """False only for a worker of this machine whose process is gone (its trial just awaits the stale check)."""
+    if not isinstance(worker, str) or ":" not in worker:
+        return True
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+    return path or "settings", old, new
+
+
+# --------------------------------------------------------------------------- storage failures
+
+_DAMAGED = ("database disk image is malformed", "file is not a database", "file is encrypted or is not a database")
+_FULL = ("database or disk is full", "no space left on device", "disk i/o error")
+_GONE = ("connection refused", "server closed the connection", "terminating connection", "could not connect",
+         "connection to server", "connection is closed", "the connection is lost", "connection timeout expired",
+         "ssl connection has been closed", "unable to open database file")
+
+
+def _damage(exc: BaseException) -> str:
+    """What a storage exception means, for the user: damaged file, full disk, server gone; '' otherwise."""
+    text = " ".join(str(exc).lower().split())
+    if any(word in text for word in _DAMAGED):
+        return (f"is damaged ({_first_line(exc)}); restore it from a backup, or salvage it with "
+                f"`sqlite3 OLD.db .recover | sqlite3 NEW.db` and point storage: at the new file")
+    if any(word in text for word in _FULL):
+        return f"cannot be written: the disk is full ({_first_line(exc)}); free space, then rerun to continue"
+    if any(word in text for word in _GONE):
+        return (f"stopped answering ({_first_line(exc)}); check that the database server is running, "
+                f"then rerun to continue")
+    return ""
+
+
+STORAGE_EXCEPTIONS: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
+
+
+def storage_failure(exc: BaseException, cfg: StudyConfig, running: bool) -> HpsearchError:
+    """One line for a storage exception raised after the storage opened: exit 1 in a run, 2 elsewhere."""
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+    what = _damage(cause) or f"failed ({_first_line(cause)}); check the database, then rerun to continue"
+    message = f"{cfg.source}: storage: '{redact_url(cfg.storage_url)}' {what}"
+    return StorageFailure(message) if running else StorageError(message)
+
+
+@contextmanager
+def guard_storage(cfg: StudyConfig, running: bool = False) -> Iterator[None]:
+    """Turn a storage exception inside the block into one line naming the storage and what failed."""
+    try:
+        yield
+    except STORAGE_EXCEPTIONS as exc:
+        raise storage_failure(exc, cfg, running) from exc
+
+
+def is_storage_exception(exc: BaseException) -> bool:
+    """Whether `exc` came from the storage layer (the database), not from training code."""
+    return isinstance(exc, STORAGE_EXCEPTIONS)
+
+
+# --------------------------------------------------------------------------- the adapter over Optuna internals
+# Every use of Optuna's private API (storage handle, trial ids, the heartbeat table) is below, so an
+# Optuna upgrade that changes it breaks here, and tests/test_study.py says so.
+
+def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The study's storage object."""
+    return study._storage  # type: ignore[return-value]
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The study's system attributes (Optuna 5 no longer offers them on Study)."""
+    return dict(storage_of(study).get_study_system_attrs(study._study_id))
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The storage's id of a trial (not its number)."""
+    return trial._trial_id
+
+
+def current_state(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.TrialState:
+    """The trial's state as the storage has it now."""
+    return storage_of(study).get_trial(trial_id(trial)).state
+
+
+def retry_history(trial: optuna.Trial) -> list[int]:
+    """Numbers of the failed trials this one retries, oldest first ([] for a fresh trial)."""
+    return list(trial.storage.get_trial_system_attrs(trial_id(trial)).get("retry_history") or [])
+
+
+class Heartbeat:
+    """A running trial's heartbeat thread: beats at once, then every interval, until the block ends.
+
+    A storage error in the thread is logged once (the main thread meets the same storage soon and
+    reports it); it never prints a thread traceback.
+    """
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self.storage = storage_of(study)
+        self.trial_id = trial_id(trial)
+        self.interval = self.storage.get_heartbeat_interval()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.trial_id}", daemon=True)
+
+    def _beat(self) -> None:
+        failed = False
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                failed = False
+            except Exception as exc:  # noqa: BLE001 - any storage error: report once, keep trying
+                if not failed:
+                    log.warning("heartbeat of trial id %d failed: %s", self.trial_id, _first_line(exc))
+                failed = True
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def fail_stale_trials(study: optuna.Study, grace_period: float, max_retries: int) -> list[int]:
+    """Fail (and queue again) running trials whose worker is gone; return their numbers.
+
+    Stale: the last heartbeat is older than the grace period (Optuna's rule), or there is no
+    heartbeat at all and the trial started longer ago than the grace period (its worker died
+    between `ask` and its first heartbeat, which Optuna's rule never catches). Start times are the
+    workers' local clocks, so hosts should agree on the time to within the grace period.
+    """
+    storage = storage_of(study)
+    if storage.get_heartbeat_interval() is None:
+        return []
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    now = datetime.datetime.now()
+    old = [t for t in running if t.datetime_start is not None
+           and (now - t.datetime_start).total_seconds() > grace_period and trial_id(t) not in stale]
+    without = _without_heartbeat(storage, [trial_id(t) for t in old])
+    stale |= without
+    failed = []
+    for trial in running:
+        tid = trial_id(trial)
+        if tid not in stale:
+            continue
+        try:
+            storage.set_trial_user_attr(tid, "stop_reason", "worker_lost")
+            if not storage.set_trial_state_values(tid, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # its worker finished it after all, or another worker got there first
+        log.warning("trial %d lost its worker (%s); queued again to resume", trial.number,
+                    "it never sent a heartbeat" if tid in without else "no heartbeat")
+        requeue(study, storage.get_trial(tid), max_retries)
+        failed.append(trial.number)
+    return failed
+
+
+def _without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int]) -> set[int]:
+    if not trial_ids:
+        return set()
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    engine = getattr(storage, "_backend", storage).engine  # a Study wraps its RDBStorage in a cache
+    with engine.connect() as conn:
+        beating = set(conn.execute(sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))
+                      .scalars())
+    return set(trial_ids) - beating

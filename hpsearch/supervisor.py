@@ -23,11 +23,12 @@ from typing import IO, Any
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch import signals
 from hpsearch.config import StudyConfig
-from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError
+from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError, WorkerCrashError
 from hpsearch.monitor import Monitor
 from hpsearch.slots import Slot
-from hpsearch.study import finished_count, requeue
+from hpsearch.study import STORAGE_EXCEPTIONS, finished_count, requeue, storage_of, trial_id
 
 log = logging.getLogger("hpsearch")
 STOP_GRACE_S = 8.0  # SIGINT, then SIGKILL after this: everything is down within 10 s
@@ -84,14 +85,14 @@ class Supervisor:
 
     def _release_trials_of(self, proc: _Process) -> None:
         """Fail a dead worker's running trial at once and queue it to resume (no wait for the heartbeat grace)."""
-        storage = self.study._storage
+        storage = storage_of(self.study)
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.user_attrs.get("worker") != proc.worker_id:
                 continue
             try:
-                storage.set_trial_user_attr(trial._trial_id, "stop_reason", "worker_died")
-                if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                    requeue(self.study, storage.get_trial(trial._trial_id), self.cfg.workers.max_retries)
+                storage.set_trial_user_attr(trial_id(trial), "stop_reason", "worker_died")
+                if storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
+                    requeue(self.study, storage.get_trial(trial_id(trial)), self.cfg.workers.max_retries)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # the worker finished it after all, or the heartbeat check got there first
 
@@ -115,8 +116,8 @@ class Supervisor:
         if finished_count(self.study) >= self.cfg.n_trials:
             return False
         if proc.restarts >= self.cfg.workers.max_restarts:
-            raise HpsearchError(f"worker {proc.slot.label} died {proc.restarts + 1} times (last exit {code}); "
-                                f"see {proc.log_file.name}")
+            raise WorkerCrashError(f"worker {proc.slot.label} died {proc.restarts + 1} times (last exit {code}); "
+                                   f"see {proc.log_file.name}")
         log.warning("worker %s (pid %d) died (exit %d); starting a replacement", proc.slot.label, proc.popen.pid, code)
         self.procs[proc.slot.index] = self._spawn(proc.slot, proc.restarts + 1)
         return True
@@ -127,15 +128,21 @@ class Supervisor:
         for proc in live:
             proc.popen.send_signal(signal.SIGINT)
         deadline = time.monotonic() + STOP_GRACE_S
+        killed = []
         for proc in live:
             try:
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
-                self._release_trials_of(proc)
+                killed.append(proc)
         for proc in self.procs.values():
             proc.log_file.close()
+        for proc in killed:
+            try:
+                self._release_trials_of(proc)
+            except STORAGE_EXCEPTIONS as exc:  # the storage is what failed: the next run's stale check frees them
+                log.warning("could not free the trial of worker %s: %s", proc.slot.label, type(exc).__name__)
 
     def run(self, monitor: Monitor) -> None:
         """Start every slot, supervise until all workers are done; raises KeyboardInterrupt on Ctrl-C."""
@@ -143,11 +150,12 @@ class Supervisor:
             self.procs[slot.index] = self._spawn(slot)
         try:
             while True:
+                signals.check()
                 wanted = [self._check(proc) for proc in list(self.procs.values())]
                 monitor.update()
                 if not any(wanted):
                     break
-                time.sleep(POLL_S)
+                signals.sleep(POLL_S)
         except BaseException:
             self.stop()
             monitor.update()

@@ -7,33 +7,29 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 import optuna
 import torch
-from optuna.storages import fail_stale_trials
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
+from hpsearch import signals
 from hpsearch.config import StudyConfig
 from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.errors import DataError, DeviceError, ModelError, TrialFailureError
 from hpsearch.models import build_model
 from hpsearch.objective import WorkerContext, release_memory
 from hpsearch.slots import Slot
-from hpsearch.study import requeue
+from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, current_state, fail_stale_trials, is_storage_exception,
+                            requeue, settings_id)
 
 log = logging.getLogger("hpsearch")
-FAIL_FAST_AFTER = 3  # the same error in this many consecutive trials stops the worker
+FAIL_FAST_AFTER = 3  # the same error this many trials in a row stops the worker
 
 
 def resolve_device(preference: str, gpu: int | None) -> torch.device:
@@ -81,22 +77,24 @@ def _split(cfg: StudyConfig, labels: torch.Tensor) -> list[tuple[torch.Tensor, t
 
 def preflight(cfg: StudyConfig) -> None:
     """Load the data and build the model once on the CPU, so bad input fails before the study is touched."""
-    pool = _load_pool(cfg)
-    _split(cfg, pool.y)
-    _preflight_model(cfg, DeviceData.place(pool, torch.device("cpu")))
+    with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
+        pool = _load_pool(cfg)
+        _split(cfg, pool.y)
+        _preflight_model(cfg, DeviceData.place(pool, torch.device("cpu")))
 
 
 def prepare_context(cfg: StudyConfig, slot: Slot | None = None) -> WorkerContext:
     """Load the dataset once, place it on the slot's device, split it (seeded by the study seed)."""
     slot = slot or Slot(index=0, gpu=0)
-    device = resolve_device(cfg.device, slot.gpu)
-    pool = _load_pool(cfg)
-    data = DeviceData.place(pool, device, memory_fraction=cfg.data.memory_fraction)
-    folds = _split(cfg, pool.y)
-    _preflight_model(cfg, data)
+    with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
+        device = resolve_device(cfg.device, slot.gpu)
+        pool = _load_pool(cfg)
+        data = DeviceData.place(pool, device, memory_fraction=cfg.data.memory_fraction)
+        folds = _split(cfg, pool.y)
+        _preflight_model(cfg, data)
     return WorkerContext(cfg=cfg, data=data, labels=pool.y, folds=folds, device=device,
                          device_name=describe_device(device), worker=f"{socket.gethostname()}:{os.getpid()}",
-                         slot=slot.index)
+                         slot=slot.index, extra_attrs={"settings": settings_id(cfg)})
 
 
 @dataclass
@@ -110,46 +108,35 @@ class WorkerOutcome:
 
 Objective = Callable[[optuna.Trial], float]
 CLAIMED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+WAIT_REPORT_S = 30.0  # while waiting on other workers' last trials, say so this often
 
 
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and so requeue) running trials whose worker stopped sending heartbeats."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        fail_stale_trials(study)
+@dataclass
+class FailureStreak:
+    """Trials that failed in the objective (errors, OOM) since the last one that finished.
 
-
-@contextmanager
-def _held_interrupts() -> Iterator[list[int]]:
-    """Hold SIGINT and SIGTERM back (main thread only), listing the ones that arrive meanwhile."""
-    held: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield held
-        return
-    previous = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM) if (handler := signal.getsignal(sig)) is not None}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: held.append(signum))
-    try:
-        yield held
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _ask(study: optuna.Study, max_retries: int) -> optuna.Trial:
-    """study.ask() with heartbeats on; this loop runs the heartbeat thread itself, as Study.optimize does.
-
-    The trial is RUNNING in storage before ask returns (samplers then fit their models, which can take
-    seconds), and it has no heartbeat yet, so nothing would ever fail it: Ctrl-C or SIGTERM is held
-    until the trial is in hand, then the trial is handed back (failed, queued again) and the stop goes on.
+    The worker stops when the same error ended `FAIL_FAST_AFTER` trials in a row, or when `limit`
+    trials in a row failed whatever the errors: failed trials never count toward n_trials, so a
+    study whose every trial fails would otherwise run forever.
     """
-    with _held_interrupts() as held, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
-        trial = study.ask()
-    if held:
-        _interrupted(study, trial, max_retries)
-        signal.raise_signal(held[0])  # delivered to the usual handler now: KeyboardInterrupt
-    return trial
+
+    limit: int
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, error: str) -> None:
+        self.errors.append(error)
+
+    def clear(self) -> None:
+        self.errors.clear()
+
+    def verdict(self) -> str | None:
+        """Why the worker must stop, or None."""
+        last = self.errors[-FAIL_FAST_AFTER:]
+        if len(last) == FAIL_FAST_AFTER and len(set(last)) == 1:
+            return f"the last {FAIL_FAST_AFTER} trials all failed with {last[0]}"
+        if len(self.errors) >= self.limit:
+            return f"the last {len(self.errors)} trials all failed, the first with {self.errors[0]}"
+        return None
 
 
 def _signature(exc: BaseException) -> str:
@@ -171,80 +158,134 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     return sum(1 for t in claimed if t.number < trial.number) >= n_trials
 
 
-def _interrupted(study: optuna.Study, trial: optuna.Trial, max_retries: int) -> None:
-    """Fail a trial cut short by Ctrl-C or SIGTERM and queue it again (to resume), unless that happened already."""
-    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-        requeue(study, _fail(study, trial, "interrupted"), max_retries)
+def _hand_back(study: optuna.Study, trial: optuna.Trial, max_retries: int, reason: str = "interrupted") -> None:
+    """Fail a trial cut short (stop signal, storage failure) and queue it again to resume, unless it ended already."""
+    if current_state(study, trial) == TrialState.RUNNING:
+        requeue(study, _fail(study, trial, reason), max_retries)
+
+
+def _hand_back_quietly(study: optuna.Study, trial: optuna.Trial, max_retries: int) -> None:
+    """:func:`_hand_back` while the storage is failing: where it still answers the trial is freed, else logged."""
+    try:
+        _hand_back(study, trial, max_retries, "storage_failed")
+    except Exception as exc:  # noqa: BLE001 - the storage error itself is what the caller reports
+        log.warning("trial %d could not be marked failed (%s); the next run fails it after the grace period",
+                    trial.number, type(exc).__name__)
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective,
-             failures: list[str]) -> optuna.trial.FrozenTrial:
-    """Run the objective under a heartbeat and tell the storage how it ended."""
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            failures.clear()
-            return study.tell(trial, state=TrialState.PRUNED)
-        except Exception as exc:  # user code may raise anything; the trial fails, the study goes on
-            reason = "oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else "error"
-            log.error("trial %d failed (%s): %s", trial.number, reason, _signature(exc))
-            failures.append(_signature(exc))
-            return _fail(study, trial, reason, traceback.format_exc())
-    failures.clear()
+             streak: FailureStreak) -> optuna.trial.FrozenTrial:
+    """Run the objective and tell the storage how it ended; storage errors propagate."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        streak.clear()
+        return study.tell(trial, state=TrialState.PRUNED)
+    except Exception as exc:  # user code may raise anything; the trial fails, the study goes on
+        if is_storage_exception(exc):
+            raise
+        reason = "oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else "error"
+        log.error("trial %d failed (%s): %s", trial.number, reason, _signature(exc))
+        streak.add(_signature(exc))
+        return _fail(study, trial, reason, traceback.format_exc())
+    streak.clear()
     return study.tell(trial, value)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+        return study.ask()
+
+
+def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries: int,
+           streak: FailureStreak) -> optuna.trial.FrozenTrial | None:
+    """Ask for one trial and run it under a heartbeat; None when it was surplus.
+
+    From `ask` to `tell` the trial is RUNNING in storage: whatever stops the worker in between
+    (stop signal, storage failure) hands it back, failed and queued again, before going on.
+    """
+    trial = _ask(study)
+    try:
+        with Heartbeat(study, trial):
+            signals.check()  # a stop that came while asking: the trial goes back untouched
+            if _is_surplus(study, trial, n_trials):
+                _fail(study, trial, "surplus")  # another worker took the last place between count and ask
+                return None
+            return _run_one(study, trial, objective, streak)
+    except KeyboardInterrupt:
+        _hand_back(study, trial, max_retries)
+        raise
+    except STORAGE_EXCEPTIONS:
+        _hand_back_quietly(study, trial, max_retries)
+        raise
+
+
+class _WaitReport:
+    """Says, now and then, which trials elsewhere the worker waits for, so a wait never looks like a hang."""
+
+    def __init__(self, grace_period: float) -> None:
+        self.grace_period = grace_period
+        self.next = 0.0
+
+    def note(self, claimed: list[optuna.trial.FrozenTrial]) -> None:
+        if time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + WAIT_REPORT_S
+        running = [f"#{t.number} ({t.user_attrs.get('worker', 'worker unknown')})" for t in claimed
+                   if t.state == TrialState.RUNNING]
+        log.info("waiting for the last trials running elsewhere: %s; a trial whose worker is gone is failed "
+                 "%g s after its last heartbeat and retried here", ", ".join(running) or "none", self.grace_period)
 
 
 def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None = None,
                on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None, max_retries: int = 3,
-               poll_s: float = 1.0, stale_check_s: float = 10.0) -> WorkerOutcome:
+               poll_s: float = 1.0, stale_check_s: float = 10.0, grace_period: float = 40.0,
+               max_failures: int = 5) -> WorkerOutcome:
     """Run trials until exactly `n_trials` finished trials exist study-wide (across all workers).
 
-    Stops starting trials after `timeout` seconds; Ctrl-C marks the trial in flight failed and
-    queues it again (it resumes from its checkpoint on the next run). Stale trials (no heartbeat)
-    are looked for every `stale_check_s` seconds: nothing can go stale faster than the heartbeat.
+    Stops starting trials after `timeout` seconds. SIGINT and SIGTERM are honoured at the next safe
+    point (between batches, between trials, while waiting): the trial in flight is marked failed and
+    queued again (it resumes from its checkpoint on the next run). Stale trials are looked for every
+    `stale_check_s` seconds: nothing can go stale faster than the heartbeat. Too many failures in a
+    row raise TrialFailureError (see :class:`FailureStreak`); storage errors propagate.
     """
     outcome = WorkerOutcome()
     deadline = None if timeout is None else time.monotonic() + timeout
-    failures: list[str] = []
-    waiting_logged = False
+    streak = FailureStreak(max_failures)
+    report = _WaitReport(grace_period)
     next_stale_check = 0.0
-    try:
-        while True:
-            if time.monotonic() >= next_stale_check:
-                _fail_stale_trials(study)
-                next_stale_check = time.monotonic() + stale_check_s
-            claimed = study.get_trials(deepcopy=False, states=CLAIMED)  # one read decides both checks below
-            waiting = sum(1 for t in claimed if t.state == TrialState.WAITING)
-            running = sum(1 for t in claimed if t.state == TrialState.RUNNING)
-            if len(claimed) - waiting - running >= n_trials:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                outcome.timed_out = True
-                break
-            if waiting == 0 and len(claimed) - waiting >= n_trials:
-                if not waiting_logged:
-                    log.info("the last trials are running elsewhere; waiting in case one must be retried")
-                    waiting_logged = True
-                time.sleep(poll_s)
-                continue
-            trial = _ask(study, max_retries)
-            try:
-                if _is_surplus(study, trial, n_trials):
-                    _fail(study, trial, "surplus")  # another worker took the last place between count and ask
+    with signals.installed():
+        try:
+            while True:
+                signals.check()
+                if time.monotonic() >= next_stale_check:
+                    fail_stale_trials(study, grace_period, max_retries)
+                    next_stale_check = time.monotonic() + stale_check_s
+                claimed = study.get_trials(deepcopy=False, states=CLAIMED)  # one read decides both checks below
+                waiting = sum(1 for t in claimed if t.state == TrialState.WAITING)
+                running = sum(1 for t in claimed if t.state == TrialState.RUNNING)
+                if len(claimed) - waiting - running >= n_trials:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    outcome.timed_out = True
+                    break
+                if waiting == 0 and len(claimed) >= n_trials:
+                    report.note(claimed)
+                    signals.sleep(poll_s)
                     continue
-                frozen = _run_one(study, trial, objective, failures)
-            except KeyboardInterrupt:  # wherever it lands between ask and tell: never leave the trial RUNNING
-                _interrupted(study, trial, max_retries)
-                raise
-            if frozen.state == TrialState.FAIL:  # after the except block, so the traceback no longer pins memory
-                release_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-            outcome.trials.append(frozen)
-            if on_trial is not None:
-                on_trial(frozen)
-            if len(failures) >= FAIL_FAST_AFTER and len(set(failures)) == 1:
-                raise TrialFailureError(f"the last {len(failures)} trials all failed with {failures[0]}; fix the "
-                                        f"cause (see `hpsearch status --failed`) and run again")
-    except KeyboardInterrupt:
-        outcome.interrupted = True
+                frozen = _trial(study, objective, n_trials, max_retries, streak)
+                if frozen is None:
+                    continue
+                if frozen.state == TrialState.FAIL:  # outside the except block: the traceback no longer pins memory
+                    release_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+                outcome.trials.append(frozen)
+                if on_trial is not None:
+                    on_trial(frozen)
+                verdict = streak.verdict()
+                if verdict is not None:
+                    raise TrialFailureError(f"{verdict}; the study stopped instead of failing on: fix the cause "
+                                            f"(`hpsearch status --failed` lists the errors) and run again")
+        except KeyboardInterrupt:
+            outcome.interrupted = True
     return outcome

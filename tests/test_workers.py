@@ -187,17 +187,6 @@ def test_sigkilled_supervisor_takes_its_workers_down_cleanly(write_study: Callab
     assert resumed >= {t.number for t in busy}
 
 
-def test_sigterm_interrupts_once_and_is_ignored_during_the_clean_up() -> None:
-    previous = signal.signal(signal.SIGTERM, cli._terminate)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGTERM)
-        signal.raise_signal(signal.SIGTERM)  # a dying supervisor's other threads: no second KeyboardInterrupt
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def test_only_a_worker_started_by_run_follows_its_supervisor(write_study: Callable[..., Path],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     followed: list[int] = []
