@@ -283,20 +283,17 @@ def check_space_unchanged(study: optuna.Study, cfg: StudyConfig) -> None:
 
     Checked before any trial: otherwise every trial of the run fails on its first suggest.
     """
-    stored: dict[str, optuna.distributions.BaseDistribution] = {}
-    for trial in study.get_trials(deepcopy=False):
-        stored.update(trial.distributions)
+    stored = stored_distributions(study)
     for name, spec in cfg.space.items():
-        if name not in stored:
-            continue
         new = space.distribution(spec)
-        try:
-            optuna.distributions.check_distribution_compatibility(stored[name], new)
-        except ValueError:
-            raise ConfigError(
-                f"{cfg.source}: space.{name}: study '{cfg.name}' in {redact_url(cfg.storage_url)} searched {name} "
-                f"as {_shown_distribution(stored[name])}, this file says {_shown_distribution(new)}; Optuna cannot "
-                f"mix the two: give the study a new name:, or restore the old space") from None
+        for old in stored.get(name, []):
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new)
+            except ValueError:
+                raise ConfigError(
+                    f"{cfg.source}: space.{name}: study '{cfg.name}' in {redact_url(cfg.storage_url)} searched {name} "
+                    f"as {_shown_distribution(old)}, this file says {_shown_distribution(new)}; Optuna cannot mix "
+                    f"the two: give the study a new name:, or restore the old space") from None
 
 
 def _shown_distribution(dist: optuna.distributions.BaseDistribution) -> str:
@@ -515,14 +512,31 @@ def fail_stale_trials(study: optuna.Study, grace_period: float, max_retries: int
     return failed
 
 
+def stored_distributions(study: optuna.Study) -> dict[str, list[optuna.distributions.BaseDistribution]]:
+    """Every distinct distribution the study's trials recorded, per parameter (one query, not every trial)."""
+    from optuna.storages._rdb import models
+
+    params, trials = models.TrialParamModel.__table__, models.TrialModel.__table__
+    query = (sqlalchemy.select(params.c.param_name, params.c.distribution_json).distinct()
+             .join(trials, trials.c.trial_id == params.c.trial_id).where(trials.c.study_id == study._study_id))
+    found: dict[str, list[optuna.distributions.BaseDistribution]] = {}
+    with _engine(storage_of(study)).connect() as conn:
+        for name, text in conn.execute(query):
+            found.setdefault(name, []).append(optuna.distributions.json_to_distribution(text))
+    return found
+
+
+def _engine(storage: optuna.storages.BaseStorage) -> sqlalchemy.engine.Engine:
+    return getattr(storage, "_backend", storage).engine  # a Study wraps its RDBStorage in a cache
+
+
 def _without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int]) -> set[int]:
     if not trial_ids:
         return set()
     from optuna.storages._rdb import models
 
     table = models.TrialHeartbeatModel.__table__
-    engine = getattr(storage, "_backend", storage).engine  # a Study wraps its RDBStorage in a cache
-    with engine.connect() as conn:
+    with _engine(storage).connect() as conn:
         beating = set(conn.execute(sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))
                       .scalars())
     return set(trial_ids) - beating

@@ -303,3 +303,206 @@ def test_ctrl_c_between_ask_and_objective_leaves_no_trial_running(workdir: Path,
     monkeypatch.setattr(worker, "_is_surplus", interrupted)
     Path("runs/tiny").mkdir(parents=True)
     _interrupted_run(optuna.create_study(study_name="tiny", storage=URL, sampler=optuna.samplers.RandomSampler()))
+
+
+# ---------------------------------------------------------------- failures in a row
+
+FAILING_MODELS = '''
+import itertools
+import torch
+
+_calls = itertools.count()
+
+
+class Failing(torch.nn.Module):
+    """Evaluates fine (the start-up check passes); training raises `message`."""
+
+    def __init__(self, message):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        self.message = message
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError(self.message)
+        return self.fc(x.flatten(1))
+
+
+def varying(input_shape, num_classes, dropout=0.0):
+    return Failing(f"boom {next(_calls)}")  # every trial fails with another message
+
+
+def first_then_same(input_shape, num_classes, dropout=0.0):
+    return Failing("first" if next(_calls) < 2 else "again")  # build 0 is the start-up check
+'''
+
+
+def test_failures_of_any_kind_in_a_row_stop_the_study(write_study: Callable[..., Path], workdir: Path) -> None:
+    (workdir / "failing_models.py").write_text(FAILING_MODELS)
+    path = write_study(n_trials=50, model={"name": "failing_models:varying"},
+                       workers={"max_consecutive_failures": 4})
+    env_root = f"{ROOT}{os.pathsep}{workdir}"
+    proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(path)], cwd=workdir, text=True,
+                            env={**os.environ, "PYTHONPATH": env_root}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("hpsearch: error: the last 4 trials all failed, the first with RuntimeError: boom 1;"), last
+    assert "hpsearch status --failed" in last and "Traceback" not in err
+    trials = _study().trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 4  # not hundreds: the study stopped
+
+
+def test_the_same_error_three_times_in_a_row_stops_wherever_it_starts(write_study: Callable[..., Path], workdir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "failing_models2.py").write_text(FAILING_MODELS)
+    monkeypatch.syspath_prepend(str(workdir))
+    path = write_study(n_trials=50, model={"name": "failing_models2:first_then_same"})
+    assert main(["run", str(path)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("hpsearch: error: the last 3 trials all failed with RuntimeError: again;"), last
+    errors = [t.user_attrs["error"].strip().splitlines()[-1] for t in _study().trials]
+    assert errors == ["RuntimeError: first"] + ["RuntimeError: again"] * 3
+
+
+def test_failure_streak_verdicts() -> None:
+    from hpsearch.worker import FailureStreak
+
+    streak = FailureStreak(limit=5)
+    for error in ["A", "B", "A", "B"]:
+        streak.add(error)
+        assert streak.verdict() is None
+    streak.add("B")
+    assert streak.verdict() == "the last 5 trials all failed, the first with A"
+    streak.clear()
+    for error in ["A", "B", "B", "B"]:
+        streak.add(error)
+    assert streak.verdict() == "the last 3 trials all failed with B"
+
+
+# ---------------------------------------------------------------- stop signals under load
+
+def _prefill(count: int) -> None:
+    """`count` finished trials in the study, so every storage read of the worker loop has work to do."""
+    from optuna.distributions import FloatDistribution
+    from study_fixtures import clone_first_trial
+
+    study = optuna.create_study(study_name="tiny", storage=URL, direction="maximize")
+    dists = {"lr": FloatDistribution(1e-3, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.3)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3, "dropout": 0.1}, distributions=dists, value=0.5,
+                                              intermediate_values={1: 0.4, 2: 0.5},
+                                              user_attrs={"history": [{"epoch": 1}, {"epoch": 2}]}))
+    clone_first_trial(URL.removeprefix("sqlite:///"), count - 1)
+
+
+@pytest.mark.slow
+def test_every_stop_signal_is_honoured_within_10s_while_the_storage_is_busy(write_study: Callable[..., Path],
+                                                                            workdir: Path) -> None:
+    path = write_study(n_trials=100_000, train={"epochs": 1, "batch_size": 64})
+    Path("runs/tiny").mkdir(parents=True)
+    _prefill(1900)
+    for round_, (sig, workers) in enumerate([(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 1),
+                                             (signal.SIGTERM, 2), (signal.SIGINT, 2)]):
+        before = len(_study().trials)
+        extra = ["--workers", str(workers)] if workers > 1 else []
+        proc = _hpsearch("run", str(path), *extra, cwd=workdir)
+        try:
+            _wait_for(lambda trials: len(trials) > before + round_ % 2, proc)  # in a trial, or between two
+            sent = time.monotonic()
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=30)
+            stopped_after = time.monotonic() - sent
+        finally:
+            proc.kill()
+            proc.communicate()
+        assert proc.returncode == 130, err
+        assert stopped_after < 10, (round_, stopped_after)
+        assert "Exception ignored" not in err and "Traceback" not in err, err
+        assert not _study().get_trials(states=(TrialState.RUNNING,))
+
+
+# ---------------------------------------------------------------- retries and their resume files
+
+REAL_RUN_EPOCH = engine.Trainer.run_epoch
+
+
+def _stop_at_call(calls: list[int], stop_at: int) -> Callable[..., dict[str, float]]:
+    """Trainer.run_epoch that raises a stop request on call number `stop_at` (0-based) of this run."""
+    real = engine.Trainer.run_epoch
+
+    def run_epoch(self: engine.Trainer) -> dict[str, float]:
+        calls.append(self.epoch)
+        if len(calls) - 1 == stop_at:
+            from hpsearch.signals import StopRequested
+            raise StopRequested("SIGTERM")
+        return real(self)
+
+    return run_epoch
+
+
+def test_a_retry_of_a_retry_resumes_from_the_newest_saved_state(write_study: Callable[..., Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_study(n_trials=1, train={"epochs": 4, "batch_size": 64})
+    monkeypatch.setattr(engine.Trainer, "run_epoch", _stop_at_call([], 2))
+    assert main(["run", str(path)]) == 130  # trial 0 saved epochs 1 and 2, then stopped
+    monkeypatch.setattr(engine.Trainer, "run_epoch", _stop_at_call([], 0))
+    assert main(["run", str(path)]) == 130  # trial 1 resumed trial 0 and stopped before saving anything
+    monkeypatch.setattr(engine.Trainer, "run_epoch", REAL_RUN_EPOCH)
+    assert main(["run", str(path)]) == 0
+    study = _study()
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[2].system_attrs["retry_history"] == [0, 1]
+    assert study.trials[2].user_attrs["resumed_from"] == {"trial": 0, "epoch": 2}
+    assert [h["epoch"] for h in study.trials[2].user_attrs["history"]] == [1, 2, 3, 4]
+    assert not list(Path("runs/tiny/resume").glob("*.pt"))  # the whole chain's files are gone
+
+
+def test_a_damaged_resume_file_restarts_the_retry_cleanly(write_study: Callable[..., Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_study(n_trials=1, train={"epochs": 3, "batch_size": 64})
+    monkeypatch.setattr(engine.Trainer, "run_epoch", _stop_at_call([], 2))
+    assert main(["run", str(path)]) == 130
+    monkeypatch.setattr(engine.Trainer, "run_epoch", REAL_RUN_EPOCH)
+    saved = Path("runs/tiny/resume/trial_00000.pt")
+    saved.write_bytes(saved.read_bytes()[:100])  # cut short, as a full disk or a crash mid-copy would
+    assert main(["run", str(path)]) == 0
+    retry = _study().trials[1]
+    assert retry.state == TrialState.COMPLETE and "resumed_from" not in retry.user_attrs
+    assert retry.user_attrs["resume_skipped"]["trial"] == 0
+    assert [h["epoch"] for h in retry.user_attrs["history"]] == [1, 2, 3]
+    assert not list(Path("runs/tiny/resume").glob("*.pt"))
+
+
+# ---------------------------------------------------------------- how many workers
+
+def test_workers_beyond_any_bound_are_refused(write_study: Callable[..., Path],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(write_study()), "--workers", "5000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers" in err[0] and "at most 1024" in err[0]
+
+
+@pytest.mark.slow
+def test_no_more_workers_than_trials_left(write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(n_trials=2, train={"epochs": 1, "batch_size": 64})
+    proc = _hpsearch("run", str(path), "--workers", "6", cwd=workdir)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "starting 2 workers, not 6: only 2 trials are left to run" in err
+    assert len(re.findall(r"worker cpu#\d+ started", err)) == 2
+
+
+@pytest.mark.slow
+def test_a_worker_that_keeps_dying_ends_the_run_with_exit_1(write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(n_trials=2, train=LONG_TRAIN, workers={**FAST_HEARTBEAT, "max_restarts": 0})
+    proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
+    try:
+        victim = _wait_for(_running_with_epochs(1), proc)
+        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err  # a crash is not bad input (2)
+    assert re.search(r"hpsearch: error: worker cpu#\d died 1 times \(last exit -9\)", err.strip().splitlines()[-1])
+    assert not _study().get_trials(states=(TrialState.RUNNING,))

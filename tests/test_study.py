@@ -1,0 +1,185 @@
+"""The study layer: what a run may not change, stale trials, and the adapter over Optuna internals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch import study as study_module
+from hpsearch.cli import main
+from hpsearch.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+URL = "sqlite:///runs/tiny/study.db"
+FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
+
+
+def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _study() -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=URL)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    from hpsearch.worker import _ask as ask_quietly  # without Optuna's "heartbeat outside optimize" warning
+
+    return ask_quietly(study)
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines, "no error printed"
+    return lines[-1]
+
+
+# ---------------------------------------------------------------- a changed space
+
+@pytest.mark.parametrize("old, new, shown", [
+    ({"type": "categorical", "choices": [32, 64]}, {"type": "categorical", "choices": [64, 128]},
+     "as categorical [32, 64], this file says categorical [64, 128]"),
+    ({"type": "float", "low": 1e-3, "high": 1e-2, "log": True}, {"type": "float", "low": 1e-3, "high": 1e-2},
+     "as float [0.001, 0.01] log, this file says float [0.001, 0.01]"),
+    ({"type": "int", "low": 16, "high": 64}, {"type": "categorical", "choices": [16, 64]},
+     "as int [16, 64], this file says categorical [16, 64]"),
+], ids=["choices", "log", "kind"])
+def test_a_space_optuna_cannot_mix_is_refused_before_any_trial(write_study: Callable[..., Path], old: dict[str, Any],
+                                                               new: dict[str, Any], shown: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    name = "batch_size" if old.get("type") != "float" else "lr"
+    fixed = {"epochs": 1} if name == "batch_size" else {"epochs": 1, "batch_size": 64}
+    base = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}} if name == "batch_size" else {}
+    assert main(["run", str(write_study(n_trials=1, train=fixed, space={**base, name: old}))]) == 0
+    capsys.readouterr()
+    path = write_study(n_trials=3, train=fixed, space={**base, name: new})
+    assert main(["run", str(path)]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"hpsearch: error: {path}: space.{name}: study 'tiny' in sqlite:///runs/tiny/study.db "
+                           f"searched {name} {shown}"), line
+    assert "give the study a new name:, or restore the old space" in line
+    assert len(_study().trials) == 1  # nothing written: no failed trials either
+
+
+def test_a_widened_range_is_not_a_change(write_study: Callable[..., Path]) -> None:
+    space = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    assert main(["run", str(write_study(n_trials=1, train={"epochs": 1, "batch_size": 64}, space=space))]) == 0
+    wider = {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}
+    assert main(["run", str(write_study(n_trials=2, train={"epochs": 1, "batch_size": 64}, space=wider))]) == 0
+    assert [t.state for t in _study().trials] == [TrialState.COMPLETE] * 2
+
+
+# ---------------------------------------------------------------- a run whose settings contradict a running one
+
+@pytest.mark.slow
+def test_a_run_with_other_settings_is_refused_while_a_trial_runs(write_study: Callable[..., Path], workdir: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=2, train={"epochs": 300, "batch_size": 16}, workers=FAST_HEARTBEAT)
+    first = _hpsearch("run", str(path), cwd=workdir)
+    try:
+        deadline = time.monotonic() + 120
+        while not (Path("runs/tiny/study.db").exists() and _running()):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.2)
+        assert main(["run", str(path), "--epochs", "3"]) == 2
+        line = _error_line(capsys)
+        assert f"{path}: train.epochs: trial 0 of study 'tiny' is running now" in line, line
+        assert "with train.epochs = 300, this run says 3" in line
+        assert "use the same settings while it runs, or a new name:" in line
+        running = _running()
+        assert running and running[0].user_attrs["settings"] == study_module.settings_id(load_config(path))
+    finally:
+        first.kill()
+        first.communicate()
+
+
+def _running() -> list[optuna.trial.FrozenTrial]:
+    try:
+        return [t for t in _study().get_trials(states=(TrialState.RUNNING,)) if "settings" in t.user_attrs]
+    except Exception:  # noqa: BLE001 - the study or its tables are being created
+        return []
+
+
+# ---------------------------------------------------------------- a trial that never sent a heartbeat
+
+ASK_AND_DIE = ("import os, optuna; s = optuna.load_study(study_name='tiny', storage='sqlite:///runs/tiny/study.db'); "
+               "s.ask(); os._exit(0)")  # a worker killed between ask and its first heartbeat
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_trial_without_heartbeat_is_failed_after_the_grace_period(write_study: Callable[..., Path], workdir: Path,
+                                                                    workers: int) -> None:
+    path = write_study(n_trials=1, train={"epochs": 1, "batch_size": 64}, workers=FAST_HEARTBEAT)
+    assert main(["run", str(path)]) == 0
+    subprocess.run([sys.executable, "-c", ASK_AND_DIE], cwd=workdir, check=True, timeout=60)
+    stranded = _study().trials[1]
+    assert stranded.state == TrialState.RUNNING and not stranded.user_attrs
+    proc = _hpsearch("run", str(path), "--n-trials", "2", "--workers", str(workers), cwd=workdir)
+    _, err = proc.communicate(timeout=120)  # it used to wait forever on the stranded trial
+    assert proc.returncode == 0, err
+    study = _study()
+    assert study.trials[1].state == TrialState.FAIL
+    assert study.trials[1].user_attrs["stop_reason"] == "worker_lost"
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+    assert "trial 1 lost its worker (it never sent a heartbeat)" in err or workers == 2  # logged by a worker
+
+
+def test_waiting_on_a_trial_elsewhere_says_so_and_ends(write_study: Callable[..., Path],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from hpsearch.worker import run_worker
+
+    cfg = load_config(write_study(workers=FAST_HEARTBEAT))
+    Path("runs/tiny").mkdir(parents=True)
+    study = study_module.open_study(cfg)
+    _ask(study)  # RUNNING "elsewhere": its worker died before its first heartbeat
+    caplog.set_level("INFO", logger="hpsearch")
+    outcome = run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=1, poll_s=0.1,
+                         stale_check_s=0.5, grace_period=2)
+    assert [t.number for t in outcome.trials] == [1]  # the stranded trial, queued again and run here
+    assert "waiting for the last trials running elsewhere: #0 (worker unknown)" in caplog.text
+    assert "trial 0 lost its worker (it never sent a heartbeat)" in caplog.text
+
+
+def test_a_trial_that_started_moments_ago_is_not_stale(write_study: Callable[..., Path]) -> None:
+    cfg = load_config(write_study(workers=FAST_HEARTBEAT))
+    Path("runs/tiny").mkdir(parents=True)
+    study = study_module.open_study(cfg)
+    _ask(study)  # no heartbeat yet, but younger than the grace period
+    assert study_module.fail_stale_trials(study, grace_period=3, max_retries=3) == []
+    time.sleep(3.2)
+    assert study_module.fail_stale_trials(study, grace_period=3, max_retries=3) == [0]
+    assert [t.state for t in _study().trials] == [TrialState.FAIL, TrialState.WAITING]
+
+
+# ---------------------------------------------------------------- the adapter over Optuna internals
+
+def test_the_optuna_internals_the_adapter_relies_on_are_still_there(write_study: Callable[..., Path]) -> None:
+    """Fails loudly when an Optuna upgrade moves what hpsearch reaches into (see the adapter in study.py)."""
+    cfg = load_config(write_study(workers=FAST_HEARTBEAT))
+    Path("runs/tiny").mkdir(parents=True)
+    study = study_module.open_study(cfg)
+    trial = _ask(study)
+    assert isinstance(study_module.trial_id(trial), int)
+    assert study_module.current_state(study, trial) == TrialState.RUNNING
+    assert study_module.retry_history(trial) == []
+    with study_module.Heartbeat(study, trial):
+        time.sleep(0.1)
+    assert study_module._without_heartbeat(study_module.storage_of(study), [study_module.trial_id(trial)]) == set()
+    assert study_module.storage_of(study)._get_stale_trial_ids(study._study_id) == []
+    study.tell(trial, 0.5)
+    trial = _ask(study)
+    trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+    assert set(study_module.stored_distributions(study)) == {"lr"}
+    assert "settings:" + study_module.settings_id(cfg) in study_module.study_system_attrs(study)
