@@ -276,6 +276,7 @@ class TrainConfig(Strict):
     class_weighting: bool = False
     augment: list[Literal["hflip", "crop"]] = Field(default_factory=list)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay each step as one CUDA graph (CUDA only)
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: bool = True
     resume_checkpoints: bool = True  # per-epoch state so a trial whose worker died resumes, not restarts

@@ -430,11 +430,14 @@ class DeviceData:
         augment: Sequence[str] = (),
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        out: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x float32 normalised, y int64) batches on the device, covering ``indices`` once.
 
         ``augment`` (training only) applies "hflip" and/or "crop" in batch on the device, drawing
-        from ``generator`` (which must live on the device) like the shuffle does.
+        from ``generator`` (which must live on the device) like the shuffle does. With ``out``
+        (static x and y buffers of one full batch, as CUDA graphs need), every full batch is
+        written into them and they are what is yielded; a last partial batch comes as new tensors.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -443,9 +446,11 @@ class DeviceData:
                 raise DataError(f"augmentation '{name}' is unknown; use one of {', '.join(AUGMENTATIONS)}")
             if not self.is_image:
                 raise DataError(f"augmentation '{name}' needs image data, but inputs have shape {self.input_shape}")
+        if out is not None and (out[0].shape[0] != batch_size or out[1].shape[0] != batch_size):
+            raise ValueError(f"out buffers hold {out[0].shape[0]} samples, batches have {batch_size}")
         if self.resident:
-            return self._resident_batches(indices, batch_size, shuffle, tuple(augment), generator, drop_last)
-        return self._streamed_batches(indices, batch_size, shuffle, tuple(augment), generator, drop_last)
+            return self._resident_batches(indices, batch_size, shuffle, tuple(augment), generator, drop_last, out)
+        return self._streamed_batches(indices, batch_size, shuffle, tuple(augment), generator, drop_last, out)
 
     def _order(self, indices: torch.Tensor, shuffle: bool, generator: torch.Generator | None) -> torch.Tensor:
         indices = indices.to(self.device)
@@ -463,13 +468,14 @@ class DeviceData:
         augment: tuple[str, ...],
         generator: torch.Generator | None,
         drop_last: bool,
+        out: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order(indices, shuffle, generator)
         labels = self.y.index_select(0, order)  # once per epoch; each batch's labels are a view
         n = self.num_batches(order.shape[0], batch_size, drop_last)
         for b in range(n):
             part = slice(b * batch_size, (b + 1) * batch_size)
-            yield self._finish(self.x.index_select(0, order[part]), augment, generator), labels[part]
+            yield self._deliver(self.x.index_select(0, order[part]), labels[part], augment, generator, out)
 
     def _streamed_batches(
         self,
@@ -479,6 +485,7 @@ class DeviceData:
         augment: tuple[str, ...],
         generator: torch.Generator | None,
         drop_last: bool,
+        out: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order(indices, shuffle, generator).cpu().tolist()  # one host sync per epoch
         sampler = torch.utils.data.BatchSampler(order, batch_size, drop_last)
@@ -492,16 +499,27 @@ class DeviceData:
         non_blocking = pinned(self.device)
         for x, y in loader:
             x = x.to(self.device, non_blocking=non_blocking)
-            yield self._finish(x, augment, generator), y.to(self.device, non_blocking=non_blocking)
+            yield self._deliver(x, y.to(self.device, non_blocking=non_blocking), augment, generator, out)
 
-    def _finish(self, x: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator | None) -> torch.Tensor:
+    def _deliver(self, x: torch.Tensor, y: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator | None,
+                 out: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The finished batch, written into ``out`` when it is a full batch."""
+        if out is None or x.shape[0] != out[0].shape[0]:
+            return self._finish(x, augment, generator), y
+        self._finish(x, augment, generator, out[0])
+        out[1].copy_(y)
+        return out
+
+    def _finish(self, x: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator | None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
         # Augment while still uint8: a quarter of the memory traffic of float32.
         if augment:
             key = tuple(sorted(augment))
             if key not in self._tables:
                 self._tables[key] = augment_table(x.shape[2], x.shape[3], key, self.device)
             x = apply_augment(x, self._tables[key], generator)
-        return torch.addcmul(self._shift, x, self._scale)  # uint8 -> float32 inside the same kernel
+        # uint8 -> float32 inside the same kernel; into `out` in its own layout (channels_last) when given.
+        return torch.addcmul(self._shift, x, self._scale, out=out)
 
 
 def augment_table(

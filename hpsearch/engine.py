@@ -12,7 +12,6 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from hpsearch.checkpoints import load_checkpoint, save_checkpoint  # re-exported: their documented home
 from hpsearch.data import DeviceData
 from hpsearch.errors import ConfigError, DeviceError
+from hpsearch.steps import GRAPH_MODES, EvalStep, TrainStep, graphs_wanted
 
 __all__ = [
     "EarlyStopping",
@@ -78,12 +78,14 @@ class TrainSettings:
     augment: tuple[str, ...] = ()
     amp: str = "auto"
     channels_last: bool = True
+    cuda_graphs: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
             (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),
             (self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}"),
             (self.amp in AMP_MODES, "amp", self.amp, f"one of {', '.join(AMP_MODES)}"),
+            (self.cuda_graphs in GRAPH_MODES, "cuda_graphs", self.cuda_graphs, f"one of {', '.join(GRAPH_MODES)}"),
             (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
             (self.accum_steps >= 1, "accum_steps", self.accum_steps, "at least 1"),
@@ -151,8 +153,13 @@ def _onecycle(step: int, total_steps: int, peak: float) -> float:
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    """Optimizer with two groups: weight decay on params with ndim >= 2, none on biases and norms."""
+def build_optimizer(model: nn.Module, settings: TrainSettings, lr: float | Tensor | None = None,
+                    capturable: bool = False) -> torch.optim.Optimizer:
+    """Optimizer with two groups: weight decay on params with ndim >= 2, none on biases and norms.
+
+    ``lr`` (default ``settings.lr``) may be a 1-element device tensor that the training step
+    updates in place; ``capturable`` makes Adam/AdamW's step safe to capture in a CUDA graph.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -161,13 +168,14 @@ def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Op
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
+    lr = settings.lr if lr is None else lr
     # Fused kernels on every device: one launch for all parameters on CUDA, fewer dispatches per
     # step on the CPU too (ops per step and the quickstart's speedup: bench/RESULTS.md).
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
+        return torch.optim.SGD(groups, lr=lr, momentum=settings.momentum,
                                nesterov=settings.nesterov and settings.momentum > 0, fused=True)
     cls = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=settings.lr, fused=True)
+    return cls(groups, lr=lr, fused=True, capturable=capturable)
 
 
 def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
@@ -201,115 +209,51 @@ def tune_backend(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True  # fixed batch shapes (drop_last): autotuned kernels pay off
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def train_one_epoch(
-    model: nn.Module,
+    step: TrainStep,
     batches: Iterable[tuple[Tensor, Tensor]],
-    optimizer: torch.optim.Optimizer,
-    *,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    lr_for_step: Callable[[int], float],
-    start_step: int,
-    accum_steps: int,
-    amp: torch.dtype | None,
-    scaler: torch.amp.GradScaler | None = None,
+    lrs: list[float],
     between_batches: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Train over ``batches`` once; return {"loss", "accuracy", "lr", "steps"}.
+    """Train over ``batches`` once; return {"loss", "accuracy", "steps"}.
 
-    An optimizer step every ``accum_steps`` micro-batches (and one for a trailing partial group),
-    each micro-batch loss scaled by 1/accum_steps. The LR of optimizer step ``start_step + i`` is
-    ``lr_for_step(start_step + i)``. Metrics stay on the device until one sync at the end.
-    ``between_batches`` is called before every batch (it may raise to stop the epoch there).
+    An optimizer step every ``step.accum_steps`` micro-batches (and one for a trailing partial
+    group), optimizer step i at learning rate ``lrs[i]``. Metrics stay on the device until one
+    sync at the end. ``between_batches`` is called before every batch (it may raise to stop there).
     """
-    model.train()
-    device = _device_of(model)
-    totals = _Totals()
-    micro = 0
-    step = start_step
-    lr = lr_for_step(step)
+    step.model.train()
+    step.begin_epoch(lrs)
+    seen = micro = steps = 0
     for x, y in batches:
         if between_batches is not None:
             between_batches()
-        if micro == 0:
-            lr = _set_lr(optimizer, lr_for_step(step))
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        scaled = loss / accum_steps if accum_steps > 1 else loss
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        step.micro(x, y)
+        seen += int(y.shape[0])
         micro += 1
-        if micro == accum_steps:
-            _optimizer_step(optimizer, scaler)
-            micro, step = 0, step + 1
-        totals.add(loss, logits, y)
+        if micro == step.accum_steps:
+            step.advance()
+            micro, steps = 0, steps + 1
     if micro:
-        _optimizer_step(optimizer, scaler)
-        step += 1
-    return {**totals.means(), "lr": lr, "steps": float(step - start_step)}
-
-
-class _Totals:
-    """Each batch's mean loss and correct count, kept on the device until one transfer at the end."""
-
-    def __init__(self) -> None:
-        self.losses: list[Tensor] = []
-        self.correct: list[Tensor] = []
-        self.sizes: list[int] = []
-
-    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        # Appending launches nothing; a running sum on the device would add two kernels per step.
-        self.losses.append(loss.detach())
-        self.correct.append((logits.detach().argmax(1) == y).sum())
-        self.sizes.append(int(y.shape[0]))
-
-    def means(self) -> dict[str, float]:
-        """{"loss", "accuracy"} over all samples (nan when there were none): the epoch's one host sync."""
-        seen = sum(self.sizes)
-        if not seen:
-            return {"loss": math.nan, "accuracy": math.nan}
-        values = torch.cat([torch.stack(self.losses).double(), torch.stack(self.correct).double()]).tolist()
-        losses, correct = values[: len(self.sizes)], values[len(self.sizes) :]
-        return {"loss": math.fsum(v * n for v, n in zip(losses, self.sizes)) / seen, "accuracy": sum(correct) / seen}
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
-
-
-def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+        step.advance()
+        steps += 1
+    return {**step.sums.read(seen), "steps": float(steps)}
 
 
 def evaluate(
-    model: nn.Module,
+    step: EvalStep,
     batches: Iterable[tuple[Tensor, Tensor]],
-    *,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    amp: torch.dtype | None,
     between_batches: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` over ``batches``, in inference mode, one host sync."""
-    model.eval()
-    device = _device_of(model)
-    totals = _Totals()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        for x, y in batches:
-            if between_batches is not None:
-                between_batches()
-            logits = model(x)
-            totals.add(loss_fn(logits.float(), y), logits, y)
-    return totals.means()
+    """Mean loss and accuracy of ``step.model`` over ``batches``, without gradients, one host sync."""
+    step.model.eval()
+    step.sums.reset()
+    seen = 0
+    for x, y in batches:
+        if between_batches is not None:
+            between_batches()
+        step(x, y)
+        seen += int(y.shape[0])
+    return step.sums.read(seen)
 
 
 def _has_conv(model: nn.Module) -> bool:
@@ -324,6 +268,7 @@ class Trainer:
     Shuffling and augmentation draw from a ``torch.Generator`` on the data's device seeded with
     ``seed``; dropout draws from torch's global RNG (seed it before building the model).
     ``between_batches`` is called before every training and validation batch (a stop check).
+    On CUDA the steps run as CUDA graphs (``settings.cuda_graphs``); :attr:`graphs` says whether.
     """
 
     def __init__(
@@ -337,9 +282,9 @@ class Trainer:
         between_batches: Callable[[], None] | None = None,
     ) -> None:
         self.device = data.device
-        self.between_batches = between_batches
         self.data = data
         self.settings = settings
+        self.between_batches = between_batches
         self.use_channels_last = channels_last_for(model, self.device, settings.channels_last)
         self.model = model.to(self.device)
         if self.use_channels_last:
@@ -351,12 +296,6 @@ class Trainer:
         self.generator.manual_seed(seed)
         self.amp = amp_dtype(self.device, settings.amp)
         self.scaler = grad_scaler_for(self.amp)
-        self.optimizer = build_optimizer(self.model, settings)
-        weight = None
-        if settings.class_weights is not None:
-            weight = torch.tensor(settings.class_weights, dtype=torch.float32, device=self.device)
-        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
-        self.eval_loss_fn = nn.CrossEntropyLoss()
         n_train = int(self.train_idx.shape[0])
         # Full batches only (when there is at least one): a last batch of 1 breaks BatchNorm.
         self.drop_last = n_train >= settings.batch_size
@@ -364,6 +303,39 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(batches / settings.accum_steps))
         self.total_steps = settings.epochs * self.steps_per_epoch
         self.epoch = 0
+        graphed, self._graphs_off = graphs_wanted(settings.cuda_graphs, self.device, self.drop_last)
+        self.lr = torch.full((1,), settings.lr, dtype=torch.float32, device=self.device)  # graph-ready steps set it
+        self.optimizer = build_optimizer(self.model, settings, lr=self.lr if graphed else None, capturable=graphed)
+        weight = None
+        if settings.class_weights is not None:
+            weight = torch.tensor(settings.class_weights, dtype=torch.float32, device=self.device)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
+        self.eval_loss_fn = nn.CrossEntropyLoss()
+        required = settings.cuda_graphs == "on"
+        self.train_static = self._static(settings.batch_size) if graphed else None
+        self.train_step = TrainStep(self.model, self.optimizer, loss_fn=self.loss_fn, amp=self.amp, scaler=self.scaler,
+                                    lr=self.lr, steps_per_epoch=self.steps_per_epoch,
+                                    accum_steps=settings.accum_steps, static=self.train_static, required=required)
+        # Inference keeps no activations for backward, so twice the batch fits.
+        self.val_batch = 2 * settings.batch_size
+        self.val_static = self._static(self.val_batch) if graphed and int(self.val_idx.shape[0]) >= self.val_batch else None
+        self.eval_step = EvalStep(self.model, loss_fn=self.eval_loss_fn, amp=self.amp, device=self.device,
+                                  static=self.val_static, required=required)
+
+    @property
+    def graphs(self) -> str:
+        """'on' while the steps replay as CUDA graphs, else 'off (reason)'."""
+        if self.train_static is None:
+            return self._graphs_off
+        return self.train_step.graphs
+
+    def _static(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Input buffers at fixed addresses for CUDA graphs; the batch producer writes into them."""
+        layout = torch.channels_last if self.use_channels_last else torch.contiguous_format
+        x = torch.empty((batch_size, *self.data.input_shape), dtype=torch.float32, device=self.device)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=layout)
+        return x, torch.empty(batch_size, dtype=torch.int64, device=self.device)
 
     def _batches(self, indices: Tensor, batch_size: int, train: bool) -> Iterator[tuple[Tensor, Tensor]]:
         batches = self.data.batches(
@@ -373,34 +345,31 @@ class Trainer:
             augment=self.settings.augment if train else (),
             generator=self.generator,
             drop_last=self.drop_last if train else False,
+            out=self.train_static if train else self.val_static,
         )
         if not self.use_channels_last:
             return batches
-        return ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
+        # Static buffers are channels_last already; only new tensors (eager steps) are converted.
+        return ((x if x.is_contiguous(memory_format=torch.channels_last) else
+                 x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
+
+    def _epoch_lrs(self) -> list[float]:
+        start = self.epoch * self.steps_per_epoch
+        return [lr_at(start + i, self.total_steps, self.settings, self.steps_per_epoch)
+                for i in range(self.steps_per_epoch)]
 
     def train_epoch(self) -> dict[str, float]:
-        """Train one epoch (no validation); returns train_one_epoch's metrics."""
-        lr_for_step = partial(lr_at, total_steps=self.total_steps, settings=self.settings, steps_per_epoch=self.steps_per_epoch)
-        metrics = train_one_epoch(
-            self.model,
-            self._batches(self.train_idx, self.settings.batch_size, train=True),
-            self.optimizer,
-            loss_fn=self.loss_fn,
-            lr_for_step=lr_for_step,
-            start_step=self.epoch * self.steps_per_epoch,
-            accum_steps=self.settings.accum_steps,
-            amp=self.amp,
-            scaler=self.scaler,
-            between_batches=self.between_batches,
-        )
+        """Train one epoch (no validation); returns {"loss", "accuracy", "lr", "steps"}."""
+        lrs = self._epoch_lrs()
+        metrics = train_one_epoch(self.train_step, self._batches(self.train_idx, self.settings.batch_size, train=True),
+                                  lrs, between_batches=self.between_batches)
         self.epoch += 1
-        return metrics
+        return {**metrics, "lr": lrs[max(0, int(metrics["steps"]) - 1)]}
 
     def validate(self) -> dict[str, float]:
         """Loss and accuracy on the validation indices."""
-        # Inference keeps no activations for backward, so twice the batch fits.
-        batches = self._batches(self.val_idx, 2 * self.settings.batch_size, train=False)
-        return evaluate(self.model, batches, loss_fn=self.eval_loss_fn, amp=self.amp, between_batches=self.between_batches)
+        batches = self._batches(self.val_idx, self.val_batch, train=False)
+        return evaluate(self.eval_step, batches, between_batches=self.between_batches)
 
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch then validate; losses may be nan/inf (the caller decides what to do)."""
@@ -416,6 +385,11 @@ class Trainer:
             "lr": train["lr"],
             "epoch_time": time.perf_counter() - start,
         }
+
+    def close(self) -> None:
+        """Free the CUDA graphs' memory; the trainer is not used again."""
+        self.train_step.close()
+        self.eval_step.close()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: weights, optimizer, scaler, epoch and RNG states.
@@ -437,7 +411,15 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the next :meth:`run_epoch` continues where it left off."""
         self.model.load_state_dict(state["model"])
+        capturable = [group.get("capturable") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, flag in zip(self.optimizer.param_groups, capturable):
+            if self.train_static is not None:
+                group["lr"] = self.lr  # the saved group holds a copy; graph-ready steps update this tensor
+            elif isinstance(group["lr"], Tensor):
+                group["lr"] = float(group["lr"])  # a checkpoint of a graphed run, resumed eagerly
+            if flag is not None:
+                group["capturable"] = flag  # a CPU checkpoint resumed on CUDA is captured all the same
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])

@@ -63,7 +63,7 @@ def train_settings(cfg: StudyConfig, params: dict[str, Any], labels: torch.Tenso
         warmup_epochs=float(chosen["warmup_epochs"]), step_size=int(chosen["step_size"]),
         gamma=None if chosen["gamma"] is None else float(chosen["gamma"]),
         accum_steps=int(chosen["accum_steps"]), label_smoothing=float(chosen["label_smoothing"]),
-        class_weights=weights, augment=tuple(t.augment), amp=t.amp,
+        class_weights=weights, augment=tuple(t.augment), amp=t.amp, cuda_graphs=t.cuda_graphs,
     )
 
 
@@ -232,8 +232,11 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
 
     for record in progress.history:
         _report(trial, progress, int(record["epoch"]), record[cfg.metric])
-    for epoch in range(trainers[0].epoch + 1, cfg.train.epochs + 1):
+    first = trainers[0].epoch + 1
+    for epoch in range(first, cfg.train.epochs + 1):
         record = _mean_record([t.run_epoch() for t in trainers])
+        if epoch == first:
+            trial.set_user_attr("cuda_graphs", trainers[0].graphs)  # captured (or refused) during this epoch
         progress.history.append(record)
         trial.set_user_attr("history", progress.history)
         value = record[cfg.metric]
@@ -279,6 +282,9 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
     except BaseException:
         files.flush_quietly()  # an interrupted trial resumes from the last epoch it submitted
         raise
+    finally:
+        for trainer in trainers:
+            trainer.close()
 
 
 def _restore(trial: optuna.Trial, trainers: list[Trainer], progress: _Progress,

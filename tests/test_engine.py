@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -32,6 +33,7 @@ from hpsearch.engine import (
 )
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.models import build_model
+from hpsearch.steps import EvalStep, TrainStep
 from torch_fixtures import DEVICES
 
 CPU = torch.device("cpu")
@@ -206,9 +208,9 @@ def test_accumulation_matches_double_batch(optimizer: str) -> None:
     results = []
     for batches, accum in ((small, 2), (big, 1)):
         model = copy.deepcopy(base)
-        opt = build_optimizer(model, settings)
-        out = train_one_epoch(model, batches, opt, loss_fn=nn.CrossEntropyLoss(), lr_for_step=lambda s: 0.05 / (1 + s), start_step=0, accum_steps=accum, amp=None)
-        assert out["steps"] == 4 and out["lr"] == pytest.approx(0.05 / 4)
+        step = _train_step(model, settings, accum)
+        out = train_one_epoch(step, batches, [0.05 / (1 + s) for s in range(4)])
+        assert out["steps"] == 4 and step.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 / 4)
         results.append((model, out))
     (a, out_a), (b, out_b) = results
     assert torch.allclose(a.weight, b.weight, atol=1e-12) and torch.allclose(a.bias, b.bias, atol=1e-12)
@@ -217,11 +219,19 @@ def test_accumulation_matches_double_batch(optimizer: str) -> None:
 
 def test_trailing_partial_accumulation_still_steps() -> None:
     model = nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = _train_step(model, TrainSettings(epochs=1, lr=0.1, batch_size=4, optimizer="sgd"), accum=2)
     batches = [(torch.randn(4, 2), torch.randint(0, 2, (4,))) for _ in range(5)]
-    out = train_one_epoch(model, batches, opt, loss_fn=nn.CrossEntropyLoss(), lr_for_step=lambda s: 0.1, start_step=7, accum_steps=2, amp=None)
-    assert out["steps"] == 3
+    out = train_one_epoch(step, batches, [0.1, 0.2, 0.3])
+    assert out["steps"] == 3 and step.optimizer.param_groups[0]["lr"] == 0.3  # the third step ran at the third rate
     assert all(p.grad is None for p in model.parameters())
+
+
+def _train_step(model: nn.Module, settings: TrainSettings, accum: int,
+                static: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainStep:
+    lr = torch.full((1,), settings.lr, dtype=torch.float32)
+    optimizer = build_optimizer(model, settings, lr=lr if static is not None else None)
+    return TrainStep(model, optimizer, loss_fn=nn.CrossEntropyLoss(), amp=None, scaler=None, lr=lr,
+                     steps_per_epoch=64, accum_steps=accum, static=static)
 
 
 def test_class_weights(placed: DeviceData, split) -> None:
@@ -320,7 +330,7 @@ def test_early_stopping_max_min_delta_and_nan() -> None:
 
 
 def test_evaluate_empty_is_nan() -> None:
-    out = evaluate(nn.Linear(2, 2), [], loss_fn=nn.CrossEntropyLoss(), amp=None)
+    out = evaluate(EvalStep(nn.Linear(2, 2), loss_fn=nn.CrossEntropyLoss(), amp=None, device=CPU), [])
     assert math.isnan(out["loss"]) and math.isnan(out["accuracy"])
 
 
@@ -403,3 +413,92 @@ def test_cuda_fast_path_matches_fp32_accuracy(digits: ArrayData, split) -> None:
     assert results["off"] > 0.85
     assert abs(results["bf16"] - results["off"]) < 0.05
     assert abs(results["fp16"] - results["off"]) < 0.05
+
+
+# ---------------------------------------------------------------- static buffers (what CUDA graphs replay)
+
+
+def test_batches_written_into_static_buffers_are_the_same_batches(placed: DeviceData, split) -> None:
+    def draw(out):
+        gen = torch.Generator().manual_seed(3)
+        return [(x.clone(), y.clone(), x is (out or (None,))[0])
+                for x, y in placed.batches(split[1], 64, shuffle=True, augment=(), generator=gen, out=out)]
+
+    static = (torch.empty(64, *placed.input_shape), torch.empty(64, dtype=torch.int64))
+    fresh, written = draw(None), draw(static)
+    assert len(fresh) == len(written) == math.ceil(len(split[1]) / 64)
+    for (x, y, _), (sx, sy, is_static) in zip(fresh, written):
+        assert torch.equal(x, sx) and torch.equal(y, sy)
+        assert is_static == (x.shape[0] == 64)  # full batches land in the buffers, the last partial one does not
+
+
+def test_a_step_reading_static_buffers_trains_like_one_on_fresh_tensors(placed: DeviceData, split) -> None:
+    settings = TrainSettings(epochs=1, lr=0.05, batch_size=64, optimizer="adamw", weight_decay=0.01)
+    results = []
+    for use_static in (False, True):
+        seed_everything(0)
+        model = build_model("mlp", placed.input_shape, placed.num_classes, dropout=0.1, width=32)
+        static = (torch.empty(64, *placed.input_shape), torch.empty(64, dtype=torch.int64)) if use_static else None
+        step = _train_step(model, settings, accum=1, static=static)  # static: the graph-ready step, run eagerly
+        gen = torch.Generator().manual_seed(1)
+        batches = placed.batches(split[0], 64, shuffle=True, generator=gen, drop_last=True, out=static)
+        seed_everything(5)
+        lrs = [0.05 / (1 + i) for i in range(len(split[0]) // 64)]
+        out = train_one_epoch(step, batches, lrs)
+        results.append((out, [p.detach().clone() for p in model.parameters()]))
+        if use_static:
+            assert step.lr.item() == pytest.approx(lrs[-1]) and int(step.step_index) == len(lrs)
+            assert all(not p.grad.any() for p in model.parameters())  # zeroed in place, where graphs accumulate
+    (a, pa), (b, pb) = results
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["accuracy"] == b["accuracy"]
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(pa, pb))  # float32 device rate vs Python float
+
+
+def test_cuda_graphs_stay_off_off_cuda(placed: DeviceData, split) -> None:
+    assert _trainer(placed, split, cuda_graphs="auto").graphs == "off (not on CUDA)"
+    assert _trainer(placed, split, cuda_graphs="off").graphs == "off (train.cuda_graphs: off)"
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        TrainSettings(epochs=1, lr=0.1, batch_size=8, cuda_graphs="always")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_cuda_graphs_train_like_eager_steps(digits: ArrayData, split, amp: str, accum_steps: int) -> None:
+    """Replayed graphs and eager steps give the same losses over a few epochs (bf16/fp16 tolerance)."""
+    placed = DeviceData.place(digits, torch.device("cuda"))
+    histories = {}
+    for mode in ("on", "off"):
+        trainer = _trainer(placed, split, seed=2, model="seednet", amp=amp, cuda_graphs=mode, epochs=4, lr=3e-3,
+                           batch_size=64, augment=("crop",), accum_steps=accum_steps, scheduler="cosine")
+        histories[mode] = [trainer.run_epoch() for _ in range(4)]
+        assert trainer.graphs == ("on" if mode == "on" else "off (train.cuda_graphs: off)")
+        trainer.close()
+    for on, off in zip(histories["on"], histories["off"]):
+        assert on["train_loss"] == pytest.approx(off["train_loss"], rel=0.05)
+        assert on["val_loss"] == pytest.approx(off["val_loss"], rel=0.05)
+        assert on["lr"] == off["lr"]
+    assert histories["on"][-1]["val_accuracy"] > 0.8
+
+
+@pytest.mark.gpu
+def test_a_model_that_cannot_be_captured_falls_back_to_eager_and_says_why(digits: ArrayData, split) -> None:
+    class HostSync(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if float(x.abs().sum()) < 0:  # a host sync: not allowed while capturing
+                raise AssertionError
+            return self.fc(x.flatten(1))
+
+    placed = DeviceData.place(digits, torch.device("cuda"))
+    settings = TrainSettings(epochs=2, lr=3e-3, batch_size=64)
+    trainer = Trainer(HostSync(), placed, split[0], split[1], settings, seed=0)
+    history = [trainer.run_epoch() for _ in range(2)]
+    assert trainer.graphs.startswith("off (") and "captur" in trainer.graphs.lower() or "sync" in trainer.graphs.lower()
+    assert history[-1]["val_accuracy"] > 0.5
+    strict = Trainer(HostSync(), placed, split[0], split[1], dataclasses.replace(settings, cuda_graphs="on"), seed=0)
+    with pytest.raises(RuntimeError, match="cuda_graphs is on, but the step cannot be captured"):
+        strict.run_epoch()

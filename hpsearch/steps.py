@@ -1,0 +1,259 @@
+"""One training step and one validation step, run eagerly or replayed as CUDA graphs.
+
+Small batches on a fast GPU are bound by kernel launches, not arithmetic: an H200 ran seednet at
+batch 64 only 6.7 % busy, ~95 kernels a step at ~35 us of host time each (bench/RESULTS.md). A CUDA
+graph replays all of a step's kernels with one launch. For that, everything a step reads lives at
+a fixed address: the batch is written into static input buffers, and every per-step scalar (the
+learning rate, the step index, the metric sums) is a device tensor that the step itself updates.
+
+The CPU runs exactly this step code, eagerly; only capture and replay are CUDA-only. A model that
+cannot be captured (host syncs, data-dependent shapes) falls back to the same eager step, and
+:attr:`TrainStep.graphs` says why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["GRAPH_MODES", "WARMUP_STEPS", "EpochSums", "EvalStep", "TrainStep", "graphs_wanted"]
+
+GRAPH_MODES = ("auto", "on", "off")
+WARMUP_STEPS = 3  # eager steps before capture: cuDNN has autotuned, grads and optimizer state exist
+
+
+def graphs_wanted(mode: str, device: torch.device, full_batches: bool) -> tuple[bool, str]:
+    """Whether to capture CUDA graphs, and the status to record when not: (False, 'off (reason)')."""
+    if mode not in GRAPH_MODES:
+        raise ValueError(f"cuda_graphs must be one of {', '.join(GRAPH_MODES)} (got {mode!r})")
+    if mode == "off":
+        return False, "off (train.cuda_graphs: off)"
+    if torch.device(device).type != "cuda":
+        return False, "off (not on CUDA)"
+    if not full_batches:
+        return False, "off (fewer training samples than one batch)"
+    return True, "on"
+
+
+class EpochSums:
+    """Loss and correct-prediction sums of an epoch, kept on the device and read once at its end."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.correct.zero_()
+
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        """Add a batch: its mean loss times its size, and its correct predictions (no host sync)."""
+        self.loss.add_(loss.detach(), alpha=int(y.shape[0]))
+        self.correct.add_((logits.detach().argmax(1) == y).sum())
+
+    def read(self, seen: int) -> dict[str, float]:
+        """{"loss", "accuracy"} over `seen` samples (nan when none): the epoch's one host sync."""
+        if not seen:
+            return {"loss": math.nan, "accuracy": math.nan}
+        loss, correct = torch.stack([self.loss, self.correct.double()]).tolist()
+        return {"loss": loss / seen, "accuracy": correct / seen}
+
+
+class _Graphed:
+    """Run `fn` eagerly for a few warm-up calls (on a side stream, as CUDA requires), then capture and replay.
+
+    `fn` must take no arguments and read only tensors at fixed addresses. A capture that fails
+    leaves `fn` eager for good and keeps the reason; an out-of-memory error is raised as usual.
+    """
+
+    def __init__(self, fn: Callable[[], None], pool: Any, warmup: int, required: bool) -> None:
+        self.fn = fn
+        self.pool = pool
+        self.warmup_left = warmup
+        self.required = required
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed: str | None = None
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.failed is not None:
+            self.fn()
+        elif self.warmup_left > 0:
+            self.warmup_left -= 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.fn()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            self._capture()
+            self.__call__()
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.fn()
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any capture error: the same step runs eagerly instead
+            self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            if self.required:
+                raise RuntimeError(f"train.cuda_graphs is on, but the step cannot be captured "
+                                   f"({self.failed}); set cuda_graphs: auto to fall back to eager steps") from exc
+            return
+        self.graph = graph
+
+    def close(self) -> None:
+        if self.graph is not None:
+            self.graph.reset()
+            self.graph = None
+
+
+class TrainStep:
+    """Forward/backward of one micro-batch and the optimizer step, eager or as two CUDA graphs.
+
+    Without `static` buffers the step is a plain eager step: the learning rate of each optimizer
+    step is set on the host, gradients are set to None after it. With `static` buffers (x, y) the
+    step is graph-ready: the optimizer must take `lr` (a 1-element float32 tensor on the device)
+    as its learning rate, :meth:`advance` sets it from `lr_schedule[step_index]` (the epoch's rates,
+    loaded by :meth:`begin_epoch`) and moves the index on, all on the device, and gradients are
+    zeroed in place. On CUDA, batches written into the buffers then replay as graphs; any other
+    batch (a last partial one) runs the same code eagerly.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: Callable[[Tensor, Tensor], Tensor],
+                 amp: torch.dtype | None, scaler: torch.amp.GradScaler | None, lr: Tensor, steps_per_epoch: int,
+                 accum_steps: int, static: tuple[Tensor, Tensor] | None = None, required: bool = False) -> None:
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.amp, self.scaler, self.accum_steps = amp, scaler, accum_steps
+        device = lr.device
+        self.lr = lr
+        self.lr_schedule = torch.zeros(steps_per_epoch, dtype=torch.float32, device=device)
+        self._staged: Tensor | None = None
+        self._host_lrs: list[float] = []
+        self.step_index = torch.zeros(1, dtype=torch.int64, device=device)
+        self.sums = EpochSums(device)
+        self.static = static
+        self.graphs = "off (not on CUDA)" if device.type != "cuda" else "off (train.cuda_graphs: off)"
+        self._micro_graph: _Graphed | None = None
+        self._step_graph: _Graphed | None = None
+        if static is not None and device.type == "cuda":  # elsewhere static buffers just run eagerly
+            pool = torch.cuda.graph_pool_handle()
+            self._micro_graph = _Graphed(lambda: self._micro(*static), pool, WARMUP_STEPS, required)
+            # GradScaler's step is a host-side state machine: with fp16 only forward/backward is captured.
+            if scaler is None:
+                self._step_graph = _Graphed(self._advance, pool, WARMUP_STEPS, required)
+            self.graphs = "on"
+
+    def begin_epoch(self, lrs: list[float]) -> None:
+        """Zero the metric sums and load this epoch's learning rates, one per optimizer step.
+
+        The rates go through pinned memory without waiting; the previous epoch's upload finished
+        long ago (the epoch ended with a host sync), so its staging tensor can be dropped.
+        """
+        self.sums.reset()
+        if len(lrs) > self.lr_schedule.shape[0]:
+            raise ValueError(f"{len(lrs)} learning rates for a schedule of {self.lr_schedule.shape[0]} steps")
+        if self.static is None:
+            self._host_lrs = list(reversed(lrs))  # popped one per step
+            return
+        self.step_index.zero_()
+        host = torch.tensor(lrs, dtype=torch.float32)
+        if self.lr_schedule.device.type == "cuda":
+            host = host.pin_memory()
+        self._staged = host
+        self.lr_schedule[: len(lrs)].copy_(host, non_blocking=True)
+
+    def micro(self, x: Tensor, y: Tensor) -> None:
+        """Forward and backward of one micro-batch (gradients accumulate), metrics added to the sums."""
+        if self._micro_graph is not None and self.static is not None and x is self.static[0]:
+            self._micro_graph()
+            self._note_failure(self._micro_graph)
+        else:
+            self._micro(x, y)
+
+    def advance(self) -> None:
+        """One optimizer step at the scheduled learning rate; gradients zeroed in place."""
+        if self._step_graph is not None:
+            self._step_graph()
+            self._note_failure(self._step_graph)
+        else:
+            self._advance()
+
+    def _micro(self, x: Tensor, y: Tensor) -> None:
+        # cache_enabled=False: autocast's weight cache would hold casts made inside a capture.
+        with torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None, cache_enabled=False):
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        self.sums.add(loss, logits, y)
+        scaled = loss / self.accum_steps if self.accum_steps > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+
+    def _advance(self) -> None:
+        graph_ready = self.static is not None
+        if graph_ready:
+            torch.index_select(self.lr_schedule, 0, self.step_index, out=self.lr)
+        else:  # a float per step: cheaper than a device tensor where nothing is captured
+            lr = self._host_lrs.pop() if self._host_lrs else self.optimizer.param_groups[0]["lr"]
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        # Graph-ready: zeroed in place, since captured backward passes accumulate into these very tensors.
+        self.optimizer.zero_grad(set_to_none=not graph_ready)
+        if graph_ready:
+            self.step_index.add_(1)
+
+    def _note_failure(self, graphed: _Graphed) -> None:
+        if graphed.failed is not None and self.graphs == "on":
+            self.graphs = f"off ({graphed.failed})"
+
+    def close(self) -> None:
+        """Free the graphs' memory (the trial is over)."""
+        for graphed in (self._micro_graph, self._step_graph):
+            if graphed is not None:
+                graphed.close()
+
+
+class EvalStep:
+    """Forward of one validation batch with its loss and accuracy added to the sums, eager or replayed."""
+
+    def __init__(self, model: nn.Module, *, loss_fn: Callable[[Tensor, Tensor], Tensor], amp: torch.dtype | None,
+                 device: torch.device, static: tuple[Tensor, Tensor] | None = None, required: bool = False) -> None:
+        self.model, self.loss_fn, self.amp = model, loss_fn, amp
+        self.sums = EpochSums(device)
+        self.static = static
+        self._graph: _Graphed | None = None
+        if static is not None and torch.device(device).type == "cuda":
+            self._graph = _Graphed(lambda: self._forward(*static), torch.cuda.graph_pool_handle(), 1, required)
+
+    def __call__(self, x: Tensor, y: Tensor) -> None:
+        if self._graph is not None and self.static is not None and x is self.static[0]:
+            self._graph()
+        else:
+            self._forward(x, y)
+
+    @property
+    def failed(self) -> str | None:
+        """Why the validation step could not be captured, if it could not."""
+        return None if self._graph is None else self._graph.failed
+
+    def _forward(self, x: Tensor, y: Tensor) -> None:
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None,
+                                             cache_enabled=False):
+            logits = self.model(x)
+            self.sums.add(self.loss_fn(logits.float(), y), logits, y)
+
+    def close(self) -> None:
+        """Free the graph's memory (the trial is over)."""
+        if self._graph is not None:
+            self._graph.close()
