@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(worker)
     worker.add_argument("--slot", type=int, default=0, help="slot number recorded with trials (set by run)")
     worker.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)  # set by run: stop when it dies
+    worker.add_argument("--status-file", help=argparse.SUPPRESS)  # set by run: where the supervisor reads the phase
+    worker.add_argument("--probe-memory", action="store_true", help=argparse.SUPPRESS)  # set by run: size the GPU
     worker.add_argument("--gpu-claim", metavar="DIR", help="pin to a free GPU by holding a lock file in DIR")
     worker.add_argument("--claim-wait", type=float, default=0.0, help="seconds to wait for a free GPU")
     _add_common(verbs.add_parser("validate", help="check a study file and print the resolved config"))
@@ -149,7 +151,14 @@ def _slots(cfg: StudyConfig, args: argparse.Namespace) -> list[Any]:
     visible = [] if cfg.device == "cpu" else visible_gpus()
     if cfg.device == "cuda" and not visible:
         raise DeviceError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
-    return assign_slots(visible, requested, cfg.workers.trials_per_gpu, args.workers or cfg.workers.n)
+    per_gpu = cfg.workers.trials_per_gpu if isinstance(cfg.workers.trials_per_gpu, int) else 1  # auto grows later
+    return assign_slots(visible, requested, per_gpu, args.workers or cfg.workers.n)
+
+
+def _auto_scaled(cfg: StudyConfig, args: argparse.Namespace, slots: list[Any]) -> bool:
+    """Whether the workers per GPU are sized from a memory probe (trials_per_gpu: auto, GPUs, no fixed count)."""
+    fixed = args.workers is not None or cfg.workers.n is not None
+    return cfg.workers.trials_per_gpu == "auto" and not fixed and any(slot.gpu is not None for slot in slots)
 
 
 def _open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> Any:
@@ -161,22 +170,35 @@ def _open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> Any:
     return study
 
 
-def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None) -> tuple[int, Any]:
+def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None, status: Any = None,
+          probe: bool = False) -> tuple[int, Any]:
     """One worker in this process: load data once, run trials to the study-wide total; (exit code, study)."""
-    from hpsearch.objective import run_trial
-    from hpsearch.study import finished_count, guard_storage
-    from hpsearch.worker import prepare_context, run_worker
+    import dataclasses
 
-    ctx = prepare_context(cfg, slot)
+    from hpsearch.objective import run_trial
+    from hpsearch.status import WorkerStatus
+    from hpsearch.study import finished_count, guard_storage
+    from hpsearch.worker import prepare_context, probe_memory, run_worker, with_thread_plan
+
+    status = status or WorkerStatus(None)
+    ctx = prepare_context(cfg, slot, status)
+    if probe:
+        status.phase("probing memory")
+        found = probe_memory(ctx)
+        status.note(probe=None if found is None else dataclasses.asdict(found))
+    status.phase("opening the study")
+    objective = with_thread_plan(functools.partial(run_trial, ctx=ctx), status)
     with guard_storage(cfg, running=True):
         study = _open_and_enqueue(cfg, sampler_seed)
+        status.phase("trials")
         log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
                  finished_count(study), cfg.n_trials)
         workers = cfg.workers
-        outcome = run_worker(study, functools.partial(run_trial, ctx=ctx), cfg.n_trials, cfg.timeout,
+        outcome = run_worker(study, objective, cfg.n_trials, cfg.timeout,
                              on_trial=on_trial, max_retries=workers.max_retries,
                              stale_check_s=workers.heartbeat_interval, grace_period=workers.grace_period,
                              max_failures=workers.max_consecutive_failures)
+    status.phase("done")
     return (EXIT_INTERRUPTED if outcome.interrupted else 0), study
 
 
@@ -194,7 +216,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args.study_file, args)
     slots = _slots(cfg, args)
-    if len(slots) == 1:
+    auto = _auto_scaled(cfg, args, slots)
+    if len(slots) == 1 and not auto:
         code, study = _work(cfg, slots[0], summary.trial_logger(cfg))
         _summary(study, cfg)
         return code
@@ -207,8 +230,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     with guard_storage(cfg, running=True):
         study = _open_and_enqueue(cfg)
         slots = _enough_slots(slots, cfg.n_trials - finished_count(study))
+        supervisor = Supervisor(cfg, study, slots, worker_argv(args.study_file, args), auto_scale=auto)
         try:
-            Supervisor(cfg, study, slots, worker_argv(args.study_file, args)).run(Monitor(study, cfg, slots))
+            supervisor.run(Monitor(study, cfg, supervisor.slots))
         except KeyboardInterrupt:
             _summary(study, cfg)
             return EXIT_INTERRUPTED
@@ -226,6 +250,9 @@ def _enough_slots(slots: list[Any], remaining: int) -> list[Any]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker joining the study (started by `run --workers`, by docker, or by hand on another machine)."""
+    from hpsearch.status import WorkerStatus
+
+    status = WorkerStatus(args.status_file, started=float(os.environ.get("HPSEARCH_SPAWNED_AT", "0")) or None)
     if args.supervisor_pid is not None:
         from hpsearch.supervisor import follow_supervisor
 
@@ -238,7 +265,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     visible = [] if cfg.device == "cpu" else visible_gpus()
     claim = None
     if args.gpu_claim:
-        claim = claim_gpu(args.gpu_claim, visible, wait_s=args.claim_wait, trials_per_gpu=cfg.workers.trials_per_gpu)
+        claim = claim_gpu(args.gpu_claim, visible, wait_s=args.claim_wait, trials_per_gpu=_claim_ranks(cfg))
         os.environ.update(claim.env)  # before CUDA starts: this process sees only its claimed GPU, as cuda:0
         gpu: int | None = 0
     elif args.gpus is not None:
@@ -247,10 +274,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         gpu = 0 if visible else None
     slot = Slot(index=args.slot, gpu=gpu)
     try:
-        return _work(cfg, slot, summary.trial_logger(cfg), sampler_seed=trial_seed(cfg.seed, os.getpid()))[0]
+        return _work(cfg, slot, summary.trial_logger(cfg), sampler_seed=trial_seed(cfg.seed, os.getpid()),
+                     status=status, probe=args.probe_memory)[0]
     finally:
         if claim is not None:
             claim.release()
+
+
+def _claim_ranks(cfg: StudyConfig) -> int:
+    """Claimable slots per GPU for lock-file workers: the fixed number, or up to the auto cap."""
+    from hpsearch.slots import MAX_TRIALS_PER_GPU
+
+    tpg = cfg.workers.trials_per_gpu
+    return tpg if isinstance(tpg, int) else MAX_TRIALS_PER_GPU
 
 
 def cmd_status(args: argparse.Namespace) -> int:

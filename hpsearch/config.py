@@ -285,7 +285,8 @@ class TrainConfig(Strict):
 class WorkersConfig(Strict):
     n: int | None = Field(None, ge=1, le=1024)
     gpus: Union[Literal["all", "none"], list[int]] = "all"
-    trials_per_gpu: int = Field(1, ge=1, le=64)
+    # auto: sized from the first worker's memory probe, the GPU's free memory and the CPU cores
+    trials_per_gpu: Union[int, str] = "auto"
     heartbeat_interval: int = Field(10, ge=1, le=3600)  # seconds between a running trial's heartbeats
     grace_period: int = Field(40, ge=2, le=86400)       # a trial silent this long is failed and retried
     max_retries: int = Field(3, ge=0, le=100)           # retries of a trial whose worker died
@@ -298,6 +299,13 @@ class WorkersConfig(Strict):
             raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval "
                              f"({self.heartbeat_interval}); raise it to at least {2 * self.heartbeat_interval}")
         return self
+
+    @field_validator("trials_per_gpu", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+            return value
+        raise ValueError(f"trials_per_gpu must be auto or a whole number from 1 to 64 (got {value!r})")
 
     @field_validator("gpus", mode="before")
     @classmethod

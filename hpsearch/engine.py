@@ -7,6 +7,7 @@ multiply it by a factor in [0, 1].
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -385,6 +386,13 @@ class Trainer:
             "lr": train["lr"],
             "epoch_time": time.perf_counter() - start,
         }
+
+    def sample_steps(self, steps: int) -> None:
+        """A few training steps and one validation batch, as a memory probe (the weights change)."""
+        lrs = self._epoch_lrs()[:steps]
+        train_one_epoch(self.train_step, itertools.islice(self._batches(self.train_idx, self.settings.batch_size, True),
+                                                          steps * self.settings.accum_steps), lrs)
+        evaluate(self.eval_step, itertools.islice(self._batches(self.val_idx, self.val_batch, False), 1))
 
     def close(self) -> None:
         """Free the CUDA graphs' memory; the trainer is not used again."""

@@ -40,14 +40,24 @@ def _latest(trial: FrozenTrial, metric: str) -> tuple[str, str]:
     return str(len(history)), f"{history[-1][metric]:.4f}"
 
 
-def worker_rows(trials: Sequence[FrozenTrial], slots: Sequence[Slot], cfg: StudyConfig) -> list[list[str]]:
-    """One row per slot: slot, device, trial, epoch, latest metric, elapsed (plain data, testable)."""
+def _phase(status: dict[str, Any] | None, now: float) -> str:
+    """'loading data (12 s)' for a worker still starting; 'idle' once it runs trials (or with no status)."""
+    if not status or status.get("phase") in ("trials", "done"):
+        return "idle"
+    return f"{status.get('phase', 'starting')} ({now - float(status.get('since', now)):.0f} s)"
+
+
+def worker_rows(trials: Sequence[FrozenTrial], slots: Sequence[Slot], cfg: StudyConfig,
+                statuses: dict[int, dict[str, Any]] | None = None, now: float | None = None) -> list[list[str]]:
+    """One row per slot: slot, device, trial (or the worker's phase), epoch, latest metric, elapsed (plain data)."""
     running = {t.user_attrs.get("slot"): t for t in trials if t.state == TrialState.RUNNING}
+    statuses = statuses or {}
+    now = time.time() if now is None else now
     rows = []
     for slot in slots:
         trial = running.get(slot.index)
         if trial is None:
-            rows.append([slot.label, "-", "idle", "-", "-", "-"])
+            rows.append([slot.label, "-", _phase(statuses.get(slot.index), now), "-", "-", "-"])
             continue
         epoch, metric = _latest(trial, cfg.metric)
         rows.append([slot.label, str(trial.user_attrs.get("device", "?")), f"#{trial.number}",
@@ -59,7 +69,9 @@ class Monitor:
     """Polls the study and shows progress; `update()` is cheap to call often."""
 
     def __init__(self, study: optuna.Study, cfg: StudyConfig, slots: Sequence[Slot], live: bool | None = None):
-        self.study, self.cfg, self.slots = study, cfg, list(slots)
+        self.study, self.cfg, self.slots = study, cfg, slots  # the supervisor's list: it grows under auto
+        self.statuses: dict[int, dict[str, Any]] = {}
+        self.phases: dict[int, str] = {}
         self.live_mode = sys.stderr.isatty() if live is None else live
         self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         self.log_trial = trial_logger(cfg)
@@ -73,7 +85,7 @@ class Monitor:
         table = Table(title=f"{self.cfg.name}: {self.cfg.metric}")
         for column in ("worker", "device", "trial", "epoch", self.cfg.metric, "elapsed"):
             table.add_column(column)
-        for row in worker_rows(trials, self.slots, self.cfg):
+        for row in worker_rows(trials, self.slots, self.cfg, self.statuses):
             table.add_row(*row)
         counts: dict[str, int] = {}
         for trial in trials:
@@ -87,7 +99,11 @@ class Monitor:
         states = "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return Group(table, f"{states}   best {best}")
 
-    def update(self, force: bool = False) -> None:
+    def update(self, statuses: dict[int, dict[str, Any]] | None = None, force: bool = False) -> None:
+        """Refresh from the storage and the workers' `statuses` (at most once per REFRESH_S unless `force`)."""
+        if statuses is not None:
+            self.statuses = statuses
+            self._log_phases()
         now = time.monotonic()
         if not force and now - self.last < REFRESH_S:
             return
@@ -100,6 +116,17 @@ class Monitor:
                     self.log_trial(trial)
         if self.live is not None:
             self.live.update(self._render(trials))
+
+    def _log_phases(self) -> None:
+        """Plain mode: one line when a worker enters a new phase before its trials."""
+        for index, status in self.statuses.items():
+            phase = str(status.get("phase"))
+            if self.phases.get(index) == phase:
+                continue
+            self.phases[index] = phase
+            if not self.live_mode and phase not in ("done",):
+                label = next((slot.label for slot in self.slots if slot.index == index), f"#{index}")
+                log.info("worker %s: %s", label, "running trials" if phase == "trials" else phase)
 
     def close(self) -> None:
         self.update(force=True)

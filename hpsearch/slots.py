@@ -280,3 +280,47 @@ def claim_gpu(
         what = f"all {len(gpu_list)} GPUs in {directory} are"
     waited = f" (waited {wait_s:g}s)" if wait_s > 0 else ""
     raise DeviceError(f"{what} claimed by other workers{waited}; run fewer workers or add GPUs")
+
+
+# --------------------------------------------------------------------------- how many trials share a GPU
+
+MAX_TRIALS_PER_GPU = 8
+GPU_HEADROOM = 0.15  # of the GPU's memory, kept free for fragmentation, cuDNN workspaces and other processes
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryProbe:
+    """What the first worker on a GPU measured before its first trial (bytes)."""
+
+    trial_peak: int  # one trial's peak allocation at the largest batch size and model in the space
+    worker_fixed: int  # what a worker holds besides its trial: CUDA context and resident data
+    free: int  # free on the GPU after the probe, with the probing worker's own share already taken
+    total: int
+    batch_size: int  # the batch size the peak was measured at
+
+
+def auto_trials_per_gpu(probe: MemoryProbe | None, cores: int, gpus: int,
+                        cap: int = MAX_TRIALS_PER_GPU) -> tuple[int, str]:
+    """Trials per GPU for `workers.trials_per_gpu: auto`, and why, from measured numbers.
+
+    Memory: the probing worker plus as many more as fit in the free memory, each needing its fixed
+    share and a trial's peak, keeping `GPU_HEADROOM` of the GPU free. CPU: about one core per GPU
+    worker. At most `cap`. Without a probe (it failed), one per GPU.
+    """
+    if probe is None:
+        return 1, "1 per GPU (no memory measurement; set workers.trials_per_gpu to choose)"
+    usable = probe.free - GPU_HEADROOM * probe.total - probe.trial_peak
+    by_memory = 1 + max(0, int(usable // max(1, probe.worker_fixed + probe.trial_peak)))
+    by_cores = max(1, cores // max(1, gpus))
+    chosen = max(1, min(by_memory, by_cores, cap))
+    limit = {by_memory: "memory", by_cores: "CPU cores", cap: "the cap"}[min(by_memory, by_cores, cap)]
+    return chosen, (f"{chosen} per GPU, set by {limit}: a trial peaks at {probe.trial_peak / GIB:.2f} GiB at batch "
+                    f"{probe.batch_size} and a worker holds {probe.worker_fixed / GIB:.2f} GiB besides, "
+                    f"{probe.free / GIB:.1f} of {probe.total / GIB:.1f} GiB are free (keeping {GPU_HEADROOM:.0%} "
+                    f"headroom: {by_memory} fit); {cores} CPU cores for {gpus} GPU(s): {by_cores}; at most {cap}")
+
+
+def threads_per_worker(cores: int, workers: int) -> int:
+    """CPU threads for each of `workers` processes sharing `cores` (torch and OpenMP): at least one."""
+    return max(1, cores // max(1, workers))

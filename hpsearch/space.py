@@ -46,6 +46,20 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: StudyConfig) -> dict[str, Any]:
     return params
 
 
+def largest_point(cfg: StudyConfig, names: tuple[str, ...]) -> dict[str, Any]:
+    """For a memory probe: each of `names` in the space at its largest value (numbers only), the rest left out."""
+    point: dict[str, Any] = {}
+    for name in names:
+        spec = cfg.space.get(name)
+        if isinstance(spec, (FloatParam, IntParam)):
+            point[name] = spec.high
+        elif isinstance(spec, CategoricalParam):
+            numbers = [c for c in spec.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            if numbers:
+                point[name] = max(numbers)
+    return point
+
+
 def grid(cfg: StudyConfig) -> dict[str, list[Any]]:
     """The full grid for the grid sampler: every value each parameter can take."""
     values: dict[str, list[Any]] = {}

@@ -9,6 +9,7 @@ SIGTERM and stop as on Ctrl-C.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -27,12 +28,15 @@ from hpsearch import signals
 from hpsearch.config import StudyConfig
 from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError, WorkerCrashError
 from hpsearch.monitor import Monitor
-from hpsearch.slots import Slot
+from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, threads_per_worker
+from hpsearch.status import read_status
 from hpsearch.study import STORAGE_EXCEPTIONS, finished_count, requeue, storage_of, trial_id
 
 log = logging.getLogger("hpsearch")
 STOP_GRACE_S = 8.0  # SIGINT, then SIGKILL after this: everything is down within 10 s
 POLL_S = 0.5
+STALL_S = 30.0  # a worker not in a trial this long after its start gets its log shown
+STALL_LINES = 8
 EXIT_FATAL = (1, 2)  # a worker that exits with these hit a problem every worker would hit
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -43,6 +47,8 @@ class _Process:
     popen: subprocess.Popen[bytes]
     log_file: IO[bytes]
     restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+    probing: bool = False
 
     @property
     def worker_id(self) -> str:
@@ -57,31 +63,96 @@ class Supervisor:
     study: optuna.Study
     slots: list[Slot]
     worker_argv: list[str]
+    auto_scale: bool = False  # the first worker on each GPU probes memory; more are added from what it measured
     procs: dict[int, _Process] = field(default_factory=dict)
+    scaled: set[int] = field(default_factory=set)  # GPUs whose worker count is settled
+    stalls_reported: set[int] = field(default_factory=set)
 
     @property
-    def cpu_threads(self) -> int:
-        cpu_slots = sum(1 for slot in self.slots if slot.gpu is None)
-        return max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
+    def threads(self) -> int:
+        """CPU threads per worker: the machine's cores shared by every planned worker, GPU ones too."""
+        return threads_per_worker(os.cpu_count() or 1, len(self.slots))
 
     @property
     def log_dir(self) -> Path:
         return Path(self.cfg.out_dir) / "logs"
 
-    def _spawn(self, slot: Slot, restarts: int = 0) -> _Process:
+    def status_path(self, slot: Slot) -> Path:
+        return self.log_dir / f"worker-{slot.index}.json"
+
+    def _spawn(self, slot: Slot, restarts: int = 0, probe: bool = False) -> _Process:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115 (closed in _close)
-        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
-        if slot.gpu is None and "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(self.cpu_threads)  # CPU workers share the cores instead of oversubscribing
+        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1", "HPSEARCH_SPAWNED_AT": repr(time.time())}
+        if "OMP_NUM_THREADS" not in os.environ:
+            # Workers share the cores instead of oversubscribing them (each would start one thread per core).
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        self.status_path(slot).unlink(missing_ok=True)
         argv = [sys.executable, "-m", "hpsearch", "worker", *self.worker_argv, "--slot", str(slot.index),
-                "--supervisor-pid", str(os.getpid())]
+                "--supervisor-pid", str(os.getpid()), "--status-file", str(self.status_path(slot))]
+        if probe:
+            argv.append("--probe-memory")
         # Own session: a terminal's Ctrl-C reaches only the supervisor, which stops workers in order.
         # Spawned from the main thread only: the kernel's parent-death signal fires when the forking thread exits.
         popen = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
         log.info("worker %s started (pid %d, log %s)", slot.label, popen.pid, log_file.name)
-        return _Process(slot, popen, log_file, restarts)
+        return _Process(slot, popen, log_file, restarts, probing=probe)
+
+    def _scale(self) -> None:
+        """Once the first worker on a GPU has measured a trial's memory, start the others that fit there."""
+        for proc in list(self.procs.values()):
+            gpu = proc.slot.gpu
+            if not proc.probing or gpu is None or gpu in self.scaled:
+                continue
+            status = read_status(self.status_path(proc.slot)) or {}
+            if "probe" not in status and proc.popen.poll() is None:
+                continue  # still measuring
+            self.scaled.add(gpu)
+            found = status.get("probe")
+            gpus = len({slot.gpu for slot in self.slots})
+            count, why = auto_trials_per_gpu(MemoryProbe(**found) if found else None, os.cpu_count() or 1, gpus)
+            room = self.cfg.n_trials - finished_count(self.study) - len(self.slots)
+            extra = max(0, min(count - 1, room))
+            log.info("GPU %d: trials_per_gpu auto chose %s%s", gpu, why,
+                     f"; starting {extra} more" if extra < count - 1 else "")
+            for _ in range(extra):
+                slot = Slot(max(s.index for s in self.slots) + 1, gpu)
+                self.slots.append(slot)
+                self.procs[slot.index] = self._spawn(slot)
+            self._write_plan()
+
+    def _write_plan(self) -> None:
+        """Tell the running workers their share of the cores now that the worker count is known."""
+        plan = self.log_dir / "plan.json"
+        tmp = plan.with_name(".plan.json.tmp")
+        tmp.write_text(json.dumps({"threads": self.threads, "workers": len(self.slots)}))
+        os.replace(tmp, plan)
+
+    def _report_stalls(self) -> None:
+        """Print the last log lines of a worker that has not reached a trial STALL_S seconds after it started."""
+        for proc in self.procs.values():
+            if proc.slot.index in self.stalls_reported or time.monotonic() - proc.started < STALL_S:
+                continue
+            status = read_status(self.status_path(proc.slot)) or {}
+            phase = status.get("phase", "starting")
+            if phase in ("trials", "done") or proc.popen.poll() is not None:
+                continue
+            self.stalls_reported.add(proc.slot.index)
+            since = time.time() - float(status.get("since", time.time()))
+            tail = Path(proc.log_file.name).read_text(errors="replace").splitlines()[-STALL_LINES:]
+            log.warning("worker %s has not reached a trial %.0f s after it started (phase: %s, for %.0f s); "
+                        "the last lines of %s:\n%s", proc.slot.label, time.monotonic() - proc.started, phase, since,
+                        proc.log_file.name, "\n".join(f"  | {line}" for line in tail) or "  | (nothing yet)")
+
+    def statuses(self) -> dict[int, dict[str, Any]]:
+        """Each worker's status file, by slot index (those written so far)."""
+        found = {}
+        for slot in self.slots:
+            status = read_status(self.status_path(slot))
+            if status is not None:
+                found[slot.index] = status
+        return found
 
     def _release_trials_of(self, proc: _Process) -> None:
         """Fail a dead worker's running trial at once and queue it to resume (no wait for the heartbeat grace)."""
@@ -147,18 +218,22 @@ class Supervisor:
     def run(self, monitor: Monitor) -> None:
         """Start every slot, supervise until all workers are done; raises KeyboardInterrupt on Ctrl-C."""
         for slot in self.slots:
-            self.procs[slot.index] = self._spawn(slot)
+            self.procs[slot.index] = self._spawn(slot, probe=self.auto_scale and slot.gpu is not None)
+        self._write_plan()
         try:
             while True:
                 signals.check()
                 wanted = [self._check(proc) for proc in list(self.procs.values())]
-                monitor.update()
+                if self.auto_scale:
+                    self._scale()
+                self._report_stalls()
+                monitor.update(self.statuses())
                 if not any(wanted):
                     break
                 signals.sleep(POLL_S)
         except BaseException:
             self.stop()
-            monitor.update()
+            monitor.update(self.statuses())
             raise
         finally:
             monitor.close()

@@ -11,20 +11,22 @@ import socket
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpsearch import signals
-from hpsearch.config import StudyConfig
+from hpsearch import signals, space
+from hpsearch.config import BUILTIN_MODELS, StudyConfig
 from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.errors import DataError, DeviceError, ModelError, TrialFailureError
 from hpsearch.models import build_model
-from hpsearch.objective import WorkerContext, release_memory
-from hpsearch.slots import Slot
+from hpsearch.engine import Trainer
+from hpsearch.objective import WorkerContext, model_spec, release_memory, train_settings
+from hpsearch.slots import MemoryProbe, Slot
+from hpsearch.status import WorkerStatus, read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, current_state, fail_stale_trials, is_storage_exception,
                             requeue, settings_id)
 
@@ -83,18 +85,60 @@ def preflight(cfg: StudyConfig) -> None:
         _preflight_model(cfg, DeviceData.place(pool, torch.device("cpu")))
 
 
-def prepare_context(cfg: StudyConfig, slot: Slot | None = None) -> WorkerContext:
+def prepare_context(cfg: StudyConfig, slot: Slot | None = None, status: WorkerStatus | None = None) -> WorkerContext:
     """Load the dataset once, place it on the slot's device, split it (seeded by the study seed)."""
     slot = slot or Slot(index=0, gpu=0)
+    status = status or WorkerStatus(None)
     with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
-        device = resolve_device(cfg.device, slot.gpu)
+        status.phase("loading data")
         pool = _load_pool(cfg)
+        status.phase("placing data")
+        device = resolve_device(cfg.device, slot.gpu)
         data = DeviceData.place(pool, device, memory_fraction=cfg.data.memory_fraction)
         folds = _split(cfg, pool.y)
+        status.phase("building the model")
         _preflight_model(cfg, data)
     return WorkerContext(cfg=cfg, data=data, labels=pool.y, folds=folds, device=device,
                          device_name=describe_device(device), worker=f"{socket.gethostname()}:{os.getpid()}",
                          slot=slot.index, extra_attrs={"settings": settings_id(cfg)})
+
+
+BUILTIN_MODEL_ARGS = tuple(sorted({arg for args in BUILTIN_MODELS.values() for arg in args}))
+CUDA_CONTEXT_BYTES = 600 * 2**20  # what a process's CUDA context takes besides its tensors (typical, lazy loading)
+
+
+def probe_memory(ctx: WorkerContext) -> MemoryProbe | None:
+    """Peak memory of two training steps at the largest batch size and model in the space (CUDA only).
+
+    Run by the first worker on a GPU before its first trial, so the supervisor can size the
+    workers per GPU; None off CUDA or when the probe fails (the reason is logged).
+    """
+    if ctx.device.type != "cuda":
+        return None
+    cfg = ctx.cfg
+    params = space.largest_point(cfg, ("batch_size", *BUILTIN_MODEL_ARGS, *cfg.model.args))
+    settings = replace(train_settings(cfg, params, ctx.labels, ctx.data.num_classes), epochs=1, cuda_graphs="off")
+    spec = model_spec(cfg, params, ctx.data)
+    torch.cuda.synchronize(ctx.device)
+    base = torch.cuda.memory_allocated(ctx.device)
+    torch.cuda.reset_peak_memory_stats(ctx.device)
+    try:
+        model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], dropout=spec["dropout"],
+                            **spec["kwargs"])
+        trainer = Trainer(model, ctx.data, ctx.folds[0][0], ctx.folds[0][1], settings, seed=0)
+        trainer.sample_steps(2)
+        torch.cuda.synchronize(ctx.device)
+        peak = torch.cuda.max_memory_allocated(ctx.device) - base
+        del trainer, model
+    except torch.cuda.OutOfMemoryError:
+        peak = None
+    except Exception as exc:  # noqa: BLE001 - the trials will report it properly; the probe just gives up
+        log.warning("memory probe failed (%s: %s); one trial per GPU", type(exc).__name__, exc)
+        return None
+    release_memory(ctx.device)
+    free, total = torch.cuda.mem_get_info(ctx.device)
+    return MemoryProbe(trial_peak=free if peak is None else peak, worker_fixed=base + CUDA_CONTEXT_BYTES,
+                       free=free, total=total, batch_size=settings.batch_size)
 
 
 @dataclass
@@ -289,3 +333,20 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
         except KeyboardInterrupt:
             outcome.interrupted = True
     return outcome
+
+
+def with_thread_plan(objective: Objective, status: WorkerStatus) -> Objective:
+    """The objective, first adopting the CPU thread count the supervisor planned (plan.json beside the status).
+
+    Workers started before the supervisor knew how many would share the machine (the memory
+    probe decides) start with more threads than their share; they take their share at the next trial.
+    """
+    plan = None if status.path is None else status.path.with_name("plan.json")
+
+    def run(trial: optuna.Trial) -> float:
+        threads = (read_status(plan) or {}).get("threads") if plan is not None else None
+        if isinstance(threads, int) and threads >= 1 and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        return objective(trial)
+
+    return run

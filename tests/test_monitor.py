@@ -28,3 +28,10 @@ def test_one_row_per_slot_with_the_running_trial() -> None:
     rows = worker_rows(trials, [Slot(0, 0), Slot(1, 1)], cfg)
     assert rows[0][:3] == ["gpu0#0", "-", "idle"]
     assert rows[1][1:5] == ["cuda:0 (test)", "#1", "3/5", "0.5300"]
+
+
+def test_a_worker_not_yet_in_a_trial_shows_its_phase_and_for_how_long() -> None:
+    cfg = build_config({**TINY_STUDY, "train": {"epochs": 5, "batch_size": 32}})
+    statuses = {0: {"phase": "loading data", "since": 100.0}, 1: {"phase": "trials", "since": 90.0}}
+    rows = worker_rows([], [Slot(0, 0), Slot(1, 0), Slot(2, 0)], cfg, statuses, now=112.4)
+    assert [row[2] for row in rows] == ["loading data (12 s)", "idle", "idle"]

@@ -393,3 +393,38 @@ def test_a_clean_exit_releases_too(tmp_path: Path, holders: list[subprocess.Pope
 
 def test_module_has_no_torch_at_import() -> None:
     assert "torch" not in vars(slots)
+
+
+# ---------------------------------------------------------------- trials_per_gpu: auto
+
+from hpsearch.slots import GIB, MemoryProbe, auto_trials_per_gpu, threads_per_worker  # noqa: E402
+
+
+def _probe(peak_gib: float, fixed_gib: float, free_gib: float, total_gib: float) -> MemoryProbe:
+    return MemoryProbe(trial_peak=int(peak_gib * GIB), worker_fixed=int(fixed_gib * GIB), free=int(free_gib * GIB),
+                       total=int(total_gib * GIB), batch_size=512)
+
+
+@pytest.mark.parametrize(("probe", "cores", "gpus", "expected", "limit"), [
+    (_probe(2, 1.5, 120, 140), 16, 1, 8, "the cap"),           # H200, small trials: the cap
+    (_probe(2, 1.5, 120, 140), 4, 1, 4, "CPU cores"),          # few cores: one worker per core
+    (_probe(2, 1.5, 120, 140), 16, 8, 2, "CPU cores"),         # 16 cores shared by 8 GPUs
+    (_probe(10, 1, 60, 80), 16, 1, 4, "memory"),               # 60 - 12 headroom - 10 = 38 -> 1 + 38 // 11 = 4
+    (_probe(30, 1, 60, 80), 16, 1, 1, "memory"),               # one big trial is all that fits
+    (_probe(70, 1, 60, 80), 16, 1, 1, "memory"),               # does not even fit once: still one (it will OOM-retry)
+])
+def test_auto_trials_per_gpu_from_measured_numbers(probe: MemoryProbe, cores: int, gpus: int, expected: int,
+                                                   limit: str) -> None:
+    count, why = auto_trials_per_gpu(probe, cores, gpus)
+    assert count == expected
+    assert why.startswith(f"{expected} per GPU, set by {limit}: a trial peaks at {probe.trial_peak / GIB:.2f} GiB")
+
+
+def test_auto_without_a_measurement_is_one_per_gpu() -> None:
+    assert auto_trials_per_gpu(None, 16, 1) == (1, "1 per GPU (no memory measurement; set workers.trials_per_gpu "
+                                                   "to choose)")
+
+
+def test_threads_are_shared_by_every_worker() -> None:
+    assert [threads_per_worker(16, n) for n in (1, 4, 8, 32)] == [16, 4, 2, 1]
+    assert threads_per_worker(1, 0) == 1

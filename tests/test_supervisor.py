@@ -1,0 +1,120 @@
+"""The supervisor: sizing workers per GPU from the probe, sharing cores, and saying when a worker stalls."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pytest
+
+from hpsearch import supervisor as supervisor_module
+from hpsearch.cli import main
+from hpsearch.config import load_config
+from hpsearch.slots import GIB, Slot
+from hpsearch.status import WorkerStatus, read_status
+from hpsearch.supervisor import Supervisor, _Process
+
+
+class _Running:
+    """A stand-in for a live worker process."""
+
+    pid = 4242
+
+    def poll(self) -> None:
+        return None
+
+
+def _supervisor(write_study: Callable[..., Path], n_trials: int, slots: list[Slot]) -> Supervisor:
+    cfg = load_config(write_study(n_trials=n_trials))
+    Path(cfg.out_dir, "logs").mkdir(parents=True)
+    study = optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{cfg.out_dir}/study.db")
+    return Supervisor(cfg, study, slots, [], auto_scale=True)
+
+
+def _probing(sup: Supervisor, slot: Slot, request: pytest.FixtureRequest) -> _Process:
+    log_file = open(os.devnull, "ab")  # noqa: SIM115
+    request.addfinalizer(log_file.close)
+    proc = _Process(slot, _Running(), log_file, probing=True)  # type: ignore[arg-type]
+    sup.procs[slot.index] = proc
+    return proc
+
+
+@pytest.mark.parametrize(("n_trials", "cores", "expected_workers"), [(20, 16, 4), (20, 2, 2), (2, 16, 2)])
+def test_the_probe_sizes_the_workers_on_its_gpu(write_study: Callable[..., Path], request: pytest.FixtureRequest,
+                                                monkeypatch: pytest.MonkeyPatch, n_trials: int, cores: int,
+                                                expected_workers: int) -> None:
+    sup = _supervisor(write_study, n_trials, [Slot(0, 0)])
+    _probing(sup, Slot(0, 0), request)
+    spawned: list[Slot] = []
+    monkeypatch.setattr(sup, "_spawn", lambda slot, restarts=0, probe=False: spawned.append(slot) or _probing(
+        sup, slot, request))
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    sup._scale()
+    assert spawned == []  # no measurement yet: wait
+    probe = {"trial_peak": 10 * GIB, "worker_fixed": 1 * GIB, "free": 60 * GIB, "total": 80 * GIB, "batch_size": 256}
+    WorkerStatus(sup.status_path(Slot(0, 0))).note(probe=probe)  # 4 fit in memory
+    sup._scale()
+    assert [slot.gpu for slot in sup.slots] == [0] * expected_workers
+    assert [slot.index for slot in spawned] == list(range(1, expected_workers))
+    plan = json.loads((sup.log_dir / "plan.json").read_text())
+    assert plan == {"threads": max(1, cores // expected_workers), "workers": expected_workers}
+    sup._scale()
+    assert len(sup.slots) == expected_workers  # decided once per GPU
+
+
+def test_workers_get_their_share_of_the_cores(write_study: Callable[..., Path], workdir: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    sup = _supervisor(write_study, 20, [Slot(0, 0), Slot(1, 0), Slot(2, 1), Slot(3, 1)])
+    seen: list[dict[str, str]] = []
+
+    class FakePopen:
+        pid = 1
+
+        def __init__(self, argv: list[str], env: dict[str, str], **kwargs: Any) -> None:
+            seen.append(env)
+
+    monkeypatch.setattr(supervisor_module.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    sup._spawn(Slot(2, 1)).log_file.close()
+    assert seen[0]["OMP_NUM_THREADS"] == seen[0]["MKL_NUM_THREADS"] == "4"  # GPU workers too, not only CPU ones
+    assert seen[0]["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+SLOW_DATA = '''
+import time
+import numpy as np
+
+
+def digits_slowly(root=None):
+    from sklearn.datasets import load_digits
+    print("loading the slow dataset", flush=True)
+    time.sleep(6)
+    bunch = load_digits()
+    return bunch.images.astype(np.uint8), bunch.target
+'''
+
+
+@pytest.mark.slow
+def test_a_worker_stuck_before_its_first_trial_is_shown_with_its_log(write_study: Callable[..., Path], workdir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    (workdir / "slow_data.py").write_text(SLOW_DATA)
+    monkeypatch.syspath_prepend(str(workdir))
+    monkeypatch.setenv("PYTHONPATH", f"{Path(__file__).resolve().parent.parent}{os.pathsep}{workdir}")
+    monkeypatch.setattr(supervisor_module, "STALL_S", 3.0)
+    caplog.set_level("INFO", logger="hpsearch")
+    path = write_study(n_trials=2, data={"dataset": "slow_data:digits_slowly", "val_split": 0.25},
+                       train={"epochs": 1, "batch_size": 64})
+    assert main(["run", str(path), "--workers", "2"]) == 0
+    text = caplog.text
+    assert "has not reached a trial" in text and "(phase: loading data" in text
+    assert "  | loading the slow dataset" in text  # the worker's own last lines
+    assert "worker cpu#0: loading data" in text and "worker cpu#0: running trials" in text  # plain-mode phases
+    status = read_status(Path("runs/tiny/logs/worker-0.json"))
+    assert status is not None and status["phase"] == "done"
+    assert [name for name, _ in status["phases"]] == ["process", "starting", "loading data", "placing data",
+                                                      "building the model", "opening the study", "trials", "done"]
