@@ -51,6 +51,8 @@ TRAIN_PARAMS = (
 )
 Scalar = Union[bool, int, float, str]
 CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+MAX_STUDY_BYTES = 2 * 1024 * 1024  # parsing is the cost: PyYAML builds a Python object per value
+MAX_ENQUEUE = 10_000
 
 
 # --------------------------------------------------------------------------- search space
@@ -347,7 +349,7 @@ class StudyConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
-    enqueue: list[dict[str, Scalar]] = Field(default_factory=list)
+    enqueue: list[dict[str, Scalar]] = Field(default_factory=list, max_length=MAX_ENQUEUE)
     source: str = Field("<memory>", exclude=True)
 
     @field_validator("metric")
@@ -612,17 +614,66 @@ def _expand_env(value: str, source: str, where: str) -> str:
     return _ENV_RE.sub(replace, value)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line = key, line
+
+
+# libyaml's parser when PyYAML has it: the pure-Python one takes ~3x as long on a large enqueue: list.
+_SafeBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StudyLoader(_SafeBase):  # type: ignore[misc, valid-type]
+    """safe_load's loader (plain values only, no !!python tags) that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges may repeat keys on purpose; explicit keys still may not
+            # A plain string key (nearly all of them) needs no second construction: a third of the load time.
+            str_key = key_node.tag == "tag:yaml.org,2002:str" and isinstance(key_node.value, str)
+            key = key_node.value if str_key else self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_text(path: Path) -> str:
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_STUDY_BYTES + 1)  # a bounded read: a pipe or device has no size to check first
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such study file; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{source}: cannot read the study file ({exc}); check permissions and encoding") from None
+    if len(data) > MAX_STUDY_BYTES:
+        size = path.stat().st_size if path.is_file() else 0
+        shown = f"{size / 2**20:.1f} MiB" if size > MAX_STUDY_BYTES else f"over {MAX_STUDY_BYTES // 2**20} MiB"
+        raise ConfigError(f"{source}: the study file is {shown}; study files are limited to "
+                          f"{MAX_STUDY_BYTES // 2**20} MiB (enqueue: at most {MAX_ENQUEUE:,} points); "
+                          f"keep a few starting points in the file")
     try:
-        # safe_load refuses !!python tags, so a study file can never build Python objects.
-        raw = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: cannot read the study file ({exc}); check permissions and encoding") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    source = str(path)
+    text = _read_text(path)
+    try:
+        # The safe constructor refuses !!python tags, so a study file can never build Python objects.
+        raw = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - _StudyLoader is a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source}: line {exc.line}: duplicate key {_shown(exc.key)}; keep one") from None
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(f"{source}: line {_line(exc)}: unsupported YAML tag ({exc.problem}); "
                           f"study files hold plain values only") from None
@@ -696,10 +747,14 @@ def _non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
 
 
 def _check_raw(raw: dict[str, Any], source: str) -> None:
-    """What must be refused before pydantic sees the mapping: NaN or infinities, the key 'source'."""
+    """What must be refused before pydantic sees the mapping: NaN/inf, an oversized enqueue:, the key 'source'."""
     found = _non_finite(raw)
     if found is not None:
         raise _error(source, found[0], f"{found[1]} is not allowed; use a finite number")
+    enqueue = raw.get("enqueue")
+    if isinstance(enqueue, list) and len(enqueue) > MAX_ENQUEUE:
+        raise _error(source, "enqueue", f"{len(enqueue):,} points; at most {MAX_ENQUEUE:,} can be queued; keep the "
+                                        f"most promising ones")
     if "source" in raw:
         raise _error(source, "source", "unknown key 'source'; remove it")
 

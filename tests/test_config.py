@@ -198,6 +198,8 @@ BAD_SPACES = [
     ("enqueue non-integer for an int param", _raw(model=MLP_DEPTH_ONLY, space=_space(width=_int(4, 8)),
                                                    enqueue=[{"width": 5.5}]),
      r"enqueue\[0\]\.width: 5\.5 is outside space\.width \(integers in \[4, 8\]\)"),
+    ("enqueue too long", _raw(enqueue=[{"lr": 0.005}] * 10_001),
+     r"enqueue: 10,001 points; at most 10,000 can be queued"),
 ]
 
 
@@ -259,3 +261,52 @@ def test_run_with_a_bad_space_writes_nothing(write_study: Callable[..., Path], w
     path = write_study(space=_space(dropout=_float(0.0, 1.0)))
     assert main(["run", str(path)]) == 2
     assert not (workdir / "runs").exists()
+
+
+# ------------------------------------------------------------------ the YAML itself: duplicate keys, size
+
+DUPLICATES = [
+    ("top level", "name: a\nseed: 1\nname: b\n", 3, "name"),
+    ("nested", "name: a\ntrain:\n  epochs: 2\n  lr: 0.1\n  lr: 0.2\n", 5, "lr"),
+    ("in a flow mapping", "name: a\nspace: {lr: {type: float, low: 0.1, low: 0.2, high: 1}}\n", 2, "low"),
+    ("inside a list item", "name: a\nenqueue:\n  - {lr: 0.1, lr: 0.2}\n", 3, "lr"),
+    ("a quoted twin", "name: a\n'name': b\n", 2, "name"),
+]
+
+
+@pytest.mark.parametrize("text, line, key", [(t, n, k) for _, t, n, k in DUPLICATES], ids=[d[0] for d in DUPLICATES])
+def test_duplicate_key_is_refused_with_its_line(tmp_path: Path, text: str, line: int, key: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: line {line}: duplicate key '{key}'; keep one"
+
+
+def test_merge_keys_may_override_but_plain_keys_stay_single(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: a\nmodel: {name: mlp}\ntrain: &t {epochs: 3, batch_size: 8, lr: 0.1}\n"
+                    "space:\n  dropout: {<<: {type: float, low: 0.0, high: 0.9}, high: 0.5}\n")
+    cfg = load_config(path)
+    assert (cfg.train.epochs, cfg.space["dropout"].high) == (3, 0.5)
+
+
+def test_oversized_study_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("name: [unclosed\n" + "#" * (2 * 1024 * 1024))  # parsing it would be a syntax error
+    with pytest.raises(ConfigError, match=r"the study file is 2\.0 MiB; study files are limited to 2 MiB"):
+        load_config(path)
+
+
+@pytest.mark.slow
+def test_ten_thousand_starting_points_just_under_the_size_limit_validate(write_study: Callable[..., Path],
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    points = [{"lr": round(1e-3 + i * 9e-7, 9), "dropout": round(i % 300 / 1000, 3)} for i in range(10_000)]
+    path = write_study(enqueue=points)
+    padding = 2 * 1024 * 1024 - 100 - path.stat().st_size
+    assert padding > 0, "the points alone exceed the limit"
+    with path.open("a") as file:
+        file.write(("# " + "x" * 97 + "\n") * (padding // 100))
+    assert 2 * 1024 * 1024 - 200 < path.stat().st_size <= 2 * 1024 * 1024
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.count("- lr: ") == 10_000
