@@ -275,11 +275,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpsearch.dashboard import serve_dashboard
-    from hpsearch.study import open_study
 
     cfg = _config(args.study_file, args)
-    open_study(cfg, create=False)
-    serve_dashboard(cfg.storage_url, host=args.host, port=args.port)
+    serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name)
     return 0
 
 
