@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import yaml
 
 from hpsearch import __version__
-from hpsearch.config import StudyConfig, load_config, with_overrides
+from hpsearch.config import STORAGE_ENV, StudyConfig, load_config, with_overrides
 from hpsearch.errors import ConfigError, HpsearchError
 
 log = logging.getLogger("hpsearch")
@@ -52,7 +52,8 @@ def _add_common(parser: argparse.ArgumentParser, many: bool = False) -> None:
         parser.add_argument("study_files", nargs="+", metavar="STUDY.yaml")
     else:
         parser.add_argument("study_file", metavar="STUDY.yaml")
-    parser.add_argument("--storage", help="storage URL overriding the file's storage:")
+    parser.add_argument("--storage", help=f"storage URL overriding the file's storage: (default: ${STORAGE_ENV} "
+                                          f"when set; a password is safer there than on the command line)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
 
 
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(path: str, args: argparse.Namespace) -> StudyConfig:
     cfg = load_config(path)
-    overrides: dict[str, Any] = {"storage": getattr(args, "storage", None)}
+    overrides: dict[str, Any] = {"storage": getattr(args, "storage", None) or os.environ.get(STORAGE_ENV) or None}
     for key in ("n_trials", "timeout", "epochs", "device"):
         overrides[key] = getattr(args, key, None)
     return with_overrides(cfg, **overrides)

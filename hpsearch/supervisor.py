@@ -23,7 +23,7 @@ from typing import IO, Any
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.config import StudyConfig
+from hpsearch.config import STORAGE_ENV, StudyConfig
 from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError
 from hpsearch.monitor import Monitor
 from hpsearch.slots import Slot
@@ -70,7 +70,8 @@ class Supervisor:
     def _spawn(self, slot: Slot, restarts: int = 0) -> _Process:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115 (closed in _close)
-        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
+        # The storage URL travels in the environment: on the command line, `ps` would show its password.
+        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1", STORAGE_ENV: self.cfg.storage_url}
         if slot.gpu is None and "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(self.cpu_threads)  # CPU workers share the cores instead of oversubscribing
         argv = [sys.executable, "-m", "hpsearch", "worker", *self.worker_argv, "--slot", str(slot.index),
@@ -157,9 +158,12 @@ class Supervisor:
 
 
 def worker_argv(study_file: str, args: Any) -> list[str]:
-    """The command-line overrides every worker repeats (the study file is re-read by each worker)."""
+    """The command-line overrides every worker repeats (the study file is re-read by each worker).
+
+    The storage URL is not among them: `Supervisor` passes it in $HPSEARCH_STORAGE.
+    """
     argv = [study_file]
-    for flag in ("storage", "n_trials", "timeout", "epochs", "device"):
+    for flag in ("n_trials", "timeout", "epochs", "device"):
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
