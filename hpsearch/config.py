@@ -437,7 +437,7 @@ def _number(value: Any) -> str:
 
 
 def _rule(err: dict[str, Any]) -> str:
-    """What a pydantic error says the value must be: '> 0', 'an integer', "'sgd', 'adam' or 'adamw'"."""
+    """What a pydantic error says the value must be: '> 0', 'an integer', "one of 'sgd', 'adam' or 'adamw'"."""
     if err["type"] in _BOUNDS:
         key, sign = _BOUNDS[err["type"]]
         return f"{sign} {_number(err['ctx'][key])}"
