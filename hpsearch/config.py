@@ -6,18 +6,42 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hpsearch.errors import ConfigError
 
-# Kept here (not imported from hpsearch.models) so config never imports torch.
-BUILTIN_MODELS: dict[str, tuple[str, ...]] = {"seednet": ("width",), "mlp": ("width", "depth"), "resnet18": ()}
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys, NaN and infinities are errors, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
+
+
+# The builtin models' arguments and their rules (None: the model's own default). Kept here, not
+# imported from hpsearch.models, so config never imports torch.
+class SeednetArgs(Strict):
+    width: int | None = Field(None, ge=1)
+
+
+class MlpArgs(Strict):
+    width: int | None = Field(None, ge=1)
+    depth: int | None = Field(None, ge=1)
+
+
+class Resnet18Args(Strict):
+    pass
+
+
+BUILTIN_MODEL_ARGS: dict[str, type[Strict]] = {"seednet": SeednetArgs, "mlp": MlpArgs, "resnet18": Resnet18Args}
+BUILTIN_MODELS: dict[str, tuple[str, ...]] = {name: tuple(args.model_fields) for name, args in BUILTIN_MODEL_ARGS.items()}
 BUILTIN_DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder")
 METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}
 # Space parameters that feed the training settings rather than the model.
@@ -27,12 +51,9 @@ TRAIN_PARAMS = (
 )
 Scalar = Union[bool, int, float, str]
 CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class Strict(BaseModel):
-    """Base for every section: unknown keys are errors, defaults are validated too."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+MAX_STUDY_BYTES = 2 * 1024 * 1024  # parsing is the cost: PyYAML builds a Python object per value
+MAX_ENQUEUE = 10_000
+STORAGE_ENV = "HPSEARCH_STORAGE"  # overrides storage: like --storage, without showing a password in `ps`
 
 
 # --------------------------------------------------------------------------- search space
@@ -339,7 +360,7 @@ class StudyConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
-    enqueue: list[dict[str, Scalar]] = Field(default_factory=list)
+    enqueue: list[dict[str, Scalar]] = Field(default_factory=list, max_length=MAX_ENQUEUE)
     source: str = Field("<memory>", exclude=True)
 
     @field_validator("metric")
@@ -378,6 +399,114 @@ def _check_model_kwarg(model: str, key: str) -> None:
                          f" (it accepts: {', '.join(known) or 'none'})")
 
 
+def _rules_of(cfg: StudyConfig, name: str) -> type[Strict] | None:
+    """The section whose field `name` holds the rule for a value of `name` (None: a custom model's argument)."""
+    if name in TRAIN_PARAMS or name == "dropout":
+        return TrainConfig
+    return BUILTIN_MODEL_ARGS.get(cfg.model.name)
+
+
+def _what(cfg: StudyConfig, name: str) -> str:
+    return name if _rules_of(cfg, name) is TrainConfig else f"{name} for model '{cfg.model.name}'"
+
+
+def _kind(rules: type[Strict], name: str) -> str:
+    """'int', 'float', 'bool', 'choice' (a Literal) or 'other': the shape of values field `name` takes."""
+    annotation = rules.model_fields[name].annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    if get_origin(annotation) is Literal:
+        return "choice"
+    return {bool: "bool", int: "int", float: "float"}.get(annotation, "other")
+
+
+def _invalid(rules: type[Strict], name: str, value: Any) -> dict[str, Any] | None:
+    """Pydantic's first error for `value` as field `name` of `rules` (strict: no "64" for 64), or None."""
+    try:
+        rules.model_validate({name: value}, strict=True)
+    except ValidationError as exc:
+        return dict(exc.errors()[0])
+    return None
+
+
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false"}
+_ENDPOINT_FIXES = {"gt": "raise {part} above {bound}", "ge": "raise {part} to {bound} or more",
+                   "lt": "lower {part} below {bound}", "le": "lower {part} to {bound} or less"}
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """repr(value), cut short: an error line must stay one readable line even for a huge list."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _rule(err: dict[str, Any]) -> str:
+    """What a pydantic error says the value must be: '> 0', 'an integer', "one of 'sgd', 'adam' or 'adamw'"."""
+    if err["type"] in _BOUNDS:
+        key, sign = _BOUNDS[err["type"]]
+        return f"{sign} {_number(err['ctx'][key])}"
+    if err["type"] == "literal_error":
+        return f"one of {err['ctx']['expected']}"
+    return _TYPES.get(err["type"], err["msg"].removeprefix("Input should be ").lower())
+
+
+def _fix(err: dict[str, Any], part: str) -> str:
+    """How to repair the value at `part`: 'low'/'high' of a range, 'choices', or 'value' (model.args)."""
+    bound = _BOUNDS.get(err["type"])
+    if part in ("low", "high") and bound is not None:
+        return _ENDPOINT_FIXES[bound[0]].format(part=part, bound=_number(err["ctx"][bound[0]]))
+    if part == "choices":
+        return "remove it from choices"
+    return f"use {'a value ' if bound is not None else ''}{_rule(err)}"
+
+
+def _check_value(cfg: StudyConfig, where: str, name: str, value: Any, part: str) -> None:
+    rules = _rules_of(cfg, name)
+    err = None if rules is None else _invalid(rules, name, value)
+    if err is not None:
+        raise _error(cfg, where, f"{_shown(value)} is not a valid {_what(cfg, name)} (must be {_rule(err)}); "
+                                 f"{_fix(err, part)}")
+
+
+def _check_param_type(cfg: StudyConfig, name: str, spec: Any, rules: type[Strict]) -> None:
+    kind, what, where = _kind(rules, name), _what(cfg, name), f"space.{name}.type"
+    if kind == "int" and isinstance(spec, FloatParam):
+        raise _error(cfg, where, f"{what} takes integers, so it cannot be searched as type: float; "
+                                 f"use type: int or type: categorical")
+    if kind == "choice" and not isinstance(spec, CategoricalParam):
+        names = ", ".join(get_args(rules.model_fields[name].annotation))
+        raise _error(cfg, where, f"{what} takes named values, so it cannot be searched as type: {spec.type}; "
+                                 f"use type: categorical with choices from {names}")
+    if kind == "bool" and not isinstance(spec, CategoricalParam):
+        raise _error(cfg, where, f"{what} is true or false, so it cannot be searched as type: {spec.type}; "
+                                 f"use type: categorical with choices: [true, false]")
+
+
+def _check_param_values(cfg: StudyConfig, name: str, spec: Any) -> None:
+    """Every endpoint and choice of `space.<name>` obeys the rule of the setting or argument it overrides."""
+    rules = _rules_of(cfg, name)
+    if rules is None:
+        return
+    _check_param_type(cfg, name, spec, rules)
+    if isinstance(spec, CategoricalParam):
+        for choice in spec.choices:
+            _check_value(cfg, f"space.{name}.choices", name, choice, "choices")
+    else:
+        for part in ("low", "high"):
+            _check_value(cfg, f"space.{name}.{part}", name, getattr(spec, part), part)
+
+
+def _check_model_args(cfg: StudyConfig) -> None:
+    for key, value in cfg.model.args.items():
+        _check_value(cfg, f"model.args.{key}", key, value, "value")
+
+
 def _check_space(cfg: StudyConfig) -> None:
     declared: dict[str, Any] = {}
     for name, spec in cfg.space.items():
@@ -391,6 +520,7 @@ def _check_space(cfg: StudyConfig) -> None:
             raise _error(cfg, where, f"'{name}' is set both in train.{name} and in space.{name}; remove one")
         if name in cfg.model.args:
             raise _error(cfg, where, f"'{name}' is set both in model.args.{name} and in space.{name}; remove one")
+        _check_param_values(cfg, name, spec)
         _check_when(cfg, name, spec, declared)
         declared[name] = spec
     for required in ("lr", "batch_size"):
@@ -410,7 +540,7 @@ def _check_when(cfg: StudyConfig, name: str, spec: Any, declared: dict[str, Any]
             raise _error(cfg, where, f"conditions may only test categorical parameters; '{parent}' is {parent_spec.type}")
         for value in wanted if isinstance(wanted, list) else [wanted]:
             if value not in parent_spec.choices:
-                raise _error(cfg, where, f"{value!r} is not one of {parent}'s choices {parent_spec.choices}")
+                raise _error(cfg, where, f"{_shown(value)} is not one of {parent}'s choices {_shown(parent_spec.choices, 120)}")
     if spec.when and cfg.sampler.type == "grid":
         raise _error(cfg, f"space.{name}.when", "the grid sampler cannot search conditional parameters; "
                                                 "remove when: or choose another sampler")
@@ -437,11 +567,14 @@ def _check_enqueue(cfg: StudyConfig) -> None:
                 raise _error(cfg, where, f"'{name}' is not a parameter of space; use one of {', '.join(cfg.space)}")
             if isinstance(spec, CategoricalParam):
                 ok = value in spec.choices
+            elif isinstance(spec, IntParam):
+                ok = isinstance(value, int) and not isinstance(value, bool) and spec.low <= value <= spec.high
             else:
                 ok = not isinstance(value, (bool, str)) and spec.low <= value <= spec.high
             if not ok:
-                allowed = spec.choices if isinstance(spec, CategoricalParam) else f"[{spec.low}, {spec.high}]"
-                raise _error(cfg, where, f"{value!r} is outside space.{name} ({allowed}); change the value")
+                allowed = _shown(spec.choices, 120) if isinstance(spec, CategoricalParam) else f"[{spec.low}, {spec.high}]"
+                allowed = f"integers in {allowed}" if isinstance(spec, IntParam) else allowed
+                raise _error(cfg, where, f"{_shown(value)} is outside space.{name} ({allowed}); change the value")
 
 
 def _check_pruner(cfg: StudyConfig) -> None:
@@ -460,6 +593,7 @@ def _check_direction(cfg: StudyConfig) -> None:
 
 def _check_cross_fields(cfg: StudyConfig) -> None:
     _check_direction(cfg)
+    _check_model_args(cfg)
     _check_space(cfg)
     _check_grid(cfg)
     _check_enqueue(cfg)
@@ -491,17 +625,66 @@ def _expand_env(value: str, source: str, where: str) -> str:
     return _ENV_RE.sub(replace, value)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line = key, line
+
+
+# libyaml's parser when PyYAML has it: the pure-Python one takes ~3x as long on a large enqueue: list.
+_SafeBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StudyLoader(_SafeBase):  # type: ignore[misc, valid-type]
+    """safe_load's loader (plain values only, no !!python tags) that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges may repeat keys on purpose; explicit keys still may not
+            # A plain string key (nearly all of them) needs no second construction: a third of the load time.
+            str_key = key_node.tag == "tag:yaml.org,2002:str" and isinstance(key_node.value, str)
+            key = key_node.value if str_key else self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_text(path: Path) -> str:
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_STUDY_BYTES + 1)  # a bounded read: a pipe or device has no size to check first
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such study file; check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{source}: cannot read the study file ({exc}); check permissions and encoding") from None
+    if len(data) > MAX_STUDY_BYTES:
+        size = path.stat().st_size if path.is_file() else 0
+        shown = f"{size / 2**20:.1f} MiB" if size > MAX_STUDY_BYTES else f"over {MAX_STUDY_BYTES // 2**20} MiB"
+        raise ConfigError(f"{source}: the study file is {shown}; study files are limited to "
+                          f"{MAX_STUDY_BYTES // 2**20} MiB (enqueue: at most {MAX_ENQUEUE:,} points); "
+                          f"keep a few starting points in the file")
     try:
-        # safe_load refuses !!python tags, so a study file can never build Python objects.
-        raw = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: cannot read the study file ({exc}); check permissions and encoding") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    source = str(path)
+    text = _read_text(path)
+    try:
+        # The safe constructor refuses !!python tags, so a study file can never build Python objects.
+        raw = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - _StudyLoader is a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source}: line {exc.line}: duplicate key {_shown(exc.key)}; keep one") from None
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(f"{source}: line {_line(exc)}: unsupported YAML tag ({exc.problem}); "
                           f"study files hold plain values only") from None
@@ -537,7 +720,7 @@ def _pydantic_message(source: str, exc: ValidationError) -> ConfigError:
         return _error(source, f"{where}.type", "type is missing; add type:")
     message = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
-    shown = "" if isinstance(value, (dict, list)) or kind == "value_error" else f" (got {value!r})"
+    shown = "" if isinstance(value, (dict, list)) or kind == "value_error" else f" (got {_shown(value)})"
     return _error(source, where, f"{message}{shown}")
 
 
@@ -557,16 +740,45 @@ def _key_path(loc: tuple[Any, ...]) -> list[str]:
     return keep
 
 
+def _non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """The key path and value of the first NaN or infinity anywhere in `value`, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "(top level)", value
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _non_finite(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_raw(raw: dict[str, Any], source: str) -> None:
+    """What must be refused before pydantic sees the mapping: NaN/inf, an oversized enqueue:, the key 'source'."""
+    found = _non_finite(raw)
+    if found is not None:
+        raise _error(source, found[0], f"{found[1]} is not allowed; use a finite number")
+    enqueue = raw.get("enqueue")
+    if isinstance(enqueue, list) and len(enqueue) > MAX_ENQUEUE:
+        raise _error(source, "enqueue", f"{len(enqueue):,} points; at most {MAX_ENQUEUE:,} can be queued; keep the "
+                                        f"most promising ones")
+    if "source" in raw:
+        raise _error(source, "source", "unknown key 'source'; remove it")
+
+
 def build_config(raw: dict[str, Any], source: str = "<memory>") -> StudyConfig:
     """Validate an already-parsed study mapping; raise ConfigError naming the key path."""
+    _check_raw(raw, source)
     raw = dict(raw)
     for key in ("storage",):
         if isinstance(raw.get(key), str):
             raw[key] = _expand_env(raw[key], source, key)
     if isinstance(raw.get("data"), dict) and isinstance(raw["data"].get("root"), str):
         raw["data"] = {**raw["data"], "root": _expand_env(raw["data"]["root"], source, "data.root")}
-    if "source" in raw:
-        raise _error(source, "source", "unknown key 'source'; remove it")
     try:
         cfg = StudyConfig.model_validate({**raw, "source": source})
     except ValidationError as exc:

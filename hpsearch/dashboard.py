@@ -7,37 +7,40 @@ is locked`` once the dashboard was started (optuna/optuna-dashboard#545); here, 
 polling a stock dashboard while one worker ran 100 trials on a 3,000-trial file doubled that
 worker's wall time (24.7 s -> 50 s). This module instead
 
-- switches the SQLite file to WAL journaling (persistent, once; also safe while workers run): in
+- opens the storage through the same factory as every other verb (``study.make_storage``), which
+  switches the SQLite file to WAL journaling (persistent, once; also safe while workers run): in
   WAL mode readers never block the writer and the writer never blocks readers (same test: 16.5 s,
   faster than with no dashboard, since WAL commits are cheaper too);
-- opens the dashboard's connections with a 60 s busy timeout, so it waits instead of erroring
-  when a WAL checkpoint or a writer briefly holds the lock;
-- reads through Optuna's ``RDBStorage`` with short autocommit reads, never creates tables or
-  migrates the schema, and keeps optuna-dashboard's own short-lived trial cache.
+- gets the factory's 60 s busy timeout, so it waits instead of erroring when a WAL checkpoint or a
+  writer briefly holds the lock;
+- opens it with ``create=False``: a missing database is an error, no table or schema row is
+  created, and reads are short deferred transactions (a reader never takes the write lock); keeps
+  optuna-dashboard's own short-lived trial cache;
+- never shows the storage password (logs and errors print the redacted URL).
 
-WAL needs a local filesystem (not NFS); where SQLite refuses, a warning is logged and the
-dashboard runs in the old mode.
+WAL needs a local filesystem (not NFS); where switching fails (a read-only folder), a warning is
+logged and the dashboard runs in the old mode.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import sqlite3
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
+from sqlalchemy.engine import make_url
 
 from hpsearch.errors import HpsearchError, StorageError
+from hpsearch.study import check_url, make_storage, redact_url
 
 __all__ = ["serve_dashboard", "make_dashboard_server", "dashboard_storage", "sqlite_path"]
 
 logger = logging.getLogger(__name__)
 
-SQLITE_BUSY_TIMEOUT_S = 60.0
 NOT_INSTALLED = "optuna-dashboard is not installed; pip install 'hpsearch[dashboard]'"
 
 
@@ -45,49 +48,21 @@ def sqlite_path(storage_url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL, or None for any other storage."""
     if not storage_url.startswith("sqlite:"):
         return None
-    from sqlalchemy.engine import make_url
-
     database = make_url(storage_url).database
     if not database or database == ":memory:":
-        raise StorageError(f"storage {storage_url!r} is not a SQLite file; the dashboard needs the study's "
-                           "database file (sqlite:///path/to/study.db)")
+        raise StorageError(f"storage {redact_url(storage_url)!r} is not a SQLite file; the dashboard needs the "
+                           "study's database file (sqlite:///path/to/study.db)")
     return Path(database)
 
 
-def _enable_wal(path: Path) -> str:
-    """Switch ``path`` to WAL journaling if it is not already; return the journal mode in force."""
-    try:
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-            mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-            if mode != "wal":
-                mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
-        conn.close()
-    except sqlite3.Error as e:  # e.g. a read-only directory: keep going in the old mode
-        logger.warning("could not switch %s to WAL journaling (%s); the dashboard may slow writers", path, e)
-        return "unknown"
-    if mode != "wal":
-        logger.warning("SQLite kept journal_mode=%s for %s (network filesystem?)", mode, path)
-    return mode
+def dashboard_storage(storage_url: str, source: str = "<memory>") -> optuna.storages.RDBStorage:
+    """The study's storage as every verb opens it (WAL + long busy timeout on SQLite), creating nothing.
 
-
-def dashboard_storage(storage_url: str) -> optuna.storages.RDBStorage:
-    """An RDBStorage for the dashboard: WAL + long busy timeout on SQLite; no table creation."""
-    path = sqlite_path(storage_url)
-    engine_kwargs: dict[str, Any] = {}
-    if path is not None:
-        if not path.is_file():
-            raise StorageError(f"no study database at {path} (from {storage_url}); run the study first "
-                               "or check the storage URL")
-        mode = _enable_wal(path)
-        logger.debug("SQLite %s journal_mode=%s", path, mode)
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    else:
-        engine_kwargs["pool_pre_ping"] = True
-    try:
-        return optuna.storages.RDBStorage(storage_url, engine_kwargs=engine_kwargs,
-                                          skip_compatibility_check=True, skip_table_creation=True)
-    except Exception as e:  # sqlalchemy / driver errors: unreachable server, bad URL, missing driver
-        raise StorageError(f"cannot open storage {storage_url}: {e}") from e
+    A missing database, or one without Optuna's tables, is a StorageError naming `source` (the study file).
+    """
+    check_url(storage_url, source)
+    sqlite_path(storage_url)  # refuses sqlite:///:memory: with a message about the dashboard
+    return make_storage(storage_url, source, create=False)
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -109,16 +84,28 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/dashboard/"
 
 
-def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> tuple[WSGIServer, str]:
+def _require_study(storage: optuna.storages.RDBStorage, name: str, storage_url: str, source: str) -> None:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        raise StorageError(f"{source}: name: no study '{name}' in {redact_url(storage_url)}; run `hpsearch run "
+                           f"{source}` first or check storage:") from None
+
+
+def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080, source: str = "<memory>",
+                          study_name: str | None = None) -> tuple[WSGIServer, str]:
     """Build (but do not start) the dashboard's HTTP server; return it and its URL.
 
-    ``port=0`` picks a free port (the URL has the real one).
+    ``port=0`` picks a free port (the URL has the real one); `source` (the study file) prefixes
+    errors; with `study_name`, a storage without that study is refused.
     """
     try:
         import optuna_dashboard
     except ImportError:
         raise HpsearchError(NOT_INSTALLED) from None
-    storage = dashboard_storage(storage_url)
+    storage = dashboard_storage(storage_url, source)
+    if study_name is not None:
+        _require_study(storage, study_name, storage_url, source)
     app = optuna_dashboard.wsgi(storage)
     try:
         server = make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
@@ -128,15 +115,16 @@ def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int =
     return server, _url(host, server.server_address[1])
 
 
-def serve_dashboard(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve_dashboard(storage_url: str, host: str = "127.0.0.1", port: int = 8080, source: str = "<memory>",
+                    study_name: str | None = None) -> None:
     """Serve optuna-dashboard for ``storage_url`` on ``host:port`` until Ctrl-C.
 
     Binds to 127.0.0.1 by default (the dashboard can edit and delete studies: expose it on purpose
     with ``host="0.0.0.0"``). Prints the URL. Ctrl-C stops the server and the KeyboardInterrupt
     propagates to the caller (the CLI turns it into exit status 130).
     """
-    server, url = make_dashboard_server(storage_url, host, port)
-    logger.info("optuna-dashboard for %s at %s", storage_url, url)
+    server, url = make_dashboard_server(storage_url, host, port, source, study_name)
+    logger.info("optuna-dashboard for %s at %s", redact_url(storage_url), url)
     print(f"optuna-dashboard: {url}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -17,10 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import optuna
 import sqlalchemy
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 
 from hpsearch import __version__
@@ -32,14 +34,79 @@ log = logging.getLogger("hpsearch")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SQLITE_BUSY_TIMEOUT_S = 60
 PG_CONNECT_TIMEOUT_S = 10  # a stopped server is reported within seconds, not after the OS's TCP timeout
+HIDDEN = "***"
+UNPARSEABLE = "<unparseable storage URL>"
+# Query parameters that carry credentials (?password=, sslpassword, api_key, token...), any case.
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
+
+
+def _parse_url(url: str) -> URL:
+    """SQLAlchemy's parse of `url`, with a password's unescaped '@' given back to the password.
+
+    SQLAlchemy ends the password at the first '@', so `user:p@ss@host` parses as password 'p' and
+    host 'ss@host'; the real split is at the last '@'.
+    """
+    parsed = make_url(url)
+    if parsed.host and "@" in parsed.host:
+        spill, host = parsed.host.rsplit("@", 1)
+        parsed = parsed.set(password=f"{parsed.password or ''}@{spill}", host=host)
+    return parsed
+
+
+def _secret_params(parsed: URL) -> list[str]:
+    return [key for key in parsed.query if _SECRET_PARAM.search(key)]
 
 
 def redact_url(url: str) -> str:
-    """The storage URL with any password replaced by ***, safe to print."""
+    """The storage URL with the password and every secret query parameter replaced by ***, safe to print.
+
+    Never raises: what cannot be parsed prints as "<unparseable storage URL>".
+    """
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return "<unparseable storage URL>"
+        parsed = _parse_url(url)
+        secret = _secret_params(parsed)
+        if secret:
+            parsed = parsed.update_query_dict(dict.fromkeys(secret, HIDDEN))
+        # render_as_string quotes the query's '*' as %2A
+        return parsed.render_as_string(hide_password=True).replace(quote(HIDDEN, safe=""), HIDDEN)
+    except Exception:  # noqa: BLE001 - printing a URL must never fail, whatever the input
+        return UNPARSEABLE
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password and secret query values of `url`, raw and URL-quoted, longest first (what `scrub` hides)."""
+    try:
+        parsed = _parse_url(url)
+    except Exception:  # noqa: BLE001 - an unparseable URL has no secrets we can find; scrub still hides the URL
+        return []
+    values = [parsed.password or ""]
+    for key in _secret_params(parsed):
+        value = parsed.query[key]
+        values += [value] if isinstance(value, str) else list(value)
+    forms = {form for value in values if value for form in (value, quote(value, safe=""), quote_plus(value))}
+    return sorted(forms, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (a driver's or SQLAlchemy's error message) with `url` and its secrets, in any form, hidden."""
+    if url:
+        text = text.replace(url, redact_url(url))
+    for secret in url_secrets(url):
+        text = text.replace(secret, HIDDEN)
+    return text
+
+
+def check_url(url: str, source: str) -> None:
+    """Refuse, without echoing it, a storage URL that SQLAlchemy cannot parse or that it would misread."""
+    example = "sqlite:///runs/study.db or postgresql+psycopg://user:${DB_PASSWORD}@host/db"
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - ArgumentError, or ValueError for a bad port: the URL must not be echoed
+        raise StorageError(f"{source}: storage: the storage URL cannot be parsed; use a URL such as {example} "
+                           f"(percent-encode special characters of the password, e.g. @ as %40)") from None
+    if parsed.host and "@" in parsed.host:
+        raise StorageError(f"{source}: storage: the password in {redact_url(url)} holds an unescaped '@'; "
+                           f"percent-encode it as %40")
 
 
 def make_sampler(cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -170,12 +237,41 @@ def _open_rdb(url: str, heartbeat: dict[str, Any], attempts: int = 6) -> optuna.
     return _rdb_storage(url, heartbeat)
 
 
-def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | None = None) -> optuna.storages.RDBStorage:
+def _open_existing(url: str, source: str) -> optuna.storages.RDBStorage:
+    """Open a storage that must already hold Optuna's tables: no file, table or schema row is created.
+
+    Transactions stay deferred: a reader (the dashboard) must never hold SQLite's write lock.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:") or not Path(parsed.database).is_file():
+            raise StorageError(f"{source}: storage: no study database at {parsed.database or ':memory:'}; "
+                               f"run the study first or check storage:")
+        try:
+            _prepare_sqlite(url)
+        except SQLAlchemyError as exc:  # e.g. a read-only folder: reading still works without WAL
+            log.warning("could not switch %s to WAL journaling (%s); readers may slow the workers",
+                        parsed.database, _first_line(exc, url))
+    try:
+        # Readers accept any schema version, as optuna-dashboard itself does.
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=True,
+                                          skip_table_creation=True)
+    except optuna.exceptions.StorageInternalError as exc:
+        if isinstance(exc.__cause__, SQLAlchemyError):
+            raise exc.__cause__ from None  # the driver's error says what is wrong; Optuna's wrapper does not
+        raise
+
+
+def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | None = None,
+                 create: bool = True) -> optuna.storages.RDBStorage:
     """Open (creating tables if needed) the RDB storage at `url`; unreachable → StorageError.
 
     With `workers`, running trials send heartbeats and a trial whose worker died is failed after
-    the grace period and queued again.
+    the grace period and queued again. With `create=False` (readers such as the dashboard),
+    nothing is created: a missing SQLite file is a StorageError. Error messages never show the
+    password.
     """
+    check_url(url, source)
     shown = redact_url(url)
     try:
         in_memory = _is_memory(url)
@@ -189,26 +285,29 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
     if workers is not None:
         heartbeat = {"heartbeat_interval": workers.heartbeat_interval, "grace_period": workers.grace_period}
     try:
+        if not create:
+            return _open_existing(url, source)
         storage = _open_rdb(url, heartbeat)
         if make_url(url).get_backend_name() == "sqlite":
             _begin_immediate(storage.engine)
         return storage
     except (ArgumentError, NoSuchModuleError) as exc:
-        raise StorageError(f"{source}: storage: cannot use '{shown}' ({_first_line(exc)}); use a URL such as "
+        raise StorageError(f"{source}: storage: cannot use '{shown}' ({_first_line(exc, url)}); use a URL such as "
                            f"sqlite:///runs/study.db or postgresql+psycopg://user@host/db") from None
     except ImportError as exc:
-        raise StorageError(f"{source}: storage: no database driver for '{shown}' ({_first_line(exc)}); install it, "
-                           f"e.g. pip install 'hpsearch[postgres]' for postgresql+psycopg://") from None
+        raise StorageError(f"{source}: storage: no database driver for '{shown}' ({_first_line(exc, url)}); install "
+                           f"it, e.g. pip install 'hpsearch[postgres]' for postgresql+psycopg://") from None
     except (SQLAlchemyError, OSError) as exc:
-        damage = _damage(exc)
+        damage = _damage(exc, url)
         if damage:
             raise StorageError(f"{source}: storage: '{shown}' {damage}") from None
-        raise StorageError(f"{source}: storage: cannot open '{shown}' ({_first_line(exc)}); check that the "
+        raise StorageError(f"{source}: storage: cannot open '{shown}' ({_first_line(exc, url)}); check that the "
                            f"database server is running and the URL is right") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+def _first_line(exc: BaseException, url: str) -> str:
+    """The first line of a driver's error, without SQLAlchemy's link and without any secret of `url`."""
+    text = scrub(str(exc), url).strip().splitlines()
     message = text[0] if text else type(exc).__name__
     return message.replace("(Background on this error at: https://sqlalche.me/e/20/e3q8)", "").strip()[:300]
 
@@ -219,7 +318,7 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     Parallel workers pass their own `sampler_seed`: with the study seed in every process, they
     would all draw the same random start-up points.
     """
-    storage = make_storage(cfg.storage_url, cfg.source, cfg.workers)
+    storage = make_storage(cfg.storage_url, cfg.source, cfg.workers, create=create)
     existing = _existing_direction(storage, cfg.name)
     if existing is None and not create:
         raise StorageError(f"{cfg.source}: name: no study '{cfg.name}' in {redact_url(cfg.storage_url)}; "
@@ -370,16 +469,16 @@ _GONE = ("connection refused", "server closed the connection", "terminating conn
          "ssl connection has been closed", "unable to open database file")
 
 
-def _damage(exc: BaseException) -> str:
+def _damage(exc: BaseException, url: str) -> str:
     """What a storage exception means, for the user: damaged file, full disk, server gone; '' otherwise."""
     text = " ".join(str(exc).lower().split())
     if any(word in text for word in _DAMAGED):
-        return (f"is damaged ({_first_line(exc)}); restore it from a backup, or salvage it with "
+        return (f"is damaged ({_first_line(exc, url)}); restore it from a backup, or salvage it with "
                 f"`sqlite3 OLD.db .recover | sqlite3 NEW.db` and point storage: at the new file")
     if any(word in text for word in _FULL):
-        return f"cannot be written: the disk is full ({_first_line(exc)}); free space, then rerun to continue"
+        return f"cannot be written: the disk is full ({_first_line(exc, url)}); free space, then rerun to continue"
     if any(word in text for word in _GONE):
-        return (f"stopped answering ({_first_line(exc)}); check that the database server is running, "
+        return (f"stopped answering ({_first_line(exc, url)}); check that the database server is running, "
                 f"then rerun to continue")
     return ""
 
@@ -390,7 +489,8 @@ STORAGE_EXCEPTIONS: tuple[type[BaseException], ...] = (optuna.exceptions.Storage
 def storage_failure(exc: BaseException, cfg: StudyConfig, running: bool) -> HpsearchError:
     """One line for a storage exception raised after the storage opened: exit 1 in a run, 2 elsewhere."""
     cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
-    what = _damage(cause) or f"failed ({_first_line(cause)}); check the database, then rerun to continue"
+    what = (_damage(cause, cfg.storage_url)
+            or f"failed ({_first_line(cause, cfg.storage_url)}); check the database, then rerun to continue")
     message = f"{cfg.source}: storage: '{redact_url(cfg.storage_url)}' {what}"
     return StorageFailure(message) if running else StorageError(message)
 
@@ -460,7 +560,8 @@ class Heartbeat:
                 failed = False
             except Exception as exc:  # noqa: BLE001 - any storage error: report once, keep trying
                 if not failed:
-                    log.warning("heartbeat of trial id %d failed: %s", self.trial_id, _first_line(exc))
+                    log.warning("heartbeat of trial id %d failed: %s", self.trial_id,
+                                _first_line(exc, getattr(_engine(self.storage), "url", "")))
                 failed = True
             if self.stop.wait(self.interval):
                 return

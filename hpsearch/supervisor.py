@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch import signals
-from hpsearch.config import StudyConfig
+from hpsearch.config import STORAGE_ENV, StudyConfig
 from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError, WorkerCrashError
 from hpsearch.monitor import Monitor
 from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, threads_per_worker
@@ -83,7 +83,9 @@ class Supervisor:
     def _spawn(self, slot: Slot, restarts: int = 0, probe: bool = False) -> _Process:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115 (closed in _close)
-        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1", "HPSEARCH_SPAWNED_AT": repr(time.time())}
+        # The storage URL travels in the environment: on the command line, `ps` would show its password.
+        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1", "HPSEARCH_SPAWNED_AT": repr(time.time()),
+               STORAGE_ENV: self.cfg.storage_url}
         if "OMP_NUM_THREADS" not in os.environ:
             # Workers share the cores instead of oversubscribing them (each would start one thread per core).
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
@@ -240,9 +242,12 @@ class Supervisor:
 
 
 def worker_argv(study_file: str, args: Any) -> list[str]:
-    """The command-line overrides every worker repeats (the study file is re-read by each worker)."""
+    """The command-line overrides every worker repeats (the study file is re-read by each worker).
+
+    The storage URL is not among them: `Supervisor` passes it in $HPSEARCH_STORAGE.
+    """
     argv = [study_file]
-    for flag in ("storage", "n_trials", "timeout", "epochs", "device"):
+    for flag in ("n_trials", "timeout", "epochs", "device"):
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]

@@ -5,6 +5,7 @@ Supervision of several worker processes builds on `run_worker`; one worker is on
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
@@ -19,12 +20,13 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch import signals, space
-from hpsearch.config import BUILTIN_MODELS, StudyConfig
+from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
 from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
+from hpsearch.engine import Trainer
 from hpsearch.errors import DataError, DeviceError, ModelError, TrialFailureError
 from hpsearch.models import build_model
-from hpsearch.engine import Trainer
 from hpsearch.objective import WorkerContext, model_spec, release_memory, train_settings
+from hpsearch.plugins import import_callable
 from hpsearch.slots import MemoryProbe, Slot
 from hpsearch.status import WorkerStatus, read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, current_state, fail_stale_trials, is_storage_exception,
@@ -53,8 +55,34 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
+def _check_factory_arguments(cfg: StudyConfig) -> None:
+    """Every model.args key and searched model argument of a custom factory is a parameter it accepts."""
+    if not cfg.model.is_custom:
+        return  # config checked the builtins' arguments already
+    try:
+        factory = import_callable(cfg.model.name, "model", ModelError)
+    except ModelError as exc:
+        raise ModelError(f"{cfg.source}: model.name: {exc}") from None
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return  # no inspectable signature (some builtins, C extensions): the first build will tell
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    given = ("input_shape", "num_classes", "dropout")  # hpsearch passes these itself
+    accepted = [p.name for p in parameters if p.name not in given and p.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    searched = [name for name in cfg.space if name not in TRAIN_PARAMS and name != "dropout"]
+    for where, name in [(f"model.args.{key}", key) for key in cfg.model.args] + [(f"space.{n}", n) for n in searched]:
+        if name not in accepted:
+            raise ModelError(f"{cfg.source}: {where}: model factory '{cfg.model.name}' takes no argument '{name}' "
+                             f"(it accepts: {', '.join(accepted) or 'none'}); add it to the factory's parameters "
+                             f"or remove {where}")
+
+
 def _preflight_model(cfg: StudyConfig, data: DeviceData) -> None:
     """Build the model once before any trial, so a bad model name or argument fails fast with exit 2."""
+    _check_factory_arguments(cfg)
     try:
         build_model(cfg.model.name, tuple(data.input_shape), data.num_classes, dropout=0.0, **cfg.model.args)
     except ModelError as exc:

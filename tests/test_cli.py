@@ -250,3 +250,41 @@ def test_report_export_and_best_export_verbs(write_study: Callable[..., Path], w
     assert set(record["exported"]) == {"params", "weights", "loader"}
     assert "enqueue:" in (workdir / "best/params.yaml").read_text()
     assert (workdir / "best/weights.pt").stat().st_size > 0
+
+
+FACTORIES = ("import torch\n"
+             "def fixed(input_shape, num_classes, dropout=0.0, width=8):\n"
+             "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.Linear(width, num_classes))\n"
+             "def open_ended(input_shape, num_classes, dropout=0.0, **kwargs):\n"
+             "    return fixed(input_shape, num_classes, dropout, kwargs.get('width', 8))\n")
+MODEL_ARG_MISMATCHES = [
+    ("searched", {"args": {}}, {"depth": {"type": "int", "low": 1, "high": 3}}, "space.depth", "depth"),
+    ("fixed", {"args": {"depth": 2}}, {}, "model.args.depth", "depth"),
+]
+
+
+@pytest.mark.parametrize("model, space, where, name", [m[1:] for m in MODEL_ARG_MISMATCHES],
+                         ids=[m[0] for m in MODEL_ARG_MISMATCHES])
+def test_model_argument_the_factory_does_not_take_exits_2_before_the_study(
+        write_study: Callable[..., Path], workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], model: dict, space: dict, where: str, name: str) -> None:
+    (workdir / "factories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(workdir))
+    lr = {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}}
+    path = write_study(model={"name": "factories:fixed", **model}, space={**lr, **space})
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert line == (f"hpsearch: error: {path}: {where}: model factory 'factories:fixed' takes no argument '{name}' "
+                    f"(it accepts: width); add it to the factory's parameters or remove {where}")
+    assert not DB.exists()
+
+
+def test_factory_with_kwargs_takes_any_searched_argument(write_study: Callable[..., Path], workdir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (workdir / "factories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(workdir))
+    path = write_study(n_trials=1, model={"name": "factories:open_ended", "args": {"depth": 2}},
+                       space={"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                              "width": {"type": "categorical", "choices": [4, 8]}})
+    assert main(["run", str(path)]) == 0
+    assert set(_load().trials[0].params) == {"lr", "width"}

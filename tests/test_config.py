@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from conftest import TINY_STUDY
+from hpsearch.cli import main
 from hpsearch.config import build_config, load_config, with_overrides
 from hpsearch.errors import ConfigError
 
@@ -118,3 +120,193 @@ def test_bad_yaml_is_one_clear_line(tmp_path: Path, text: str, pattern: str) -> 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such study file"):
         load_config(tmp_path / "nope.yaml")
+
+
+# ------------------------------------------------------------------ space values obey the rules of what they override
+
+NO_BATCH = {"epochs": 2}  # batch_size searched, so not fixed in train:
+MLP_DEPTH_ONLY = {"name": "mlp", "args": {"depth": 1}}  # width free to be searched
+
+
+def _float(low: float, high: float, **more: Any) -> dict[str, Any]:
+    return {"type": "float", "low": low, "high": high, **more}
+
+
+def _int(low: int, high: int) -> dict[str, Any]:
+    return {"type": "int", "low": low, "high": high}
+
+
+def _choices(*values: Any) -> dict[str, Any]:
+    return {"type": "categorical", "choices": list(values)}
+
+
+BAD_SPACES = [
+    ("lr low below 0", _raw(space=_space(lr=_float(-1.0, 0.1))),
+     r"space\.lr\.low: -1\.0 is not a valid lr \(must be > 0\); raise low above 0$"),
+    ("lr choice 0", _raw(space=_space(lr=_choices(0.0, 0.1))),
+     r"space\.lr\.choices: 0\.0 is not a valid lr \(must be > 0\); remove it from choices$"),
+    ("batch_size 0", _raw(train=NO_BATCH, space=_space(batch_size=_choices(0, 64))),
+     r"space\.batch_size\.choices: 0 is not a valid batch_size \(must be >= 1\)"),
+    ("batch_size 0.5", _raw(train=NO_BATCH, space=_space(batch_size=_choices(64, 0.5))),
+     r"space\.batch_size\.choices: 0\.5 is not a valid batch_size \(must be an integer\)"),
+    ("batch_size 'abc'", _raw(train=NO_BATCH, space=_space(batch_size=_choices("abc"))),
+     r"space\.batch_size\.choices: 'abc' is not a valid batch_size \(must be an integer\)"),
+    ("batch_size '64' (no coercion)", _raw(train=NO_BATCH, space=_space(batch_size=_choices("64"))),
+     r"space\.batch_size\.choices: '64' is not a valid batch_size"),
+    ("batch_size int range from 0", _raw(train=NO_BATCH, space=_space(batch_size=_int(0, 64))),
+     r"space\.batch_size\.low: 0 is not a valid batch_size \(must be >= 1\); raise low to 1 or more$"),
+    ("batch_size as float", _raw(train=NO_BATCH, space=_space(batch_size=_float(16, 64))),
+     r"space\.batch_size\.type: batch_size takes integers, so it cannot be searched as type: float"),
+    ("accum_steps as float", _raw(space=_space(accum_steps=_float(1, 4))), r"space\.accum_steps\.type: .*integers"),
+    ("optimizer lbfgs", _raw(space=_space(optimizer=_choices("sgd", "lbfgs"))),
+     r"space\.optimizer\.choices: 'lbfgs' is not a valid optimizer \(must be one of 'sgd', 'adam' or 'adamw'\)"),
+    ("optimizer as a range", _raw(space=_space(optimizer=_int(0, 2))),
+     r"space\.optimizer\.type: optimizer takes named values.*use type: categorical with choices from sgd, adam, adamw"),
+    ("scheduler unknown", _raw(space=_space(scheduler=_choices("cosine", "plateau"))),
+     r"space\.scheduler\.choices: 'plateau' is not a valid scheduler"),
+    ("nesterov as int range", _raw(space=_space(nesterov=_int(0, 1))),
+     r"space\.nesterov\.type: nesterov is true or false.*choices: \[true, false\]"),
+    ("nesterov choices 0/1", _raw(space=_space(nesterov=_choices(0, 1))),
+     r"space\.nesterov\.choices: 0 is not a valid nesterov \(must be true or false\)"),
+    ("dropout high 1.0", _raw(space=_space(dropout=_float(0.0, 1.0))),
+     r"space\.dropout\.high: 1\.0 is not a valid dropout \(must be < 1\); lower high below 1$"),
+    ("dropout negative", _raw(space=_space(dropout=_float(-0.1, 0.5))), r"space\.dropout\.low: -0\.1 .*must be >= 0"),
+    ("momentum high 1.0", _raw(space=_space(momentum=_float(0.8, 1.0))), r"space\.momentum\.high: 1\.0 .*must be < 1"),
+    ("gamma low 0", _raw(space=_space(gamma=_float(0.0, 0.5))), r"space\.gamma\.low: 0\.0 .*must be > 0"),
+    ("label_smoothing as a string", _raw(space=_space(label_smoothing=_choices("0.1"))),
+     r"space\.label_smoothing\.choices: '0\.1' .*must be a number"),
+    ("width -3", _raw(model=MLP_DEPTH_ONLY, space=_space(width=_int(-3, 8))),
+     r"space\.width\.low: -3 is not a valid width for model 'mlp' \(must be >= 1\)"),
+    ("width 0.5", _raw(model=MLP_DEPTH_ONLY, space=_space(width=_choices(8, 0.5))),
+     r"space\.width\.choices: 0\.5 is not a valid width for model 'mlp' \(must be an integer\)"),
+    ("width as float", _raw(model=MLP_DEPTH_ONLY, space=_space(width=_float(8, 64))),
+     r"space\.width\.type: width for model 'mlp' takes integers"),
+    ("model.args width -3", _raw(model={"name": "seednet", "args": {"width": -3}}),
+     r"model\.args\.width: -3 is not a valid width for model 'seednet' \(must be >= 1\); use a value >= 1$"),
+    ("model.args width 0.5", _raw(model={"name": "mlp", "args": {"width": 0.5}}),
+     r"model\.args\.width: 0\.5 is not a valid width for model 'mlp' \(must be an integer\); use an integer$"),
+    ("model.args depth a list", _raw(model={"name": "mlp", "args": {"depth": [1, 2]}}),
+     r"model\.args\.depth: \[1, 2\] is not a valid depth"),
+    ("NaN low", _raw(space=_space(lr=_float(math.nan, 0.1))), r"space\.lr\.low: nan is not allowed; use a finite number$"),
+    ("inf high", _raw(space=_space(dropout=_float(0.0, math.inf))), r"space\.dropout\.high: inf is not allowed"),
+    ("-inf choice", _raw(space=_space(lr=_choices(0.1, -math.inf))), r"space\.lr\.choices\[1\]: -inf is not allowed"),
+    ("NaN in train", _raw(train={"epochs": 2, "batch_size": 64, "weight_decay": math.nan}),
+     r"train\.weight_decay: nan is not allowed"),
+    ("inf seed", _raw(seed=math.inf), r"seed: inf is not allowed"),
+    ("inf threshold", _raw(pruner={"type": "threshold", "upper": math.inf}), r"pruner\.upper: inf is not allowed"),
+    ("NaN in enqueue", _raw(enqueue=[{"lr": math.nan}]), r"enqueue\[0\]\.lr: nan is not allowed"),
+    ("enqueue non-integer for an int param", _raw(model=MLP_DEPTH_ONLY, space=_space(width=_int(4, 8)),
+                                                   enqueue=[{"width": 5.5}]),
+     r"enqueue\[0\]\.width: 5\.5 is outside space\.width \(integers in \[4, 8\]\)"),
+    ("enqueue too long", _raw(enqueue=[{"lr": 0.005}] * 10_001),
+     r"enqueue: 10,001 points; at most 10,000 can be queued"),
+]
+
+
+@pytest.mark.parametrize("raw, pattern", [(raw, pat) for _, raw, pat in BAD_SPACES], ids=[b[0] for b in BAD_SPACES])
+def test_bad_space_value_is_one_clear_line(raw: dict[str, Any], pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern) as info:
+        build_config(raw, source="bad.yaml")
+    assert str(info.value).startswith("bad.yaml: ") and "\n" not in str(info.value)
+
+
+GOOD_SPACES = [
+    ("bool and literal settings as categoricals", _space(nesterov=_choices(True, False), scheduler=_choices("none", "cosine"),
+                                                         optimizer=_choices("sgd", "adam"))),
+    ("integer settings as int ranges", _space(accum_steps=_int(1, 4), step_size=_int(1, 10))),
+    ("float settings from ints", _space(warmup_epochs=_int(0, 3), weight_decay=_choices(0, 1.0e-4))),
+    ("open bounds just inside", _space(dropout=_float(0.0, 0.99), momentum=_float(0.0, 0.999), gamma=_float(1e-3, 1.0))),
+]
+
+
+@pytest.mark.parametrize("space", [s for _, s in GOOD_SPACES], ids=[g[0] for g in GOOD_SPACES])
+def test_valid_space_values_pass(space: dict[str, Any]) -> None:
+    assert set(build_config(_raw(space=space)).space) == set(space)
+
+
+def test_model_argument_ranges_pass_for_builtins() -> None:
+    cfg = build_config(_raw(model=MLP_DEPTH_ONLY, space=_space(width=_int(8, 64))))
+    assert cfg.space["width"].low == 8
+    assert build_config(_raw(model={"name": "seednet", "args": {"width": 8}})).model.args == {"width": 8}
+
+
+def test_a_long_choice_list_is_cut_short_in_the_message() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(_raw(model={"name": "mlp", "args": {"depth": [1] * 100_000}}), source="bad.yaml")
+    assert len(str(info.value)) < 300
+
+
+VALIDATE_BAD = [
+    ("negative lr", {"space": _space(lr=_float(-1.0, 0.1))}, "space.lr.low"),
+    ("batch size 0", {"train": NO_BATCH, "space": _space(batch_size=_choices(0, 64))}, "space.batch_size.choices"),
+    ("unknown optimizer", {"space": _space(optimizer=_choices("lbfgs"))}, "space.optimizer.choices"),
+    ("dropout 1.0", {"space": _space(dropout=_float(0.0, 1.0))}, "space.dropout.high"),
+    ("NaN bound", {"space": _space(lr=_float(math.nan, 0.1))}, "space.lr.low"),
+    ("width -3", {"model": MLP_DEPTH_ONLY, "space": _space(width=_int(-3, 8))}, "space.width.low"),
+]
+
+
+@pytest.mark.parametrize("changes, where", [(c, w) for _, c, w in VALIDATE_BAD], ids=[v[0] for v in VALIDATE_BAD])
+def test_validate_exits_2_with_one_line_for_a_bad_space(write_study: Callable[..., Path], changes: dict[str, Any],
+                                                       where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(**changes)
+    assert main(["validate", str(path)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hpsearch: error: {path}: {where}: "), lines
+    assert captured.out == ""
+
+
+def test_run_with_a_bad_space_writes_nothing(write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(space=_space(dropout=_float(0.0, 1.0)))
+    assert main(["run", str(path)]) == 2
+    assert not (workdir / "runs").exists()
+
+
+# ------------------------------------------------------------------ the YAML itself: duplicate keys, size
+
+DUPLICATES = [
+    ("top level", "name: a\nseed: 1\nname: b\n", 3, "name"),
+    ("nested", "name: a\ntrain:\n  epochs: 2\n  lr: 0.1\n  lr: 0.2\n", 5, "lr"),
+    ("in a flow mapping", "name: a\nspace: {lr: {type: float, low: 0.1, low: 0.2, high: 1}}\n", 2, "low"),
+    ("inside a list item", "name: a\nenqueue:\n  - {lr: 0.1, lr: 0.2}\n", 3, "lr"),
+    ("a quoted twin", "name: a\n'name': b\n", 2, "name"),
+]
+
+
+@pytest.mark.parametrize("text, line, key", [(t, n, k) for _, t, n, k in DUPLICATES], ids=[d[0] for d in DUPLICATES])
+def test_duplicate_key_is_refused_with_its_line(tmp_path: Path, text: str, line: int, key: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: line {line}: duplicate key '{key}'; keep one"
+
+
+def test_merge_keys_may_override_but_plain_keys_stay_single(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: a\nmodel: {name: mlp}\ntrain: &t {epochs: 3, batch_size: 8, lr: 0.1}\n"
+                    "space:\n  dropout: {<<: {type: float, low: 0.0, high: 0.9}, high: 0.5}\n")
+    cfg = load_config(path)
+    assert (cfg.train.epochs, cfg.space["dropout"].high) == (3, 0.5)
+
+
+def test_oversized_study_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("name: [unclosed\n" + "#" * (2 * 1024 * 1024))  # parsing it would be a syntax error
+    with pytest.raises(ConfigError, match=r"the study file is 2\.0 MiB; study files are limited to 2 MiB"):
+        load_config(path)
+
+
+@pytest.mark.slow
+def test_ten_thousand_starting_points_just_under_the_size_limit_validate(write_study: Callable[..., Path],
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    points = [{"lr": round(1e-3 + i * 9e-7, 9), "dropout": round(i % 300 / 1000, 3)} for i in range(10_000)]
+    path = write_study(enqueue=points)
+    padding = 2 * 1024 * 1024 - 100 - path.stat().st_size
+    assert padding > 0, "the points alone exceed the limit"
+    with path.open("a") as file:
+        file.write(("# " + "x" * 97 + "\n") * (padding // 100))
+    assert 2 * 1024 * 1024 - 200 < path.stat().st_size <= 2 * 1024 * 1024
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.count("- lr: ") == 10_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import signal
@@ -17,13 +18,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import pytest
 
 import study_fixtures as sf
 from hpsearch import dashboard
+from hpsearch.cli import main
 from hpsearch.errors import HpsearchError, StorageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +110,54 @@ def test_missing_sqlite_file(tmp_path: Path) -> None:
     assert not (tmp_path / "nope.db").exists()  # not created as a side effect
     with pytest.raises(StorageError, match="not a SQLite file"):
         dashboard.dashboard_storage("sqlite:///:memory:")
+
+
+def test_dashboard_verb_creates_nothing_for_a_study_never_run(write_study: Callable[..., Path], workdir: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study()
+    assert main(["dashboard", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"hpsearch: error: {path}: storage: no study database at "
+                                               f"runs/tiny/study.db; run the study first or check storage:")
+    assert not (workdir / "runs").exists()
+
+
+def test_dashboard_verb_refuses_a_storage_without_the_study(write_study: Callable[..., Path], workdir: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "runs" / "tiny").mkdir(parents=True)
+    sf.new_study("sqlite:///runs/tiny/study.db", "another")
+    path = write_study()
+    assert main(["dashboard", str(path)]) == 2
+    assert f"{path}: name: no study 'tiny' in sqlite:///runs/tiny/study.db" in capsys.readouterr().err
+
+
+def test_a_database_without_tables_stays_without_tables(tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    sqlite3.connect(db).close()
+    with pytest.raises(StorageError, match=r"x\.yaml: storage: cannot open 'sqlite:///.*empty\.db' \(.*no such table"):
+        dashboard.dashboard_storage(f"sqlite:///{db}", source="x.yaml")
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+def test_the_log_line_and_errors_show_no_password(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    url = "postgresql+psycopg://user:pw-s3cret@127.0.0.1:1/hp?password=pw-s3cret"
+
+    class Server:
+        def serve_forever(self) -> None:
+            pass
+
+        def server_close(self) -> None:
+            pass
+
+    with pytest.raises(StorageError) as info:  # nothing listens on port 1
+        dashboard.dashboard_storage(url)
+    assert "pw-s3cret" not in str(info.value) and "user:***@127.0.0.1:1/hp?password=***" in str(info.value)
+    monkeypatch.setattr(dashboard, "make_dashboard_server", lambda *args: (Server(), "http://127.0.0.1:9/dashboard/"))
+    with caplog.at_level(logging.INFO, logger="hpsearch.dashboard"):
+        dashboard.serve_dashboard(url)
+    assert "optuna-dashboard for postgresql+psycopg://user:***@127.0.0.1:1/hp?password=*** at" in caplog.text
+    assert "pw-s3cret" not in caplog.text
 
 
 def test_storage_uses_wal_and_a_long_busy_timeout(tmp_path: Path) -> None:
