@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hpsearch.data import ArrayData, DeviceData, from_arrays, load_dataset  # noqa: E402
 from hpsearch.engine import Trainer, TrainSettings  # noqa: E402
 from hpsearch.models import build_model  # noqa: E402
+from hpsearch.steps import WARMUP_STEPS  # noqa: E402
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 
@@ -179,7 +180,7 @@ def measure(name: str, data: ArrayData, batch_size: int, device: torch.device, r
         "engine": lambda: sum(engine_epoch(trainer) for _ in range(epochs)),
     }
     classic_epoch(classic_model, data, batch_size, device, augment, limit=1)  # warm-up
-    engine_epoch(trainer, limit=1)  # warm-up
+    engine_epoch(trainer, limit=WARMUP_STEPS + 2)  # warm-up: on CUDA the steps are captured as graphs by then
     rates: dict[str, list[float]] = {"classic": [], "engine": []}
     for r in range(repeats):
         for loop in ("classic", "engine") if r % 2 == 0 else ("engine", "classic"):

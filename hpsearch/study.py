@@ -318,11 +318,13 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     Parallel workers pass their own `sampler_seed`: with the study seed in every process, they
     would all draw the same random start-up points.
     """
+    missing = f"{cfg.source}: name: no study '{cfg.name}' in {redact_url(cfg.storage_url)}"
+    if not create and _is_missing_file(cfg.storage_url):
+        raise StorageError(f"{missing} (no such file); run `hpsearch run {cfg.source}` first or check storage:")
     storage = make_storage(cfg.storage_url, cfg.source, cfg.workers, create=create)
     existing = _existing_direction(storage, cfg.name)
     if existing is None and not create:
-        raise StorageError(f"{cfg.source}: name: no study '{cfg.name}' in {redact_url(cfg.storage_url)}; "
-                           f"run `hpsearch run {cfg.source}` first or check storage:")
+        raise StorageError(f"{missing}; run `hpsearch run {cfg.source}` first or check storage:")
     if existing is not None and existing != cfg.resolved_direction:
         raise StorageError(f"{cfg.source}: direction: study '{cfg.name}' in the storage is {existing}d, the file says "
                            f"{cfg.resolved_direction}; rename the study or fix direction")
@@ -335,6 +337,15 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     if create:
         _record_settings(study, cfg)
     return study
+
+
+def _is_missing_file(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return False  # make_storage reports it
+    path = parsed.database
+    return parsed.get_backend_name() == "sqlite" and path not in (None, "", ":memory:") and not Path(path).is_file()
 
 
 def _existing_direction(storage: optuna.storages.RDBStorage, name: str) -> str | None:
