@@ -162,14 +162,19 @@ def _open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> Any:
 
 
 def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None) -> tuple[int, Any]:
-    """One worker in this process: load data once, run trials to the study-wide total; (exit code, study)."""
+    """One worker in this process: load data once, run trials to the study-wide total; (exit code, study).
+
+    A storage found broken while opening is bad input (exit 2, nothing written); one that fails
+    during the run is a StorageFailure (exit 1; the trial in flight is handed back where it can be).
+    """
     from hpsearch.objective import run_trial
     from hpsearch.study import finished_count, guard_storage
     from hpsearch.worker import prepare_context, run_worker
 
     ctx = prepare_context(cfg, slot)
-    with guard_storage(cfg, running=True):
+    with guard_storage(cfg):
         study = _open_and_enqueue(cfg, sampler_seed)
+    with guard_storage(cfg, running=True):
         log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
                  finished_count(study), cfg.n_trials)
         workers = cfg.workers
@@ -204,8 +209,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.worker import preflight
 
     preflight(cfg)
-    with guard_storage(cfg, running=True):
+    with guard_storage(cfg):
         study = _open_and_enqueue(cfg)
+    with guard_storage(cfg, running=True):
         slots = _enough_slots(slots, cfg.n_trials - finished_count(study))
         try:
             Supervisor(cfg, study, slots, worker_argv(args.study_file, args)).run(Monitor(study, cfg, slots))
@@ -255,25 +261,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from hpsearch import summary
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
     cfg = _config(args.study_file, args)
-    study = open_study(cfg, create=False)
-    summary.print_summary(study, cfg, show_failed=args.failed)
+    with guard_storage(cfg):
+        study = open_study(cfg, create=False)
+        summary.print_summary(study, cfg, show_failed=args.failed)
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     from hpsearch import summary
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
     cfg = _config(args.study_file, args)
-    study = open_study(cfg, create=False)
-    record = summary.best_record(study, cfg)
-    if args.export:
-        from hpsearch.export import export_best
+    with guard_storage(cfg):
+        study = open_study(cfg, create=False)
+        record = summary.best_record(study, cfg)
+        if args.export:
+            from hpsearch.export import export_best
 
-        record["exported"] = {k: str(v) for k, v in export_best(study, args.export).items()}
+            record["exported"] = {k: str(v) for k, v in export_best(study, args.export).items()}
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -283,9 +291,13 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hpsearch.report import write_report
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
-    studies = [open_study(_config(path, args), create=False) for path in args.study_files]
+    studies = []
+    for path in args.study_files:
+        cfg = _config(path, args)
+        with guard_storage(cfg):
+            studies.append(open_study(cfg, create=False))
     out = write_report(studies, args.out, png_dir=args.png)
     print(f"report written to {out}")
     return 0
@@ -293,10 +305,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpsearch.dashboard import serve_dashboard
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
     cfg = _config(args.study_file, args)
-    open_study(cfg, create=False)
+    with guard_storage(cfg):
+        open_study(cfg, create=False)
     serve_dashboard(cfg.storage_url, host=args.host, port=args.port)
     return 0
 
@@ -305,12 +318,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hpsearch.export import export_trials
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
     cfg = _config(args.study_file, args)
-    study = open_study(cfg, create=False)
-    out = args.out or str(Path(cfg.out_dir) / f"trials.{args.format}")
-    print(f"trials written to {export_trials(study, out, args.format)}")
+    with guard_storage(cfg):
+        study = open_study(cfg, create=False)
+        out = args.out or str(Path(cfg.out_dir) / f"trials.{args.format}")
+        print(f"trials written to {export_trials(study, out, args.format)}")
     return 0
 
 
