@@ -6,12 +6,15 @@ Exit codes: 0 success; 1 trials kept failing; 2 bad input (one line on stderr); 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
 import json
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any, Sequence
 
 import yaml
@@ -174,7 +177,7 @@ def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None =
     ctx = prepare_context(cfg, slot)
     with guard_storage(cfg):
         study = _open_and_enqueue(cfg, sampler_seed)
-    with guard_storage(cfg, running=True):
+    with guard_storage(cfg, running=True), _checkpoints_guarded(cfg):
         log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
                  finished_count(study), cfg.n_trials)
         workers = cfg.workers
@@ -183,6 +186,22 @@ def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None =
                              stale_check_s=workers.heartbeat_interval, grace_period=workers.grace_period,
                              max_failures=workers.max_consecutive_failures)
     return (EXIT_INTERRUPTED if outcome.interrupted else 0), study
+
+
+@contextlib.contextmanager
+def _checkpoints_guarded(cfg: StudyConfig) -> Iterator[None]:
+    """A checkpoint the file system refused ends the run with one line naming output_dir (exit 1)."""
+    from hpsearch.errors import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as exc:
+        cause = exc.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        what, fix = ("the disk is full", "free space") if full else ("the file system refused it", "fix that")
+        raise CheckpointError(f"{cfg.source}: output_dir: '{cfg.out_dir}' cannot be written: {what} ({exc.path}: "
+                              f"{reason}); {fix}, then rerun to continue", exc.path) from None
 
 
 def _summary(study: Any, cfg: StudyConfig) -> None:
