@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import CheckpointError, HpsearchError
 
 __all__ = ["CheckpointWriter", "host_copy", "load_checkpoint", "save_checkpoint"]
 
@@ -85,7 +85,7 @@ class CheckpointWriter:
     def __init__(self) -> None:
         self._queued: dict[Path, dict[str, Any]] = {}
         self._writing = False
-        self._error: BaseException | None = None
+        self._error: tuple[Path, BaseException] | None = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -114,9 +114,14 @@ class CheckpointWriter:
 
     def _raise_error(self) -> None:
         with self._cond:
-            error, self._error = self._error, None
-        if error is not None:
-            raise HpsearchError(f"writing a checkpoint failed ({type(error).__name__}: {error})") from error
+            failed, self._error = self._error, None
+        if failed is None:
+            return
+        path, error = failed
+        if isinstance(error, OSError):  # the file system's refusal (disk full, permissions): no trial could save
+            raise CheckpointError(f"writing a checkpoint failed ({path}: {error.strerror or error})",
+                                  str(path)) from error
+        raise HpsearchError(f"writing a checkpoint failed ({type(error).__name__}: {error})") from error
 
     def _run(self) -> None:
         while True:
@@ -131,7 +136,7 @@ class CheckpointWriter:
             except Exception as exc:  # kept for the training thread, which decides what to do
                 log.error("checkpoint %s could not be written: %s", path, exc)
                 with self._cond:
-                    self._error = self._error or exc
+                    self._error = self._error or (path, exc)
             finally:
                 with self._cond:
                     self._writing = False

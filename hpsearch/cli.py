@@ -6,12 +6,15 @@ Exit codes: 0 success; 1 trials kept failing; 2 bad input (one line on stderr); 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
 import json
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any, Sequence
 
 import yaml
@@ -174,7 +177,11 @@ def _open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> Any:
 
 def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None, status: Any = None,
           probe: bool = False) -> tuple[int, Any]:
-    """One worker in this process: load data once, run trials to the study-wide total; (exit code, study)."""
+    """One worker in this process: load data once, run trials to the study-wide total; (exit code, study).
+
+    A storage found broken while opening is bad input (exit 2, nothing written); one that fails
+    during the run is a StorageFailure (exit 1; the trial in flight is handed back where it can be).
+    """
     import dataclasses
 
     from hpsearch.objective import run_trial
@@ -190,9 +197,10 @@ def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None =
         status.note(probe=None if found is None else dataclasses.asdict(found))
     status.phase("opening the study")
     objective = with_thread_plan(functools.partial(run_trial, ctx=ctx), status)
-    with guard_storage(cfg, running=True):
+    with guard_storage(cfg):
         study = _open_and_enqueue(cfg, sampler_seed)
-        status.phase("trials")
+    status.phase("trials")
+    with guard_storage(cfg, running=True), _checkpoints_guarded(cfg):
         log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
                  finished_count(study), cfg.n_trials)
         workers = cfg.workers
@@ -202,6 +210,22 @@ def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None =
                              max_failures=workers.max_consecutive_failures)
     status.phase("done")
     return (EXIT_INTERRUPTED if outcome.interrupted else 0), study
+
+
+@contextlib.contextmanager
+def _checkpoints_guarded(cfg: StudyConfig) -> Iterator[None]:
+    """A checkpoint the file system refused ends the run with one line naming output_dir (exit 1)."""
+    from hpsearch.errors import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as exc:
+        cause = exc.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        what, fix = ("the disk is full", "free space") if full else ("the file system refused it", "fix that")
+        raise CheckpointError(f"{cfg.source}: output_dir: '{cfg.out_dir}' cannot be written: {what} ({exc.path}: "
+                              f"{reason}); {fix}, then rerun to continue", exc.path) from None
 
 
 def _summary(study: Any, cfg: StudyConfig) -> None:
@@ -229,8 +253,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.worker import preflight
 
     preflight(cfg)
-    with guard_storage(cfg, running=True):
+    with guard_storage(cfg):
         study = _open_and_enqueue(cfg)
+    with guard_storage(cfg, running=True):
         slots = _enough_slots(slots, cfg.n_trials - finished_count(study))
         supervisor = Supervisor(cfg, study, slots, worker_argv(args.study_file, args), auto_scale=auto)
         try:
@@ -293,25 +318,27 @@ def _claim_ranks(cfg: StudyConfig) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from hpsearch import summary
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
     cfg = _config(args.study_file, args)
-    study = open_study(cfg, create=False)
-    summary.print_summary(study, cfg, show_failed=args.failed)
+    with guard_storage(cfg):
+        study = open_study(cfg, create=False)
+        summary.print_summary(study, cfg, show_failed=args.failed)
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     from hpsearch import summary
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
     cfg = _config(args.study_file, args)
-    study = open_study(cfg, create=False)
-    record = summary.best_record(study, cfg)
-    if args.export:
-        from hpsearch.export import export_best
+    with guard_storage(cfg):
+        study = open_study(cfg, create=False)
+        record = summary.best_record(study, cfg)
+        if args.export:
+            from hpsearch.export import export_best
 
-        record["exported"] = {k: str(v) for k, v in export_best(study, args.export).items()}
+            record["exported"] = {k: str(v) for k, v in export_best(study, args.export).items()}
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -321,9 +348,13 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hpsearch.report import write_report
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
-    studies = [open_study(_config(path, args), create=False) for path in args.study_files]
+    studies = []
+    for path in args.study_files:
+        cfg = _config(path, args)
+        with guard_storage(cfg):
+            studies.append(open_study(cfg, create=False))
     out = write_report(studies, args.out, png_dir=args.png)
     print(f"report written to {out}")
     return 0
@@ -331,9 +362,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpsearch.dashboard import serve_dashboard
+    from hpsearch.study import guard_storage
 
     cfg = _config(args.study_file, args)
-    serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name)
+    with guard_storage(cfg):
+        serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name)
     return 0
 
 
@@ -341,12 +374,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hpsearch.export import export_trials
-    from hpsearch.study import open_study
+    from hpsearch.study import guard_storage, open_study
 
     cfg = _config(args.study_file, args)
-    study = open_study(cfg, create=False)
-    out = args.out or str(Path(cfg.out_dir) / f"trials.{args.format}")
-    print(f"trials written to {export_trials(study, out, args.format)}")
+    with guard_storage(cfg):
+        study = open_study(cfg, create=False)
+        out = args.out or str(Path(cfg.out_dir) / f"trials.{args.format}")
+        print(f"trials written to {export_trials(study, out, args.format)}")
     return 0
 
 

@@ -42,6 +42,19 @@ class StorageFailure(HpsearchError):
     exit_code = 1
 
 
+class CheckpointError(HpsearchError):
+    """The file system refused a checkpoint (disk full, permissions) during a run; rerunning continues.
+
+    Not a failure of the trial: every trial would meet it, so the run stops and the trial resumes later.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class WorkerCrashError(HpsearchError):
     """A worker process kept dying (killed, crashed); not a problem of the study file."""
 

@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import re
+import shlex
 import socket
 import threading
 import time
@@ -198,14 +199,23 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: i
     ))
 
 
+class _DamagedFile(Exception):
+    """SQLite's quick_check found damage that reading alone may never meet (an index page, say)."""
+
+
 def _prepare_sqlite(url: str) -> None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return
     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    existed = Path(parsed.database).is_file() and Path(parsed.database).stat().st_size > 0
     engine = sqlalchemy.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
     try:
         with engine.connect() as conn:
+            if existed:  # before anything writes: a damaged file must stay as it is (~0.2 s per 70 MB)
+                problems = " ".join(" ".join(row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(1)")).split())
+                if problems != "ok":
+                    raise _DamagedFile(re.sub(r"\*\*\* in database \w+ \*\*\* ", "", problems))
             # WAL lets readers (dashboard, status) run beside the writing workers; it persists in the file.
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     finally:
@@ -297,6 +307,8 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
     except ImportError as exc:
         raise StorageError(f"{source}: storage: no database driver for '{shown}' ({_first_line(exc, url)}); install "
                            f"it, e.g. pip install 'hpsearch[postgres]' for postgresql+psycopg://") from None
+    except _DamagedFile as exc:
+        raise StorageError(f"{source}: storage: '{shown}' {_damaged(str(exc), url)}") from None
     except (SQLAlchemyError, OSError) as exc:
         damage = _damage(exc, url)
         if damage:
@@ -309,6 +321,7 @@ def _first_line(exc: BaseException, url: str) -> str:
     """The first line of a driver's error, without SQLAlchemy's link and without any secret of `url`."""
     text = scrub(str(exc), url).strip().splitlines()
     message = text[0] if text else type(exc).__name__
+    message = re.sub(r"^\([\w.]+\) ", "", message)  # SQLAlchemy's "(psycopg.OperationalError) " prefix
     return message.replace("(Background on this error at: https://sqlalche.me/e/20/e3q8)", "").strip()[:300]
 
 
@@ -484,8 +497,7 @@ def _damage(exc: BaseException, url: str) -> str:
     """What a storage exception means, for the user: damaged file, full disk, server gone; '' otherwise."""
     text = " ".join(str(exc).lower().split())
     if any(word in text for word in _DAMAGED):
-        return (f"is damaged ({_first_line(exc, url)}); restore it from a backup, or salvage it with "
-                f"`sqlite3 OLD.db .recover | sqlite3 NEW.db` and point storage: at the new file")
+        return _damaged(_first_line(exc, url), url)
     if any(word in text for word in _FULL):
         return f"cannot be written: the disk is full ({_first_line(exc, url)}); free space, then rerun to continue"
     if any(word in text for word in _GONE):
@@ -494,12 +506,29 @@ def _damage(exc: BaseException, url: str) -> str:
     return ""
 
 
+def _damaged(detail: str, url: str) -> str:
+    """The advice for a damaged SQLite file: a backup, or a salvage command that works without .recover."""
+    old = make_url(url).database or "study.db"
+    new = str(Path(old).with_name(f"{Path(old).stem}-salvaged.db"))
+    salvage = (f"sqlite3 {shlex.quote(old)} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' "
+               f"| sqlite3 {shlex.quote(new)}")
+    return (f"is damaged ({detail}); restore it from a backup, or salvage the readable trials with "
+            f"`{salvage}` and point storage: at the new file")
+
+
 STORAGE_EXCEPTIONS: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
+
+
+def storage_cause(exc: BaseException) -> BaseException:
+    """The database's own exception behind Optuna's StorageInternalError (whose text blames the data)."""
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
 
 
 def storage_failure(exc: BaseException, cfg: StudyConfig, running: bool) -> HpsearchError:
     """One line for a storage exception raised after the storage opened: exit 1 in a run, 2 elsewhere."""
-    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+    cause = storage_cause(exc)
     what = (_damage(cause, cfg.storage_url)
             or f"failed ({_first_line(cause, cfg.storage_url)}); check the database, then rerun to continue")
     message = f"{cfg.source}: storage: '{redact_url(cfg.storage_url)}' {what}"
@@ -572,7 +601,7 @@ class Heartbeat:
             except Exception as exc:  # noqa: BLE001 - any storage error: report once, keep trying
                 if not failed:
                     log.warning("heartbeat of trial id %d failed: %s", self.trial_id,
-                                _first_line(exc, getattr(_engine(self.storage), "url", "")))
+                                _first_line(storage_cause(exc), getattr(_engine(self.storage), "url", "")))
                 failed = True
             if self.stop.wait(self.interval):
                 return

@@ -23,14 +23,14 @@ from hpsearch import signals, space
 from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
 from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.engine import Trainer
-from hpsearch.errors import DataError, DeviceError, ModelError, TrialFailureError
+from hpsearch.errors import CheckpointError, DataError, DeviceError, ModelError, TrialFailureError
 from hpsearch.models import build_model
 from hpsearch.objective import WorkerContext, model_spec, release_memory, train_settings
 from hpsearch.plugins import import_callable
 from hpsearch.slots import MemoryProbe, Slot
 from hpsearch.status import WorkerStatus, read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, current_state, fail_stale_trials, is_storage_exception,
-                            requeue, settings_id)
+                            requeue, settings_id, storage_cause)
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error this many trials in a row stops the worker
@@ -236,13 +236,16 @@ def _hand_back(study: optuna.Study, trial: optuna.Trial, max_retries: int, reaso
         requeue(study, _fail(study, trial, reason), max_retries)
 
 
-def _hand_back_quietly(study: optuna.Study, trial: optuna.Trial, max_retries: int) -> None:
-    """:func:`_hand_back` while the storage is failing: where it still answers the trial is freed, else logged."""
+def _hand_back_quietly(study: optuna.Study, trial: optuna.Trial, max_retries: int, reason: str) -> None:
+    """:func:`_hand_back` while the storage or the disk is failing: where the storage answers the trial is freed.
+
+    Where it does not, that is logged; the caller reports the failure itself.
+    """
     try:
-        _hand_back(study, trial, max_retries, "storage_failed")
+        _hand_back(study, trial, max_retries, reason)
     except Exception as exc:  # noqa: BLE001 - the storage error itself is what the caller reports
-        log.warning("trial %d could not be marked failed (%s); the next run fails it after the grace period",
-                    trial.number, type(exc).__name__)
+        log.warning("trial %d could not be marked failed (%s); a later run fails it and queues it again once "
+                    "its heartbeat is older than the grace period", trial.number, type(storage_cause(exc)).__name__)
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective,
@@ -254,7 +257,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective,
         streak.clear()
         return study.tell(trial, state=TrialState.PRUNED)
     except Exception as exc:  # user code may raise anything; the trial fails, the study goes on
-        if is_storage_exception(exc):
+        if is_storage_exception(exc) or isinstance(exc, CheckpointError):  # no fault of the trial: the run stops
             raise
         reason = "oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else "error"
         log.error("trial %d failed (%s): %s", trial.number, reason, _signature(exc))
@@ -289,7 +292,10 @@ def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries
         _hand_back(study, trial, max_retries)
         raise
     except STORAGE_EXCEPTIONS:
-        _hand_back_quietly(study, trial, max_retries)
+        _hand_back_quietly(study, trial, max_retries, "storage_failed")
+        raise
+    except CheckpointError:
+        _hand_back_quietly(study, trial, max_retries, "checkpoint_failed")
         raise
 
 
