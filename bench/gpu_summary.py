@@ -79,7 +79,12 @@ def _time(text: str | None) -> float | None:
 
 
 def read_search(logs: Path, kind: str, wall: float | None) -> dict[str, Any]:
-    db = logs / f"gpu-{kind}.db"
+    """One search of gpu_check.sh: its study, its workers' status files and its GPU samples."""
+    return search_numbers(logs / f"gpu-{kind}.db", logs / f"workers_{kind}", logs / f"util_{kind}.csv", wall)
+
+
+def search_numbers(db: Path, workers: Path, util: Path | None, wall: float | None) -> dict[str, Any]:
+    """Wall time against the trials' span, first-trial overhead and start-up phases of one search."""
     if not db.exists():
         return {"missing": True}
     with sqlite3.connect(db) as conn:
@@ -100,8 +105,9 @@ def read_search(logs: Path, kind: str, wall: float | None) -> dict[str, Any]:
         "first_trial_extra_s": first_extra, "workers": len({a.get("worker") for *_, a in done}),
         "cuda_graphs": _count(str(a.get("cuda_graphs")) for *_, a in done),
     }
-    result.update(_startup(logs / f"workers_{kind}"))
-    result.update(_utilisation(logs / f"util_{kind}.csv"))
+    result.update(_startup(workers))
+    if util is not None:
+        result.update(_utilisation(util))
     return result
 
 

@@ -199,6 +199,7 @@ def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None =
     objective = with_thread_plan(functools.partial(run_trial, ctx=ctx), status)
     with guard_storage(cfg):
         study = _open_and_enqueue(cfg, sampler_seed)
+    status.materialise()
     status.phase("trials")
     with guard_storage(cfg, running=True), _checkpoints_guarded(cfg):
         log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
@@ -232,38 +233,45 @@ def _summary(study: Any, cfg: StudyConfig) -> None:
     from hpsearch import summary
     from hpsearch.study import guard_storage
 
+    if study is None:
+        log.info("the study '%s' was not created: no worker got as far as opening it", cfg.name)
+        return
     with guard_storage(cfg, running=True):
         summary.print_summary(study, cfg)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the study: in this process for one slot, under a supervisor for several."""
+    from pathlib import Path
+
     from hpsearch import summary
+    from hpsearch.status import WorkerStatus, process_start_time
 
     cfg = _config(args.study_file, args)
     slots = _slots(cfg, args)
     auto = _auto_scaled(cfg, args, slots)
     if len(slots) == 1 and not auto:
-        code, study = _work(cfg, slots[0], summary.trial_logger(cfg))
+        status = WorkerStatus(Path(cfg.out_dir) / "logs" / "worker-0.json", process_start_time(), wait_for_folder=True)
+        code, study = _work(cfg, slots[0], summary.trial_logger(cfg), status=status)
         _summary(study, cfg)
         return code
     from hpsearch.monitor import Monitor
-    from hpsearch.study import finished_count, guard_storage
+    from hpsearch.study import find_study, finished_count, guard_storage
     from hpsearch.supervisor import Supervisor, worker_argv
-    from hpsearch.worker import preflight
 
-    preflight(cfg)
+    # The workers load the data, check the model and create the study themselves: the supervisor
+    # only reads a study that exists already (so bad input still fails with nothing written).
     with guard_storage(cfg):
-        study = _open_and_enqueue(cfg)
+        study = find_study(cfg)
     with guard_storage(cfg, running=True):
-        slots = _enough_slots(slots, cfg.n_trials - finished_count(study))
+        slots = _enough_slots(slots, cfg.n_trials - (finished_count(study) if study is not None else 0))
         supervisor = Supervisor(cfg, study, slots, worker_argv(args.study_file, args), auto_scale=auto)
         try:
             supervisor.run(Monitor(study, cfg, supervisor.slots))
         except KeyboardInterrupt:
-            _summary(study, cfg)
+            _summary(supervisor.study, cfg)
             return EXIT_INTERRUPTED
-    _summary(study, cfg)
+    _summary(supervisor.study, cfg)
     return 0
 
 
@@ -285,7 +293,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         follow_supervisor(args.supervisor_pid)
     from hpsearch import summary
-    from hpsearch.objective import trial_seed
+    from hpsearch.study import derive_seed
     from hpsearch.slots import Slot, assign_slots, claim_gpu, parse_gpus, visible_gpus
 
     cfg = _config(args.study_file, args)
@@ -301,7 +309,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         gpu = 0 if visible else None
     slot = Slot(index=args.slot, gpu=gpu)
     try:
-        return _work(cfg, slot, summary.trial_logger(cfg), sampler_seed=trial_seed(cfg.seed, os.getpid()),
+        return _work(cfg, slot, summary.trial_logger(cfg), sampler_seed=derive_seed(cfg.seed, f"worker {os.getpid()}"),
                      status=status, probe=args.probe_memory)[0]
     finally:
         if claim is not None:
@@ -386,6 +394,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "validate": cmd_validate, "status": cmd_status, "best": cmd_best,
             "report": cmd_report, "dashboard": cmd_dashboard, "export": cmd_export}
+
+
+def console() -> None:
+    """The `hpsearch` command: :func:`main`, then a prompt exit.
+
+    Everything is written and flushed when main returns (checkpoints, storage, logs), so the
+    interpreter's own teardown, about a second with torch loaded, is skipped: for a supervisor
+    waiting on its workers, and for a test suite of real processes, that second is pure waiting.
+    """
+    code = main()
+    from hpsearch.study import dispose_storages
+
+    dispose_storages()  # database connections are closed properly, not cut
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from hpsearch.summary import trial_logger
 
 log = logging.getLogger("hpsearch")
 REFRESH_S = 1.0  # one storage read per second at most: the view must not load the database
+SLOW_PHASE_S = 10.0  # plain mode names a worker's start-up phase once it takes this long
 
 
 def _elapsed(trial: FrozenTrial) -> str:
@@ -68,18 +69,26 @@ def worker_rows(trials: Sequence[FrozenTrial], slots: Sequence[Slot], cfg: Study
 class Monitor:
     """Polls the study and shows progress; `update()` is cheap to call often."""
 
-    def __init__(self, study: optuna.Study, cfg: StudyConfig, slots: Sequence[Slot], live: bool | None = None):
-        self.study, self.cfg, self.slots = study, cfg, slots  # the supervisor's list: it grows under auto
+    def __init__(self, study: optuna.Study | None, cfg: StudyConfig, slots: Sequence[Slot], live: bool | None = None):
+        self.cfg, self.slots = cfg, slots  # the supervisor's list: it grows under auto
+        self.study: optuna.Study | None = None
+        self.seen: set[int] = set()
         self.statuses: dict[int, dict[str, Any]] = {}
         self.phases: dict[int, str] = {}
         self.live_mode = sys.stderr.isatty() if live is None else live
-        self.seen: set[int] = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        if study is not None:
+            self.attach(study)
         self.log_trial = trial_logger(cfg)
         self.last = 0.0
         self.live: Live | None = None
         if self.live_mode:
             self.live = Live(console=Console(stderr=True), refresh_per_second=2, transient=False)
             self.live.start()
+
+    def attach(self, study: optuna.Study) -> None:
+        """Start reading `study` (a new study exists only once a worker has created it)."""
+        self.study = study
+        self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def _render(self, trials: Sequence[FrozenTrial]) -> Any:
         table = Table(title=f"{self.cfg.name}: {self.cfg.metric}")
@@ -108,7 +117,7 @@ class Monitor:
         if not force and now - self.last < REFRESH_S:
             return
         self.last = now
-        trials = self.study.get_trials(deepcopy=False)
+        trials = [] if self.study is None else self.study.get_trials(deepcopy=False)
         for trial in trials:
             if trial.state.is_finished() and trial.number not in self.seen:
                 self.seen.add(trial.number)
@@ -118,15 +127,16 @@ class Monitor:
             self.live.update(self._render(trials))
 
     def _log_phases(self) -> None:
-        """Plain mode: one line when a worker enters a new phase before its trials."""
+        """Plain mode: one line when a worker has spent SLOW_PHASE_S in one start-up phase (quick ones stay quiet)."""
+        now = time.time()
         for index, status in self.statuses.items():
             phase = str(status.get("phase"))
-            if self.phases.get(index) == phase:
+            spent = now - float(status.get("since", now))
+            if self.live_mode or phase in ("trials", "done") or spent < SLOW_PHASE_S or self.phases.get(index) == phase:
                 continue
             self.phases[index] = phase
-            if not self.live_mode and phase not in ("done",):
-                label = next((slot.label for slot in self.slots if slot.index == index), f"#{index}")
-                log.info("worker %s: %s", label, "running trials" if phase == "trials" else phase)
+            label = next((slot.label for slot in self.slots if slot.index == index), f"#{index}")
+            log.info("worker %s: %s for %.0f s so far", label, phase, spent)
 
     def close(self) -> None:
         self.update(force=True)

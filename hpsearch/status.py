@@ -14,16 +14,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WorkerStatus", "read_status"]
+__all__ = ["WorkerStatus", "process_start_time", "read_status"]
+
+
+def process_start_time() -> float | None:
+    """When this process started (wall clock, ~10 ms), from /proc; None where there is no /proc."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return time.time() - age
 
 
 class WorkerStatus:
-    """Writes one worker's status file (atomically: a reader never sees half a file); no file, no-op."""
+    """Writes one worker's status file (atomically: a reader never sees half a file); no file, no-op.
 
-    def __init__(self, path: str | Path | None, started: float | None = None) -> None:
+    With `wait_for_folder`, nothing is written until :meth:`materialise` creates the folder (a run
+    that stops on bad input leaves no folder behind).
+    """
+
+    def __init__(self, path: str | Path | None, started: float | None = None, wait_for_folder: bool = False) -> None:
         self.path = None if path is None else Path(path)
+        self.waiting = wait_for_folder
         self.data: dict[str, Any] = {"pid": os.getpid(), "phase": "starting", "since": time.time(),
                                      "phases": [["process", started or time.time()], ["starting", time.time()]]}
+        self._write()
+
+    def materialise(self) -> None:
+        """Create the status file's folder and write everything recorded so far."""
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.waiting = False
         self._write()
 
     def phase(self, name: str, **info: Any) -> None:
@@ -39,7 +61,7 @@ class WorkerStatus:
         self._write()
 
     def _write(self) -> None:
-        if self.path is None:
+        if self.path is None or self.waiting:
             return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:

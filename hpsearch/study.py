@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,6 +109,15 @@ def check_url(url: str, source: str) -> None:
     if parsed.host and "@" in parsed.host:
         raise StorageError(f"{source}: storage: the password in {redact_url(url)} holds an unescaped '@'; "
                            f"percent-encode it as %40")
+
+
+def derive_seed(study_seed: int, salt: str) -> int:
+    """A sampler seed of its own for one process or run of a study: 31 bits of sha256(study seed, salt).
+
+    Every worker and every rerun draws differently, and the same (study seed, salt) always draws the same.
+    """
+    digest = hashlib.sha256(f"{study_seed}:sampler:{salt}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def make_sampler(cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -222,10 +232,21 @@ def _prepare_sqlite(url: str) -> None:
         engine.dispose()
 
 
+_ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
+
+
+def dispose_storages() -> None:
+    """Close the connection pools of every storage this process opened (before a prompt exit)."""
+    for engine in list(_ENGINES):
+        engine.dispose()
+
+
 def _rdb_storage(url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+    _ENGINES.add(storage.engine)
+    return storage
 
 
 def _is_startup_race(exc: SQLAlchemyError) -> bool:
@@ -264,8 +285,10 @@ def _open_existing(url: str, source: str) -> optuna.storages.RDBStorage:
                         parsed.database, _first_line(exc, url))
     try:
         # Readers accept any schema version, as optuna-dashboard itself does.
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=True,
-                                          skip_table_creation=True)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=True,
+                                             skip_table_creation=True)
+        _ENGINES.add(storage.engine)
+        return storage
     except optuna.exceptions.StorageInternalError as exc:
         if isinstance(exc.__cause__, SQLAlchemyError):
             raise exc.__cause__ from None  # the driver's error says what is wrong; Optuna's wrapper does not
@@ -341,6 +364,10 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     if existing is not None and existing != cfg.resolved_direction:
         raise StorageError(f"{cfg.source}: direction: study '{cfg.name}' in the storage is {existing}d, the file says "
                            f"{cfg.resolved_direction}; rename the study or fix direction")
+    if sampler_seed is None and existing is not None:
+        # A rerun must not replay the first run's random draws: its sampler seed depends on what is there.
+        count = _trial_count(storage, cfg.name)
+        sampler_seed = derive_seed(cfg.seed, f"run after {count} trials") if count else None
     study = optuna.create_study(storage=storage, study_name=cfg.name, direction=cfg.resolved_direction,
                                 sampler=make_sampler(cfg, sampler_seed), pruner=make_pruner(cfg), load_if_exists=True)
     if existing is None:
@@ -350,6 +377,19 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     if create:
         _record_settings(study, cfg)
     return study
+
+
+def find_study(cfg: StudyConfig) -> optuna.Study | None:
+    """The study named in `cfg`, opened like `open_study` (same checks), if its storage holds it; else None.
+
+    Nothing is created for a study that does not exist yet.
+    """
+    if _is_missing_file(cfg.storage_url):
+        return None
+    storage = make_storage(cfg.storage_url, cfg.source, cfg.workers, create=False)
+    if _existing_direction(storage, cfg.name) is None:
+        return None
+    return open_study(cfg)
 
 
 def _is_missing_file(url: str) -> bool:
@@ -669,6 +709,17 @@ def stored_distributions(study: optuna.Study) -> dict[str, list[optuna.distribut
 
 def _engine(storage: optuna.storages.BaseStorage) -> sqlalchemy.engine.Engine:
     return getattr(storage, "_backend", storage).engine  # a Study wraps its RDBStorage in a cache
+
+
+def _trial_count(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """How many trials the study holds, by one count query (not by loading them)."""
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    study_id = storage.get_study_id_from_name(name)
+    with _engine(storage).connect() as conn:
+        query = sqlalchemy.select(sqlalchemy.func.count()).select_from(trials).where(trials.c.study_id == study_id)
+        return int(conn.execute(query).scalar_one())
 
 
 def _without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int]) -> set[int]:

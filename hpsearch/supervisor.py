@@ -30,7 +30,7 @@ from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureErro
 from hpsearch.monitor import Monitor
 from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, threads_per_worker
 from hpsearch.status import read_status
-from hpsearch.study import STORAGE_EXCEPTIONS, finished_count, requeue, storage_of, trial_id
+from hpsearch.study import STORAGE_EXCEPTIONS, finished_count, open_study, requeue, storage_of, trial_id
 
 log = logging.getLogger("hpsearch")
 STOP_GRACE_S = 8.0  # SIGINT, then SIGKILL after this: everything is down within 10 s
@@ -60,13 +60,14 @@ class Supervisor:
     """Runs `hpsearch worker` once per slot until the study has its `n_trials` finished trials."""
 
     cfg: StudyConfig
-    study: optuna.Study
+    study: optuna.Study | None  # None until a worker has created it
     slots: list[Slot]
     worker_argv: list[str]
     auto_scale: bool = False  # the first worker on each GPU probes memory; more are added from what it measured
     procs: dict[int, _Process] = field(default_factory=dict)
     scaled: set[int] = field(default_factory=set)  # GPUs whose worker count is settled
     stalls_reported: set[int] = field(default_factory=set)
+    announced: bool = False
 
     @property
     def threads(self) -> int:
@@ -98,8 +99,17 @@ class Supervisor:
         # Spawned from the main thread only: the kernel's parent-death signal fires when the forking thread exits.
         popen = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
-        log.info("worker %s started (pid %d, log %s)", slot.label, popen.pid, log_file.name)
+        log.debug("worker %s started (pid %d, log %s)", slot.label, popen.pid, log_file.name)
         return _Process(slot, popen, log_file, restarts, probing=probe)
+
+    def _announce(self, statuses: dict[int, dict[str, Any]]) -> None:
+        """One line once every worker has started its trials (a start that fails on bad input prints only the error)."""
+        if self.announced or not statuses or len(statuses) < len(self.procs):
+            return
+        if all(status.get("phase") in ("trials", "done") for status in statuses.values()):
+            self.announced = True
+            pids = ", ".join(f"{p.slot.label} {p.popen.pid}" for p in self.procs.values())
+            log.info("%d workers running trials (pids: %s; logs in %s)", len(self.procs), pids, self.log_dir)
 
     def _scale(self) -> None:
         """Once the first worker on a GPU has measured a trial's memory, start the others that fit there."""
@@ -114,7 +124,7 @@ class Supervisor:
             found = status.get("probe")
             gpus = len({slot.gpu for slot in self.slots})
             count, why = auto_trials_per_gpu(MemoryProbe(**found) if found else None, os.cpu_count() or 1, gpus)
-            room = self.cfg.n_trials - finished_count(self.study) - len(self.slots)
+            room = self.cfg.n_trials - self._finished() - len(self.slots)
             extra = max(0, min(count - 1, room))
             log.info("GPU %d: trials_per_gpu auto chose %s%s", gpu, why,
                      f"; starting {extra} more" if extra < count - 1 else "")
@@ -156,8 +166,19 @@ class Supervisor:
                 found[slot.index] = status
         return found
 
+    def _finished(self) -> int:
+        return 0 if self.study is None else finished_count(self.study)
+
+    def _attach_study(self, statuses: dict[int, dict[str, Any]], monitor: Monitor) -> None:
+        """Open the study once a worker has created it (it reached its trials)."""
+        if self.study is None and any(s.get("phase") in ("trials", "done") for s in statuses.values()):
+            self.study = open_study(self.cfg)  # it exists: nothing is created
+            monitor.attach(self.study)
+
     def _release_trials_of(self, proc: _Process) -> None:
         """Fail a dead worker's running trial at once and queue it to resume (no wait for the heartbeat grace)."""
+        if self.study is None:
+            return
         storage = storage_of(self.study)
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.user_attrs.get("worker") != proc.worker_id:
@@ -186,13 +207,14 @@ class Supervisor:
             line = self._last_line(proc).removeprefix("hpsearch: error: ")
             raise (TrialFailureError if code == 1 else HpsearchError)(f"worker {proc.slot.label}: {line}")
         self._release_trials_of(proc)
-        if finished_count(self.study) >= self.cfg.n_trials:
+        if self._finished() >= self.cfg.n_trials:
             return False
         if proc.restarts >= self.cfg.workers.max_restarts:
             raise WorkerCrashError(f"worker {proc.slot.label} died {proc.restarts + 1} times (last exit {code}); "
                                    f"see {proc.log_file.name}")
-        log.warning("worker %s (pid %d) died (exit %d); starting a replacement", proc.slot.label, proc.popen.pid, code)
         self.procs[proc.slot.index] = self._spawn(proc.slot, proc.restarts + 1)
+        log.warning("worker %s (pid %d) died (exit %d); started a replacement (pid %d)", proc.slot.label,
+                    proc.popen.pid, code, self.procs[proc.slot.index].popen.pid)
         return True
 
     def stop(self) -> None:
@@ -229,7 +251,10 @@ class Supervisor:
                 if self.auto_scale:
                     self._scale()
                 self._report_stalls()
-                monitor.update(self.statuses())
+                statuses = self.statuses()
+                self._attach_study(statuses, monitor)
+                self._announce(statuses)
+                monitor.update(statuses)
                 if not any(wanted):
                     break
                 signals.sleep(POLL_S)

@@ -5,6 +5,7 @@ Supervision of several worker processes builds on `run_worker`; one worker is on
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
@@ -126,6 +127,10 @@ def prepare_context(cfg: StudyConfig, slot: Slot | None = None, status: WorkerSt
         folds = _split(cfg, pool.y)
         status.phase("building the model")
         _preflight_model(cfg, data)
+        # torch.optim imports torch._dynamo on first use (~2 s): here rather than inside the first trial.
+        # (A thread beside the data loading measured slower: both imports and loading hold the GIL.)
+        status.phase("importing torch._dynamo")
+        importlib.import_module("torch._dynamo")
     return WorkerContext(cfg=cfg, data=data, labels=pool.y, folds=folds, device=device,
                          device_name=describe_device(device), worker=f"{socket.gethostname()}:{os.getpid()}",
                          slot=slot.index, extra_attrs={"settings": settings_id(cfg)})

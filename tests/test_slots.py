@@ -209,6 +209,10 @@ def test_visible_gpus_on_this_machine_matches_torch() -> None:
 
 def test_visible_gpus_counts_and_survives_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
+    from hpsearch import slots
+
+    monkeypatch.setattr(slots, "_driver_present", lambda: True)
+    monkeypatch.setattr(slots, "_nvml_count", lambda: None)  # NVML unavailable: torch is asked
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     assert visible_gpus() == [0, 1, 2]
 
@@ -217,6 +221,26 @@ def test_visible_gpus_counts_and_survives_errors(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(torch.cuda, "device_count", broken)
     assert visible_gpus() == []
+
+
+def test_visible_gpus_from_nvml_honour_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpsearch import slots
+
+    monkeypatch.setattr(slots, "_driver_present", lambda: True)
+    monkeypatch.setattr(slots, "_nvml_count", lambda: 4)
+    for value, expected in [(None, 4), ("", 0), ("2", 1), ("0,3", 2), ("1,9,2", 1), ("-1", 0), ("3,3", 1)]:
+        if value is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert visible_gpus() == list(range(expected)), value
+    assert slots._visible_count("GPU-8f2a,GPU-77c1", 4) is None  # UUIDs: only CUDA can map them, torch is asked
+
+
+def test_no_driver_no_gpu_and_no_torch_import() -> None:
+    out = _python("import sys; from hpsearch import slots; slots._driver_present = lambda: False; "
+                  "print(slots.visible_gpus(), 'torch' in sys.modules)")
+    assert out.stdout.strip() == "[] False"
 
 
 def _python(code: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
