@@ -304,16 +304,8 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
     nothing is created: a missing SQLite file is a StorageError. Error messages never show the
     password.
     """
-    check_url(url, source)
+    _check_usable(url, source)
     shown = redact_url(url)
-    try:
-        in_memory = _is_memory(url)
-    except (ArgumentError, ValueError):
-        in_memory = False  # unparseable: reported below with the usual message
-    if in_memory:
-        raise StorageError(f"{source}: storage: '{shown}' lives inside one process, so workers, reruns and "
-                           f"`hpsearch status` could never see the study; use a file such as "
-                           f"sqlite:///runs/study.db") from None
     heartbeat: dict[str, Any] = {}
     if workers is not None:
         heartbeat = {"heartbeat_interval": workers.heartbeat_interval, "grace_period": workers.grace_period}
@@ -379,17 +371,40 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     return study
 
 
+def _check_usable(url: str, source: str) -> None:
+    """Refuse, before any connection, a URL that cannot be parsed or that no other process could see."""
+    check_url(url, source)
+    try:
+        in_memory = _is_memory(url)
+    except (ArgumentError, ValueError):
+        return  # unparseable: the driver's own message follows
+    if in_memory:
+        raise StorageError(f"{source}: storage: '{redact_url(url)}' lives inside one process, so workers, reruns "
+                           f"and `hpsearch status` could never see the study; use a file such as "
+                           f"sqlite:///runs/study.db") from None
+
+
 def find_study(cfg: StudyConfig) -> optuna.Study | None:
     """The study named in `cfg`, opened like `open_study` (same checks), if its storage holds it; else None.
 
     Nothing is created for a study that does not exist yet.
     """
-    if _is_missing_file(cfg.storage_url):
+    _check_usable(cfg.storage_url, cfg.source)
+    if _is_missing_file(cfg.storage_url) or not _has_optuna_tables(cfg.storage_url):
         return None
     storage = make_storage(cfg.storage_url, cfg.source, cfg.workers, create=False)
     if _existing_direction(storage, cfg.name) is None:
         return None
     return open_study(cfg)
+
+
+def _has_optuna_tables(url: str) -> bool:
+    """Whether the database holds Optuna's tables (a new, empty database holds no study)."""
+    engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 def _is_missing_file(url: str) -> bool:

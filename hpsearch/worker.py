@@ -82,12 +82,29 @@ def _check_factory_arguments(cfg: StudyConfig) -> None:
 
 
 def _preflight_model(cfg: StudyConfig, data: DeviceData) -> None:
-    """Build the model once before any trial, so a bad model name or argument fails fast with exit 2."""
+    """Build the model and run it on two samples before any trial: a bad name, argument or shape is exit 2.
+
+    A model that does not fit the data (a first layer of the wrong size, the wrong number of
+    outputs) would otherwise fail every trial the same way.
+    """
     _check_factory_arguments(cfg)
     try:
-        build_model(cfg.model.name, tuple(data.input_shape), data.num_classes, dropout=0.0, **cfg.model.args)
+        model = build_model(cfg.model.name, tuple(data.input_shape), data.num_classes, dropout=0.0, **cfg.model.args)
     except ModelError as exc:
         raise ModelError(f"{cfg.source}: model: {exc}") from None
+    x, _ = next(data.batches(torch.arange(min(2, int(data.y.shape[0]))), 2, shuffle=False))
+    try:
+        with torch.no_grad():
+            out = model.to(data.device).eval()(x)
+    except Exception as exc:  # noqa: BLE001 - user code: whatever it raises is the message
+        raise ModelError(f"{cfg.source}: model: {cfg.model.name} fails on a batch of the data, inputs of shape "
+                         f"{tuple(x.shape)} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); make it "
+                         f"accept (N, {', '.join(map(str, data.input_shape))}) and return (N, {data.num_classes})"
+                         ) from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], data.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"{cfg.source}: model: {cfg.model.name} returns {shape} for {x.shape[0]} inputs; it must "
+                         f"return one score per class, ({x.shape[0]}, {data.num_classes})")
 
 
 def _load_pool(cfg: StudyConfig) -> ArrayData:

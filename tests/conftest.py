@@ -78,3 +78,13 @@ def pg_url() -> Any:
         pytest.skip(str(exc))
     yield url
     pg.drop_database(name)
+
+
+def python_env(*paths: str | Path, **variables: str) -> dict[str, str]:
+    """The environment for a real `python -m hpsearch` child: this checkout first on PYTHONPATH, then
+    `paths`, then whatever PYTHONPATH already holds (where packages may be installed, as on the GPU machine)."""
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return {**os.environ, **variables, "PYTHONPATH": os.pathsep.join([str(root), *map(str, paths), *inherited])}

@@ -130,7 +130,9 @@ def test_failing_user_code_stops_the_study_after_repeats(write_study: Callable[.
         "        super().__init__()\n"
         "        self.fc = torch.nn.Linear(64, 10)\n"
         "    def forward(self, x):\n"
-        "        raise RuntimeError('boom in user code')\n"
+        "        if self.training:\n"
+        "            raise RuntimeError('boom in user code')\n"
+        "        return self.fc(x.flatten(1))\n"
         "def build(input_shape, num_classes, dropout=0.0):\n"
         "    return Broken()\n")
     monkeypatch.syspath_prepend(str(workdir))
@@ -288,3 +290,29 @@ def test_factory_with_kwargs_takes_any_searched_argument(write_study: Callable[.
                               "width": {"type": "categorical", "choices": [4, 8]}})
     assert main(["run", str(path)]) == 0
     assert set(_load().trials[0].params) == {"lr", "width"}
+
+
+MISFIT_MODELS = (
+    "import torch\n"
+    "def first_layer_too_small(input_shape, num_classes, dropout=0.0):\n"
+    "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5, num_classes))\n"
+    "def wrong_outputs(input_shape, num_classes, dropout=0.0):\n"
+    "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))\n"
+)
+
+
+@pytest.mark.parametrize(("factory", "says"), [
+    ("first_layer_too_small", "fails on a batch of the data, inputs of shape (2, 1, 8, 8) (RuntimeError: mat1 and mat2"),
+    ("wrong_outputs", "returns (2, 3) for 2 inputs; it must return one score per class, (2, 10)"),
+])
+def test_a_model_that_does_not_fit_the_data_is_refused_before_any_trial(write_study: Callable[..., Path],
+                                                                        workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str],
+                                                                        factory: str, says: str) -> None:
+    (workdir / "misfit_models.py").write_text(MISFIT_MODELS)
+    monkeypatch.syspath_prepend(str(workdir))
+    path = write_study(model={"name": f"misfit_models:{factory}"})
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"hpsearch: error: {path}: model: misfit_models:{factory} ") and says in line, line
+    assert not DB.exists()  # refused before the study was touched: no failed trials at all

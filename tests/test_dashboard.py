@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import signal
 import sqlite3
@@ -27,6 +26,7 @@ import study_fixtures as sf
 from hpsearch import dashboard
 from hpsearch.cli import main
 from hpsearch.errors import HpsearchError, StorageError
+from conftest import python_env
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRIALS = 100
@@ -76,7 +76,7 @@ def _dashboard_process(url: str, log: Path) -> Iterator[str]:
     code = f"from hpsearch.dashboard import serve_dashboard; serve_dashboard({url!r}, '127.0.0.1', 0)"
     with log.open("w") as err, subprocess.Popen(
             [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}) as proc:
+            env=python_env()) as proc:
         lines: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
         reader.start()

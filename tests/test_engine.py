@@ -31,7 +31,7 @@ from hpsearch.engine import (
     seed_everything,
     train_one_epoch,
 )
-from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.errors import ConfigError
 from hpsearch.models import build_model
 from hpsearch.steps import EvalStep, TrainStep
 from torch_fixtures import DEVICES
@@ -383,20 +383,24 @@ def test_exact_resume_on_device(digits: ArrayData, split, device: str, tmp_path:
 def test_cuda_epoch_syncs_with_the_host_once(digits: ArrayData, split) -> None:
     """No host sync inside the epoch on CUDA: torch's sync debug mode flags each one."""
     placed = DeviceData.place(digits, torch.device("cuda"))
-    trainer = _trainer(placed, split, model="seednet", epochs=2, augment=("crop", "hflip"))
-    trainer.train_epoch()  # warm-up: cuDNN autotuning, the allocator and optimizer state settle first
-    torch.cuda.synchronize()
-    counts = []
-    for run in (trainer.train_epoch, trainer.validate):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                run()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        counts.append([str(w.message) for w in caught if "synchroniz" in str(w.message)])
-    assert all(len(found) <= 1 for found in counts), counts  # the one transfer of the epoch's metrics
+    for graphs in ("on", "off"):
+        trainer = _trainer(placed, split, model="seednet", epochs=3, augment=("crop", "hflip"), cuda_graphs=graphs)
+        trainer.run_epoch()  # warm-up: cuDNN autotuning, optimizer state, graph capture (it syncs) happen here
+        torch.cuda.synchronize()
+        found = {}
+        for run in (trainer.train_epoch, trainer.validate):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    run()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            # Where each sync came from (the Python line that called the op), so a failure says what to fix.
+            found[run.__name__] = [f"{Path(w.filename).name}:{w.lineno}: {w.message}" for w in caught
+                                   if "synchroniz" in str(w.message)]
+        assert all(len(syncs) <= 1 for syncs in found.values()), (graphs, found)  # the epoch's metrics, once
+        trainer.close()
 
 
 @pytest.mark.gpu

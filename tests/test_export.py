@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import study_fixtures as sf
 from hpsearch.config import build_config
 from hpsearch.errors import HpsearchError
 from hpsearch.export import export_best, export_trials
+from conftest import python_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def test_export_best_writes_params_weights_and_a_working_loader(study: optuna.St
 
     source = paths["loader"].read_text()
     compile(source, str(paths["loader"]), "exec")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     run = subprocess.run([sys.executable, str(paths["loader"])], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr

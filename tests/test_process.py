@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,12 +13,13 @@ import optuna
 import pytest
 
 from torch_fixtures import DEVICES
+from conftest import python_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

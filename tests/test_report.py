@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from hpsearch import report
 from hpsearch.errors import HpsearchError
 import study_fixtures as sf
+from conftest import python_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_STUDY = ["optimization history", "learning curves", "parallel coordinates", "param importances",
@@ -339,7 +340,7 @@ def test_export_and_dashboard_do_not_import_torch() -> None:
             "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
-                   env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                   env=python_env())
 
 
 def test_importances_subsample_large_studies(monkeypatch: pytest.MonkeyPatch, study: optuna.Study) -> None:

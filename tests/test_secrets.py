@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from hpsearch.cli import _config, build_parser, main
 from hpsearch.config import STORAGE_ENV
 from hpsearch.slots import Slot
 from hpsearch.study import UNPARSEABLE, redact_url, scrub
+from conftest import python_env
 
 SECRET = "Hunter2-pw"
 AT_SECRET = "hunter@2x"  # an unescaped '@': SQLAlchemy alone would print "2x"
@@ -181,7 +181,7 @@ def _stored_text(url: str, name: str) -> str:
 
 
 def _hpsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
                           capture_output=True, timeout=300)
 

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import pytest
 
+from conftest import python_env
 from hpsearch import slots
 from hpsearch.errors import ConfigError, DeviceError
 from hpsearch.slots import Slot, assign_slots, claim_gpu, cuda_visible_devices, parse_gpus, visible_gpus
@@ -244,7 +245,7 @@ def test_no_driver_no_gpu_and_no_torch_import() -> None:
 
 
 def _python(code: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = python_env()
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=60, check=True, **kwargs)  # type: ignore[call-overload]
 
@@ -367,7 +368,7 @@ def holders(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def _start_holder(lock_dir: Path, started: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = python_env()
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_dir)], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     started.append(proc)

@@ -33,11 +33,12 @@ from hpsearch.cli import main
 from hpsearch.config import load_config
 from hpsearch.errors import StorageError, StorageFailure
 from hpsearch.study import open_study, storage_failure
+from conftest import python_env
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
 LONG_TRAIN = {"epochs": 300, "batch_size": 16}  # a trial far longer than any test: it is always mid-trial
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # tiny models on shared cores: no spinning
+ENV = python_env(OMP_NUM_THREADS="1")  # tiny models on shared cores: no spinning
 
 
 def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:

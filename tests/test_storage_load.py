@@ -11,7 +11,6 @@ with real training on PostgreSQL. PostgreSQL tests use the `pg_url` fixture (tes
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -24,6 +23,8 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+
+from conftest import python_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +92,7 @@ class Workers:
     """`n` worker processes (WORKER above) that run one study after another, all starting together."""
 
     def __init__(self, n: int, logs: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env = python_env(OMP_NUM_THREADS="1")
         logs.mkdir(parents=True, exist_ok=True)
         self.stderr_paths = [logs / f"worker-{slot}.stderr" for slot in range(n)]
         self.procs = []
@@ -233,7 +234,7 @@ def test_cli_run_three_workers_on_postgres_trains_exactly_n_trials(pg_url: str, 
                   "dropout": {"type": "float", "low": 0.0, "high": 0.3}},
     }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     proc = subprocess.run([sys.executable, "-m", "hpsearch", "run", "study.yaml", "--workers", "3"], cwd=tmp_path,
                           env=env, text=True, capture_output=True, timeout=300)
     logs = "\n".join(p.read_text() for p in sorted((tmp_path / "runs" / "e2e-workers" / "logs").glob("*.log")))
@@ -272,7 +273,7 @@ for line in sys.stdin:
 
 def open_together(new_url: Callable[[], ContextManager[str]], n_procs: int, rounds: int) -> list[str]:
     """`n_procs` processes open each of `rounds` fresh databases at the same moment; the errors."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORAGE], env=env, text=True, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n_procs)]
     errors: list[str] = []

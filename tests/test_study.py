@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from optuna.trial import TrialState
 from hpsearch import study as study_module
 from hpsearch.cli import main
 from hpsearch.config import load_config
+from conftest import python_env
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "sqlite:///runs/tiny/study.db"
@@ -23,7 +23,7 @@ FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
 
 
 def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -120,4 +120,5 @@ def test_a_worker_stuck_before_its_first_trial_is_shown_with_its_log(write_study
     status = read_status(Path("runs/tiny/logs/worker-0.json"))
     assert status is not None and status["phase"] == "done"
     assert [name for name, _ in status["phases"]] == ["process", "starting", "loading data", "placing data",
-                                                      "building the model", "opening the study", "trials", "done"]
+                                                      "building the model", "importing torch._dynamo",
+                                                      "opening the study", "trials", "done"]

@@ -18,6 +18,7 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
+from conftest import python_env
 from hpsearch import cli, engine, supervisor
 from hpsearch.cli import main
 
@@ -29,7 +30,7 @@ LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 
 def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -205,7 +206,7 @@ def test_follow_supervisor_arms_sigterm_for_the_parent_death() -> None:
     probe = ("import ctypes, os; from hpsearch.supervisor import follow_supervisor; "
              "follow_supervisor(os.getppid()); sig = ctypes.c_int(); "
              "ctypes.CDLL(None).prctl(2, ctypes.byref(sig)); print(sig.value)")  # 2: PR_GET_PDEATHSIG
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env()
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0, done.stderr
@@ -342,9 +343,8 @@ def test_failures_of_any_kind_in_a_row_stop_the_study(write_study: Callable[...,
     (workdir / "failing_models.py").write_text(FAILING_MODELS)
     path = write_study(n_trials=50, model={"name": "failing_models:varying"},
                        workers={"max_consecutive_failures": 4})
-    env_root = f"{ROOT}{os.pathsep}{workdir}"
     proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(path)], cwd=workdir, text=True,
-                            env={**os.environ, "PYTHONPATH": env_root}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=python_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err
     last = err.strip().splitlines()[-1]
