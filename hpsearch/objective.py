@@ -27,6 +27,7 @@ from hpsearch.models import build_model
 from hpsearch.study import retry_history
 
 log = logging.getLogger("hpsearch")
+PROGRESS_EVERY_S = 10.0  # a trial logs its latest epoch at most this often
 
 
 @dataclass
@@ -233,10 +234,15 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
     for record in progress.history:
         _report(trial, progress, int(record["epoch"]), record[cfg.metric])
     first = trainers[0].epoch + 1
+    said = time.monotonic()
     for epoch in range(first, cfg.train.epochs + 1):
         record = _mean_record([t.run_epoch() for t in trainers])
         if epoch == first:
             trial.set_user_attr("cuda_graphs", trainers[0].graphs)  # captured (or refused) during this epoch
+        if time.monotonic() - said >= PROGRESS_EVERY_S:  # long trials show progress; short ones stay quiet
+            said = time.monotonic()
+            log.info("trial %d epoch %d/%d: %s=%.4f (%.1f s an epoch)", trial.number, epoch, cfg.train.epochs,
+                     cfg.metric, record[cfg.metric], record["epoch_time"])
         progress.history.append(record)
         trial.set_user_attr("history", progress.history)
         value = record[cfg.metric]

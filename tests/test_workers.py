@@ -507,3 +507,13 @@ def test_a_worker_that_keeps_dying_ends_the_run_with_exit_1(write_study: Callabl
     assert proc.returncode == 1, err  # a crash is not bad input (2)
     assert re.search(r"hpsearch: error: worker cpu#\d died 1 times \(last exit -9\)", err.strip().splitlines()[-1])
     assert not _study().get_trials(states=(TrialState.RUNNING,))
+
+
+def test_a_long_trial_shows_its_progress(write_study: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from hpsearch import objective
+
+    monkeypatch.setattr(objective, "PROGRESS_EVERY_S", 0.0)  # every epoch counts as long here
+    assert main(["run", str(write_study(n_trials=1, train={"epochs": 3, "batch_size": 64}))]) == 0
+    err = capsys.readouterr().err
+    assert [int(m) for m in re.findall(r"trial 0 epoch (\d)/3: val_accuracy=0\.\d{4} \(\d+\.\d s an epoch\)", err)] == [1, 2, 3]
