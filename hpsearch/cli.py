@@ -6,15 +6,11 @@ Exit codes: 0 success; 1 trials kept failing; 2 bad input (one line on stderr); 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import functools
 import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator
 from typing import Any, Sequence
 
 import yaml
@@ -148,87 +144,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _slots(cfg: StudyConfig, args: argparse.Namespace) -> list[Any]:
-    from hpsearch.errors import DeviceError
-    from hpsearch.slots import assign_slots, parse_gpus, visible_gpus
-
-    requested = parse_gpus(args.gpus) if args.gpus is not None else cfg.workers.gpus
-    visible = [] if cfg.device == "cpu" else visible_gpus()
-    if cfg.device == "cuda" and not visible:
-        raise DeviceError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
-    per_gpu = cfg.workers.trials_per_gpu if isinstance(cfg.workers.trials_per_gpu, int) else 1  # auto grows later
-    return assign_slots(visible, requested, per_gpu, args.workers or cfg.workers.n)
-
-
-def _auto_scaled(cfg: StudyConfig, args: argparse.Namespace, slots: list[Any]) -> bool:
-    """Whether the workers per GPU are sized from a memory probe (trials_per_gpu: auto, GPUs, no fixed count)."""
-    fixed = args.workers is not None or cfg.workers.n is not None
-    return cfg.workers.trials_per_gpu == "auto" and not fixed and any(slot.gpu is not None for slot in slots)
-
-
-def _open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> Any:
-    from hpsearch.study import open_study
-
-    study = open_study(cfg, sampler_seed=sampler_seed)
-    for point in cfg.enqueue:
-        study.enqueue_trial(point, skip_if_exists=True)
-    return study
-
-
-def _work(cfg: StudyConfig, slot: Any, on_trial: Any, sampler_seed: int | None = None, status: Any = None,
-          probe: bool = False) -> tuple[int, Any]:
-    """One worker in this process: load data once, run trials to the study-wide total; (exit code, study).
-
-    A storage found broken while opening is bad input (exit 2, nothing written); one that fails
-    during the run is a StorageFailure (exit 1; the trial in flight is handed back where it can be).
-    """
-    import dataclasses
-
-    from hpsearch.objective import run_trial
-    from hpsearch.status import WorkerStatus
-    from hpsearch.study import finished_count, guard_storage
-    from hpsearch.worker import prepare_context, probe_memory, run_worker, with_thread_plan
-
-    status = status or WorkerStatus(None)
-    ctx = prepare_context(cfg, slot, status)
-    if probe:
-        status.phase("probing memory")
-        found = probe_memory(ctx)
-        status.note(probe=None if found is None else dataclasses.asdict(found))
-    status.phase("opening the study")
-    objective = with_thread_plan(functools.partial(run_trial, ctx=ctx), status)
-    with guard_storage(cfg):
-        study = _open_and_enqueue(cfg, sampler_seed)
-    status.materialise()
-    status.phase("trials")
-    with guard_storage(cfg, running=True), _checkpoints_guarded(cfg):
-        log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
-                 finished_count(study), cfg.n_trials)
-        workers = cfg.workers
-        outcome = run_worker(study, objective, cfg.n_trials, cfg.timeout,
-                             on_trial=on_trial, max_retries=workers.max_retries,
-                             stale_check_s=workers.heartbeat_interval, grace_period=workers.grace_period,
-                             max_failures=workers.max_consecutive_failures)
-    status.phase("done")
-    return (EXIT_INTERRUPTED if outcome.interrupted else 0), study
-
-
-@contextlib.contextmanager
-def _checkpoints_guarded(cfg: StudyConfig) -> Iterator[None]:
-    """A checkpoint the file system refused ends the run with one line naming output_dir (exit 1)."""
-    from hpsearch.errors import CheckpointError
-
-    try:
-        yield
-    except CheckpointError as exc:
-        cause = exc.__cause__
-        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
-        full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
-        what, fix = ("the disk is full", "free space") if full else ("the file system refused it", "fix that")
-        raise CheckpointError(f"{cfg.source}: output_dir: '{cfg.out_dir}' cannot be written: {what} ({exc.path}: "
-                              f"{reason}); {fix}, then rerun to continue", exc.path) from None
-
-
 def _summary(study: Any, cfg: StudyConfig) -> None:
     from hpsearch import summary
     from hpsearch.study import guard_storage
@@ -242,45 +157,21 @@ def _summary(study: Any, cfg: StudyConfig) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the study: in this process for one slot, under a supervisor for several."""
-    from pathlib import Path
-
-    from hpsearch import summary
-    from hpsearch.status import WorkerStatus, process_start_time
+    from hpsearch.slots import plan_slots
 
     cfg = _config(args.study_file, args)
-    slots = _slots(cfg, args)
-    auto = _auto_scaled(cfg, args, slots)
+    slots, auto = plan_slots(cfg, args.gpus, args.workers)
     if len(slots) == 1 and not auto:
-        status = WorkerStatus(Path(cfg.out_dir) / "logs" / "worker-0.json", process_start_time(), wait_for_folder=True)
-        code, study = _work(cfg, slots[0], summary.trial_logger(cfg), status=status)
-        _summary(study, cfg)
-        return code
-    from hpsearch.monitor import Monitor
-    from hpsearch.study import find_study, finished_count, guard_storage
-    from hpsearch.supervisor import Supervisor, worker_argv
+        from hpsearch import summary
+        from hpsearch.worker import work_in_this_process
 
-    # The workers load the data, check the model and create the study themselves: the supervisor
-    # only reads a study that exists already (so bad input still fails with nothing written).
-    with guard_storage(cfg):
-        study = find_study(cfg)
-    with guard_storage(cfg, running=True):
-        slots = _enough_slots(slots, cfg.n_trials - (finished_count(study) if study is not None else 0))
-        supervisor = Supervisor(cfg, study, slots, worker_argv(args.study_file, args), auto_scale=auto)
-        try:
-            supervisor.run(Monitor(study, cfg, supervisor.slots))
-        except KeyboardInterrupt:
-            _summary(supervisor.study, cfg)
-            return EXIT_INTERRUPTED
-    _summary(supervisor.study, cfg)
-    return 0
+        outcome, study = work_in_this_process(cfg, slots[0], summary.trial_logger(cfg))
+    else:
+        from hpsearch.supervisor import supervise, worker_argv
 
-
-def _enough_slots(slots: list[Any], remaining: int) -> list[Any]:
-    """No more workers than trials left to run: each extra one would load the data and find nothing to do."""
-    keep = max(1, remaining)
-    if len(slots) > keep:
-        log.info("starting %d workers, not %d: only %d trials are left to run", keep, len(slots), max(0, remaining))
-    return slots[:keep]
+        outcome, study = supervise(cfg, slots, auto, worker_argv(args.study_file, args))
+    _summary(study, cfg)
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -293,35 +184,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         follow_supervisor(args.supervisor_pid)
     from hpsearch import summary
+    from hpsearch.slots import worker_slot
     from hpsearch.study import derive_seed
-    from hpsearch.slots import Slot, assign_slots, claim_gpu, parse_gpus, visible_gpus
+    from hpsearch.worker import work_in_this_process
 
     cfg = _config(args.study_file, args)
-    visible = [] if cfg.device == "cpu" else visible_gpus()
-    claim = None
-    if args.gpu_claim:
-        claim = claim_gpu(args.gpu_claim, visible, wait_s=args.claim_wait, trials_per_gpu=_claim_ranks(cfg))
-        os.environ.update(claim.env)  # before CUDA starts: this process sees only its claimed GPU, as cuda:0
-        gpu: int | None = 0
-    elif args.gpus is not None:
-        gpu = assign_slots(visible, parse_gpus(args.gpus), 1, 1)[0].gpu
-    else:
-        gpu = 0 if visible else None
-    slot = Slot(index=args.slot, gpu=gpu)
+    slot, claim = worker_slot(cfg, args.slot, args.gpus, args.gpu_claim, args.claim_wait)
     try:
-        return _work(cfg, slot, summary.trial_logger(cfg), sampler_seed=derive_seed(cfg.seed, f"worker {os.getpid()}"),
-                     status=status, probe=args.probe_memory)[0]
+        outcome, _ = work_in_this_process(cfg, slot, summary.trial_logger(cfg), status=status,
+                                          sampler_seed=derive_seed(cfg.seed, f"worker {os.getpid()}"),
+                                          probe=args.probe_memory)
+        return EXIT_INTERRUPTED if outcome.interrupted else 0
     finally:
         if claim is not None:
             claim.release()
-
-
-def _claim_ranks(cfg: StudyConfig) -> int:
-    """Claimable slots per GPU for lock-file workers: the fixed number, or up to the auto cap."""
-    from hpsearch.slots import MAX_TRIALS_PER_GPU
-
-    tpg = cfg.workers.trials_per_gpu
-    return tpg if isinstance(tpg, int) else MAX_TRIALS_PER_GPU
 
 
 def cmd_status(args: argparse.Namespace) -> int:

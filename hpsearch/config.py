@@ -11,11 +11,12 @@ import os
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from hpsearch import names
 from hpsearch.errors import ConfigError
 
 
@@ -25,30 +26,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
 
 
-# The builtin models' arguments and their rules (None: the model's own default). Kept here, not
-# imported from hpsearch.models, so config never imports torch.
-class SeednetArgs(Strict):
-    width: int | None = Field(None, ge=1)
-
-
-class MlpArgs(Strict):
-    width: int | None = Field(None, ge=1)
-    depth: int | None = Field(None, ge=1)
-
-
-class Resnet18Args(Strict):
-    pass
-
-
-BUILTIN_MODEL_ARGS: dict[str, type[Strict]] = {"seednet": SeednetArgs, "mlp": MlpArgs, "resnet18": Resnet18Args}
-BUILTIN_MODELS: dict[str, tuple[str, ...]] = {name: tuple(args.model_fields) for name, args in BUILTIN_MODEL_ARGS.items()}
-BUILTIN_DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder")
-METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}
-# Space parameters that feed the training settings rather than the model.
-TRAIN_PARAMS = (
-    "lr", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
-    "warmup_epochs", "step_size", "gamma", "accum_steps", "label_smoothing",
-)
+# The builtin models' arguments and their rule: a positive integer (None: the model's own default).
+BUILTIN_MODEL_ARGS: dict[str, type[Strict]] = {
+    name: create_model(f"{name.capitalize()}Args", __base__=Strict,
+                       **{arg: (Optional[int], Field(None, ge=1)) for arg in args})  # type: ignore[call-overload]
+    for name, args in names.MODELS.items()
+}
+BUILTIN_MODELS = names.MODELS
+BUILTIN_DATASETS = names.DATASETS
+METRICS = names.METRICS
+TRAIN_PARAMS = names.TRAIN_PARAMS
 Scalar = Union[bool, int, float, str]
 CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 MAX_STUDY_BYTES = 2 * 1024 * 1024  # parsing is the cost: PyYAML builds a Python object per value
@@ -283,21 +270,21 @@ class TrainConfig(Strict):
     epochs: int = Field(10, ge=1, le=100_000)
     lr: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, ge=1)
-    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    optimizer: Literal[names.OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    scheduler: Literal["none", "step", "cosine", "exponential", "onecycle"] = "none"
+    scheduler: Literal[names.SCHEDULERS] = "none"  # type: ignore[valid-type]
     warmup_epochs: float = Field(0.0, ge=0)
     step_size: int = Field(10, ge=1)
     gamma: float | None = Field(None, gt=0, le=1)  # None: 0.1 for step, 0.9 per epoch for exponential
     accum_steps: int = Field(1, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weighting: bool = False
-    augment: list[Literal["hflip", "crop"]] = Field(default_factory=list)
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay each step as one CUDA graph (CUDA only)
+    augment: list[Literal[names.AUGMENTATIONS]] = Field(default_factory=list)  # type: ignore[valid-type]
+    amp: Literal[names.AMP_MODES] = "auto"  # type: ignore[valid-type]
+    cuda_graphs: Literal[names.GRAPH_MODES] = "auto"  # type: ignore[valid-type]  # one CUDA graph per step (CUDA only)
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: bool = True
     resume_checkpoints: bool = True  # per-epoch state so a trial whose worker died resumes, not restarts

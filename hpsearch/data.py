@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hpsearch import names
 from hpsearch.errors import DataError
 from hpsearch.plugins import import_callable
 
@@ -37,8 +38,8 @@ __all__ = [
 
 log = logging.getLogger("hpsearch")
 
-DATASET_NAMES = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder")
-AUGMENTATIONS = ("hflip", "crop")
+DATASET_NAMES = names.DATASETS
+AUGMENTATIONS = names.AUGMENTATIONS
 DEFAULT_ROOT = "./data"
 
 # Where each torchvision set keeps its training files under `root` (named in error messages).
@@ -553,23 +554,9 @@ def apply_augment(x: torch.Tensor, table: torch.Tensor, generator: torch.Generat
     return x.reshape(n, c, h * w).gather(2, source).view(n, c, h, w)
 
 
-def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image of an (N, C, H, W) batch horizontally with probability 1/2."""
-    return apply_augment(x, augment_table(x.shape[2], x.shape[3], ("hflip",), x.device), generator)
-
-
 def crop_padding(height: int, width: int) -> int:
     """Translation range of "crop": 4 pixels for images of 16 px and up, less for tiny ones."""
     return max(1, min(4, min(height, width) // 4))
-
-
-def random_crop(x: torch.Tensor, generator: torch.Generator | None = None, padding: int | None = None) -> torch.Tensor:
-    """Random crop of each image after reflect-padding by ``padding`` pixels, in one gather.
-
-    Equivalent to torchvision ``RandomCrop(size, padding, padding_mode="reflect")`` per sample;
-    the padded image is never built: reflected source coordinates are gathered directly.
-    """
-    return apply_augment(x, augment_table(x.shape[2], x.shape[3], ("crop",), x.device, padding), generator)
 
 
 def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:

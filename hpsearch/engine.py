@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hpsearch import names
 from hpsearch.checkpoints import load_checkpoint, save_checkpoint  # re-exported: their documented home
 from hpsearch.data import DeviceData
 from hpsearch.errors import ConfigError, DeviceError
@@ -42,9 +43,9 @@ __all__ = [
     "tune_backend",
 ]
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+OPTIMIZERS = names.OPTIMIZERS
+SCHEDULERS = names.SCHEDULERS
+AMP_MODES = names.AMP_MODES
 ONECYCLE_PCT_START = 0.3
 ONECYCLE_DIV_FACTOR = 25.0  # start at lr / 25, as torch.optim.lr_scheduler.OneCycleLR
 ONECYCLE_FINAL_DIV_FACTOR = 1e4  # end at lr / 25 / 1e4

@@ -9,13 +9,14 @@ from typing import Any
 
 from torch import nn
 
+from hpsearch import names
 from hpsearch.errors import ModelError
 from hpsearch.plugins import import_callable
 
 __all__ = ["MODEL_KWARGS", "MODEL_NAMES", "build_model"]
 
-MODEL_NAMES = ("seednet", "mlp", "resnet18")
-MODEL_KWARGS: dict[str, tuple[str, ...]] = {"seednet": ("width",), "mlp": ("width", "depth"), "resnet18": ()}
+MODEL_NAMES = tuple(names.MODELS)
+MODEL_KWARGS = names.MODELS
 
 
 def build_model(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import sys
 import socket
@@ -19,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping, Sequence, Union
 
+from hpsearch.config import StudyConfig
 from hpsearch.errors import ConfigError, DeviceError
 
+log = logging.getLogger("hpsearch")
 GpuRequest = Union[Literal["all", "none"], list[int]]
 
 _CLAIM_POLL_S = 0.1
@@ -373,3 +376,45 @@ def auto_trials_per_gpu(probe: MemoryProbe | None, cores: int, gpus: int,
 def threads_per_worker(cores: int, workers: int) -> int:
     """CPU threads for each of `workers` processes sharing `cores` (torch and OpenMP): at least one."""
     return max(1, cores // max(1, workers))
+
+
+# --------------------------------------------------------------------------- the slots of a run
+
+def plan_slots(cfg: StudyConfig, gpus: str | None, workers: int | None) -> tuple[list[Slot], bool]:
+    """This machine's worker slots for a run (`--gpus` and `--workers` over the file), and whether
+    `trials_per_gpu: auto` will add more once the first worker on each GPU has measured memory."""
+    requested = parse_gpus(gpus) if gpus is not None else cfg.workers.gpus
+    visible = [] if cfg.device == "cpu" else visible_gpus()
+    if cfg.device == "cuda" and not visible:
+        raise DeviceError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    tpg = cfg.workers.trials_per_gpu
+    count = workers or cfg.workers.n
+    slots = assign_slots(visible, requested, tpg if isinstance(tpg, int) else 1, count)
+    auto = tpg == "auto" and count is None and any(slot.gpu is not None for slot in slots)
+    return slots, auto
+
+
+def enough_slots(slots: list[Slot], remaining: int) -> list[Slot]:
+    """No more workers than trials left to run: each extra one would load the data and find nothing to do."""
+    keep = max(1, remaining)
+    if len(slots) > keep:
+        log.info("starting %d workers, not %d: only %d trials are left to run", keep, len(slots), max(0, remaining))
+    return slots[:keep]
+
+
+def worker_slot(cfg: StudyConfig, index: int, gpus: str | None, claim_dir: str | None,
+                claim_wait: float) -> tuple[Slot, GpuClaim | None]:
+    """The slot of one `hpsearch worker`: a claimed GPU (docker), the one `--gpus` names, the first, or the CPU.
+
+    A claim sets CUDA_VISIBLE_DEVICES before CUDA starts: the process then sees only that GPU, as cuda:0.
+    """
+    visible = [] if cfg.device == "cpu" else visible_gpus()
+    if claim_dir:
+        tpg = cfg.workers.trials_per_gpu
+        claim = claim_gpu(claim_dir, visible, wait_s=claim_wait, trials_per_gpu=tpg if isinstance(tpg, int)
+                          else MAX_TRIALS_PER_GPU)
+        os.environ.update(claim.env)
+        return Slot(index, 0), claim
+    if gpus is not None:
+        return Slot(index, assign_slots(visible, parse_gpus(gpus), 1, 1)[0].gpu), None
+    return Slot(index, 0 if visible else None), None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import optuna
@@ -69,14 +70,11 @@ def grid(cfg: StudyConfig) -> dict[str, list[Any]]:
         elif isinstance(spec, IntParam):
             values[name] = list(range(spec.low, spec.high + 1, spec.step))
         else:
-            count = int(round((spec.high - spec.low) / spec.step)) + 1
-            values[name] = [spec.low + i * spec.step for i in range(count) if spec.low + i * spec.step <= spec.high + 1e-12]
+            values[name] = _float_steps(spec.low, spec.high, spec.step)
     return values
 
 
-def grid_size(cfg: StudyConfig) -> int:
-    """How many points the grid holds (the natural n_trials of a grid search)."""
-    size = 1
-    for choices in grid(cfg).values():
-        size *= len(choices)
-    return size
+def _float_steps(low: float, high: float, step: float) -> list[float]:
+    """low, low + step, ... up to high, in decimal: 0.001 + 9 * 0.001 in floats is 0.010000000000000002 > 0.01."""
+    first, last, size = Decimal(repr(low)), Decimal(repr(high)), Decimal(repr(step))
+    return [float(first + i * size) for i in range(int((last - first) / size) + 1)]

@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hpsearch import names
+
 __all__ = ["GRAPH_MODES", "WARMUP_STEPS", "EpochSums", "EvalStep", "TrainStep", "graphs_wanted"]
 
-GRAPH_MODES = ("auto", "on", "off")
+GRAPH_MODES = names.GRAPH_MODES
 WARMUP_STEPS = 3  # eager steps before capture: cuDNN has autotuned, grads and optimizer state exist
 
 

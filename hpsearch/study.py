@@ -159,7 +159,9 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
                                               reduction_factor=p.reduction_factor)
     if p.type == "patient":
         wrapped = optuna.pruners.MedianPruner() if p.wrapped == "median" else None
-        return optuna.pruners.PatientPruner(wrapped, patience=p.patience, min_delta=p.min_delta)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable in practice since 2.8
+            return optuna.pruners.PatientPruner(wrapped, patience=p.patience, min_delta=p.min_delta)
     if p.type == "threshold":
         return optuna.pruners.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps)
     return optuna.pruners.NopPruner()

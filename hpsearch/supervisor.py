@@ -28,9 +28,10 @@ from hpsearch import signals
 from hpsearch.config import STORAGE_ENV, StudyConfig
 from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError, WorkerCrashError
 from hpsearch.monitor import Monitor
-from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, threads_per_worker
+from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, enough_slots, threads_per_worker
 from hpsearch.status import read_status
-from hpsearch.study import STORAGE_EXCEPTIONS, finished_count, open_study, requeue, storage_of, trial_id
+from hpsearch.study import (STORAGE_EXCEPTIONS, find_study, finished_count, guard_storage, open_study, requeue,
+                            storage_of, trial_id)
 
 log = logging.getLogger("hpsearch")
 STOP_GRACE_S = 8.0  # SIGINT, then SIGKILL after this: everything is down within 10 s
@@ -264,6 +265,32 @@ class Supervisor:
             raise
         finally:
             monitor.close()
+
+
+@dataclass
+class SupervisedOutcome:
+    """How a supervised run ended (the CLI turns it into an exit code)."""
+
+    interrupted: bool = False
+
+
+def supervise(cfg: StudyConfig, slots: list[Slot], auto_scale: bool,
+              argv: list[str]) -> tuple[SupervisedOutcome, optuna.Study | None]:
+    """Run the study with one worker process per slot; the study (None if no worker created it).
+
+    The workers load the data, check the model and create the study themselves: the supervisor
+    only reads a study that exists already, so bad input still ends with nothing written.
+    """
+    with guard_storage(cfg):
+        study = find_study(cfg)
+    with guard_storage(cfg, running=True):
+        slots = enough_slots(slots, cfg.n_trials - (finished_count(study) if study is not None else 0))
+        supervisor = Supervisor(cfg, study, slots, argv, auto_scale=auto_scale)
+        try:
+            supervisor.run(Monitor(study, cfg, supervisor.slots))
+        except KeyboardInterrupt:
+            return SupervisedOutcome(interrupted=True), supervisor.study
+    return SupervisedOutcome(), supervisor.study
 
 
 def worker_argv(study_file: str, args: Any) -> list[str]:

@@ -5,6 +5,10 @@ Supervision of several worker processes builds on `run_worker`; one worker is on
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import functools
 import importlib
 import inspect
 import logging
@@ -13,7 +17,9 @@ import socket
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -26,12 +32,12 @@ from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.engine import Trainer
 from hpsearch.errors import CheckpointError, DataError, DeviceError, ModelError, TrialFailureError
 from hpsearch.models import build_model
-from hpsearch.objective import WorkerContext, model_spec, release_memory, train_settings
+from hpsearch.objective import WorkerContext, model_spec, release_memory, run_trial, train_settings
 from hpsearch.plugins import import_callable
 from hpsearch.slots import MemoryProbe, Slot
-from hpsearch.status import WorkerStatus, read_status
-from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, current_state, fail_stale_trials, is_storage_exception,
-                            requeue, settings_id, storage_cause)
+from hpsearch.status import WorkerStatus, process_start_time, read_status
+from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, current_state, fail_stale_trials, finished_count,
+                            guard_storage, is_storage_exception, open_study, requeue, settings_id, storage_cause)
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error this many trials in a row stops the worker
@@ -406,3 +412,61 @@ def with_thread_plan(objective: Objective, status: WorkerStatus) -> Objective:
         return objective(trial)
 
     return run
+
+
+# --------------------------------------------------------------------------- one worker, assembled
+
+def open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> optuna.Study:
+    """Open (or create) the study and queue the file's `enqueue:` points once."""
+    study = open_study(cfg, sampler_seed=sampler_seed)
+    for point in cfg.enqueue:
+        study.enqueue_trial(point, skip_if_exists=True)
+    return study
+
+
+def work_in_this_process(cfg: StudyConfig, slot: Slot, on_trial: Callable[[optuna.trial.FrozenTrial], None],
+                         sampler_seed: int | None = None, status: WorkerStatus | None = None,
+                         probe: bool = False) -> tuple[WorkerOutcome, optuna.Study]:
+    """One worker: load the data once, open the study, run trials to the study-wide total.
+
+    A storage found broken while opening is bad input (exit 2, nothing written); one that fails
+    during the run is a StorageFailure (exit 1; the trial in flight is handed back where it can be).
+    Without `status` (a run of one worker in this process), its phases go to runs/<name>/logs/worker-0.json
+    once the study is open.
+    """
+    status = status or WorkerStatus(Path(cfg.out_dir) / "logs" / "worker-0.json", process_start_time(),
+                                    wait_for_folder=True)
+    ctx = prepare_context(cfg, slot, status)
+    if probe:
+        status.phase("probing memory")
+        found = probe_memory(ctx)
+        status.note(probe=None if found is None else dataclasses.asdict(found))
+    status.phase("opening the study")
+    with guard_storage(cfg):
+        study = open_and_enqueue(cfg, sampler_seed)
+    status.materialise()
+    status.phase("trials")
+    with guard_storage(cfg, running=True), checkpoints_guarded(cfg):
+        log.info("study '%s', worker %s on %s: %d of %d trials finished", cfg.name, slot.label, ctx.device_name,
+                 finished_count(study), cfg.n_trials)
+        workers = cfg.workers
+        outcome = run_worker(study, with_thread_plan(functools.partial(run_trial, ctx=ctx), status), cfg.n_trials,
+                             cfg.timeout, on_trial=on_trial, max_retries=workers.max_retries,
+                             stale_check_s=workers.heartbeat_interval, grace_period=workers.grace_period,
+                             max_failures=workers.max_consecutive_failures)
+    status.phase("done")
+    return outcome, study
+
+
+@contextlib.contextmanager
+def checkpoints_guarded(cfg: StudyConfig) -> Iterator[None]:
+    """A checkpoint the file system refused ends the run with one line naming output_dir (exit 1)."""
+    try:
+        yield
+    except CheckpointError as exc:
+        cause = exc.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        what, fix = ("the disk is full", "free space") if full else ("the file system refused it", "fix that")
+        raise CheckpointError(f"{cfg.source}: output_dir: '{cfg.out_dir}' cannot be written: {what} ({exc.path}: "
+                              f"{reason}); {fix}, then rerun to continue", exc.path) from None

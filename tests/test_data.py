@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpsearch.data import ArrayData, DeviceData, apply_augment, augment_table, from_arrays, load_dataset, random_crop, random_hflip, split_folds
+from hpsearch.data import ArrayData, DeviceData, apply_augment, augment_table, from_arrays, load_dataset, split_folds
 from hpsearch.errors import DataError
 from torch_fixtures import DEVICES, skip_md5_checks, write_cifar10, write_image_folder, write_mnist, write_svhn
 
@@ -278,12 +278,12 @@ def test_shuffle_is_seeded_and_drop_last(tagged: ArrayData) -> None:
 def test_hflip_and_crop_keep_shapes_and_source_values(tagged: ArrayData) -> None:
     g = torch.Generator().manual_seed(0)
     x = tagged.x[:64]
-    flipped = random_hflip(x, g)
+    flipped = apply_augment(x, augment_table(8, 8, ("hflip",)), g)
     is_flip = (flipped == x.flip(3)).flatten(1).all(1)
     is_same = (flipped == x).flatten(1).all(1)
     assert flipped.shape == x.shape and flipped.dtype == torch.uint8
     assert bool((is_flip | is_same).all()) and 10 < int(is_flip.sum()) < 54
-    cropped = random_crop(x, g, padding=2)
+    cropped = apply_augment(x, augment_table(8, 8, ("crop",), padding=2), g)
     assert cropped.shape == x.shape and cropped.dtype == torch.uint8
     padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2), mode="reflect")
     for i in range(len(x)):  # every crop is one window of the reflect-padded image

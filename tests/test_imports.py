@@ -1,4 +1,9 @@
-"""The import directions of DESIGN.md: the torch side never sees Optuna; the light side never loads torch."""
+"""The import directions of DESIGN.md, for every module of the package.
+
+The torch side never sees Optuna or the schema; the light side never loads torch (so `validate`,
+`status` and `report` start fast); a few modules are standard library only. A new module must be
+placed in one of these groups, or this test fails.
+"""
 
 from __future__ import annotations
 
@@ -10,31 +15,63 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
-TORCH_SIDE = ("data", "models", "engine", "checkpoints")
-LIGHT_SIDE = ("config", "space", "study", "report", "summary")
+STDLIB_ONLY = ("errors", "names", "signals", "status", "plugins", "__init__")
+TORCH_SIDE = ("data", "models", "engine", "steps", "checkpoints")
+LIGHT_SIDE = ("config", "space", "study", "slots", "summary", "monitor", "supervisor", "cli", "__main__",
+              "report", "export", "dashboard")
+BRIDGES = ("objective", "worker")  # the only modules that hold both a trial and a model
+LIGHT_PACKAGES = ("results",)  # every module under these is light side too
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")
 
 
+def _modules() -> list[str]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        found.append(".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+    return found
+
+
+def _group(module: str) -> str:
+    top = module.split(".")[0]
+    for name, members in (("stdlib", STDLIB_ONLY), ("torch", TORCH_SIDE), ("light", LIGHT_SIDE), ("bridge", BRIDGES)):
+        if module in members:
+            return name
+    return "light" if top in LIGHT_PACKAGES else "unplaced"
+
+
 def _imports(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    path = PACKAGE.joinpath(*module.split(".")).with_suffix(".py")
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
     return names
 
 
-@pytest.mark.parametrize("module", TORCH_SIDE)
+def test_every_module_has_a_place() -> None:
+    assert [m for m in _modules() if _group(m) == "unplaced"] == []
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if _group(m) == "stdlib"])
+def test_stdlib_modules_import_nothing_else(module: str) -> None:
+    allowed = set(sys.stdlib_module_names) | {"__future__"}
+    outside = {name for name in _imports(module) if name.split(".")[0] not in allowed
+               and name not in {f"hpsearch.{m}" for m in STDLIB_ONLY} and name != "hpsearch"}
+    assert not outside, f"hpsearch/{module} imports {outside}"
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if _group(m) == "torch"])
 def test_torch_side_never_imports_optuna_or_config(module: str) -> None:
     bad = {name for name in _imports(module) if name.startswith(FORBIDDEN_ON_TORCH_SIDE)}
     assert not bad, f"hpsearch/{module}.py imports {bad}"
 
 
-@pytest.mark.parametrize("module", LIGHT_SIDE)
+# __main__ runs the command when imported: test_validate_does_not_load_torch covers the entry point.
+@pytest.mark.parametrize("module", [m for m in _modules() if _group(m) == "light" and m != "__main__"])
 def test_light_side_never_loads_torch(module: str) -> None:
-    code = f"import sys, hpsearch.{module}; print('torch' in sys.modules)"
+    code = f"import sys, importlib; importlib.import_module('hpsearch.{module}'); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=PACKAGE.parent, check=True)
     assert result.stdout.strip() == "False", f"importing hpsearch.{module} loads torch"

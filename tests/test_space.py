@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY_STUDY
 from hpsearch.config import build_config
-from hpsearch.space import grid, grid_size, suggest
+from hpsearch.space import grid, suggest
 
 SPACE = {
     "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
@@ -49,5 +49,11 @@ def test_grid_enumerates_every_point() -> None:
              "batch_size": {"type": "categorical", "choices": [32, 64]}}
     cfg = build_config({**TINY_STUDY, "sampler": {"type": "grid"}, "train": {"epochs": 1}, "space": space})
     values = grid(cfg)
-    assert values["lr"] == pytest.approx([0.01, 0.02, 0.03])
-    assert grid_size(cfg) == 6
+    assert values["lr"] == pytest.approx([0.01, 0.02, 0.03]) and values["batch_size"] == [32, 64]
+
+
+def test_grid_floats_end_exactly_on_high() -> None:
+    space = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "step": 1e-3}}
+    cfg = build_config({**TINY_STUDY, "sampler": {"type": "grid"}, "train": {"epochs": 1}, "space": space})
+    values = grid(cfg)["lr"]
+    assert len(values) == 10 and values[-1] == 0.01 and max(values) <= 0.01  # not 0.010000000000000002

@@ -183,3 +183,61 @@ def test_the_optuna_internals_the_adapter_relies_on_are_still_there(write_study:
     trial.suggest_float("lr", 1e-3, 1e-2, log=True)
     assert set(study_module.stored_distributions(study)) == {"lr"}
     assert "settings:" + study_module.settings_id(cfg) in study_module.study_system_attrs(study)
+
+
+# ---------------------------------------------------------------- every sampler and pruner the schema offers
+
+SAMPLERS = [{"type": "tpe", "n_startup_trials": 2}, {"type": "random"}, {"type": "cmaes", "n_startup_trials": 1},
+            {"type": "gp", "n_startup_trials": 2}, {"type": "qmc"}, {"type": "grid"}]
+PRUNERS = [{"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}, {"type": "percentile", "percentile": 50.0},
+           {"type": "successive_halving"}, {"type": "hyperband"}, {"type": "patient", "patience": 1},
+           {"type": "threshold", "lower": 0.5}, {"type": "none"}]
+
+
+def _search_config(sampler: dict[str, Any], pruner: dict[str, Any]) -> Any:
+    from conftest import TINY_STUDY
+    from hpsearch.config import build_config
+
+    space = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "step": 1e-3},
+             "batch_size": {"type": "categorical", "choices": [32, 64]},
+             "width": {"type": "int", "low": 8, "high": 32, "step": 8}}
+    return build_config({**TINY_STUDY, "sampler": sampler, "pruner": pruner, "space": space,
+                         "train": {"epochs": 4}, "model": {"name": "mlp"}})
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=[s["type"] for s in SAMPLERS])
+def test_every_sampler_builds_and_proposes_points_inside_the_space(sampler: dict[str, Any]) -> None:
+    from hpsearch import space
+
+    cfg = _search_config(sampler, {"type": "none"})
+    study = optuna.create_study(direction="maximize", sampler=study_module.make_sampler(cfg))
+    for _ in range(6):
+        trial = study.ask()
+        params = space.suggest(trial, cfg)
+        assert 1e-3 - 1e-12 <= params["lr"] <= 1e-2 + 1e-12 and params["batch_size"] in (32, 64)
+        assert params["width"] in (8, 16, 24, 32)
+        study.tell(trial, params["lr"] * params["width"])
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
+
+
+@pytest.mark.parametrize("pruner", PRUNERS, ids=[p["type"] for p in PRUNERS])
+def test_every_pruner_builds_and_decides_on_reported_epochs(pruner: dict[str, Any]) -> None:
+    cfg = _search_config({"type": "random"}, pruner)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0),
+                                pruner=study_module.make_pruner(cfg))
+    decisions = []
+    for number in range(6):
+        trial = study.ask()
+        pruned = False
+        for epoch in range(1, cfg.train.epochs + 1):
+            trial.report(0.1 * number + 0.05 * epoch if number % 2 else 0.01 * epoch, epoch)
+            if trial.should_prune():
+                pruned = True
+                break
+        study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, 0.1 * number)
+        decisions.append(pruned)
+    assert len(study.trials) == 6
+    if pruner["type"] == "none":
+        assert not any(decisions)
+    if pruner["type"] == "threshold":
+        assert all(decisions[i] for i in (0, 2, 4))  # the weak trials stay under 0.5 and are pruned

@@ -19,7 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import python_env
-from hpsearch import cli, engine, supervisor
+from hpsearch import engine, supervisor
 from hpsearch.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +193,10 @@ def test_only_a_worker_started_by_run_follows_its_supervisor(write_study: Callab
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     followed: list[int] = []
     monkeypatch.setattr(supervisor, "follow_supervisor", followed.append)
-    monkeypatch.setattr(cli, "_work", lambda *args, **kwargs: (0, None))
+    from hpsearch import worker
+    from hpsearch.worker import WorkerOutcome
+
+    monkeypatch.setattr(worker, "work_in_this_process", lambda *args, **kwargs: (WorkerOutcome(), None))
     path = write_study()
     assert main(["worker", str(path)]) == 0
     assert followed == []  # a worker started by hand (another machine, docker) outlives whatever started it

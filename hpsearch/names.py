@@ -1,0 +1,24 @@
+"""The names both sides of the torch boundary accept, defined once.
+
+The study file's schema (config.py, no torch) offers these names and the torch side (data, models,
+engine, steps) builds them; both import them from here, so a name is added in one place and
+`tests/test_names.py` checks that every builder accepts every name the schema offers. Standard
+library only.
+"""
+
+from __future__ import annotations
+
+DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder")
+# Builtin models and their extra arguments (each a positive integer; left out, the model's default).
+MODELS: dict[str, tuple[str, ...]] = {"seednet": ("width",), "mlp": ("width", "depth"), "resnet18": ()}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+GRAPH_MODES = ("auto", "on", "off")
+AUGMENTATIONS = ("hflip", "crop")
+METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}  # what evaluate reports, prefixed val_
+# Space parameters that set a training setting rather than a model argument.
+TRAIN_PARAMS = (
+    "lr", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
+    "warmup_epochs", "step_size", "gamma", "accum_steps", "label_smoothing",
+)
