@@ -54,6 +54,7 @@ def test_grid_enumerates_every_point() -> None:
 
 def test_grid_floats_end_exactly_on_high() -> None:
     space = {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "step": 1e-3}}
-    cfg = build_config({**TINY_STUDY, "sampler": {"type": "grid"}, "train": {"epochs": 1}, "space": space})
+    cfg = build_config({**TINY_STUDY, "sampler": {"type": "grid"}, "train": {"epochs": 1, "batch_size": 8},
+                        "space": space})
     values = grid(cfg)["lr"]
     assert len(values) == 10 and values[-1] == 0.01 and max(values) <= 0.01  # not 0.010000000000000002
