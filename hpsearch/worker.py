@@ -295,6 +295,11 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective,
     return study.tell(trial, value)
 
 
+def _claimed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that hold or held a place in the total: finished, running, or waiting to run."""
+    return study.get_trials(deepcopy=False, states=CLAIMED)
+
+
 def _ask(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
@@ -368,7 +373,7 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                 if time.monotonic() >= next_stale_check:
                     fail_stale_trials(study, grace_period, max_retries)
                     next_stale_check = time.monotonic() + stale_check_s
-                claimed = study.get_trials(deepcopy=False, states=CLAIMED)  # one read decides both checks below
+                claimed = _claimed(study)  # one read decides both checks below
                 waiting = sum(1 for t in claimed if t.state == TrialState.WAITING)
                 running = sum(1 for t in claimed if t.state == TrialState.RUNNING)
                 if len(claimed) - waiting - running >= n_trials:
