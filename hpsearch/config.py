@@ -494,9 +494,43 @@ def _check_model_args(cfg: StudyConfig) -> None:
         _check_value(cfg, f"model.args.{key}", key, value, "value")
 
 
+def space_order(space: dict[str, Any]) -> list[str]:
+    """The parameters in file order, except that each comes after the ones its `when:` tests.
+
+    YAML mappings have no order (tools that write YAML sort keys), so `momentum: {when: {optimizer:
+    sgd}}` may come before `optimizer`. A cycle raises ValueError naming it; an unknown parent is
+    left to the checks.
+    """
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = path[path.index(name):] + [name]
+            raise ValueError(" -> ".join(cycle))
+        state[name] = "visiting"
+        for parent in space[name].when or {}:
+            if parent in space:
+                visit(parent, path + [name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in space:
+        visit(name, [])
+    return order
+
+
 def _check_space(cfg: StudyConfig) -> None:
-    declared: dict[str, Any] = {}
-    for name, spec in cfg.space.items():
+    try:
+        order = space_order(cfg.space)
+    except ValueError as exc:
+        first = str(exc).split(" -> ")[0]
+        raise _error(cfg, f"space.{first}.when", f"the when: conditions form a cycle ({exc}); a parameter "
+                                                 f"cannot depend on itself, remove one of them") from None
+    for name in order:
+        spec = cfg.space[name]
         where = f"space.{name}"
         if name not in TRAIN_PARAMS and name != "dropout" and not cfg.model.is_custom:
             known = TRAIN_PARAMS + ("dropout",) + BUILTIN_MODELS[cfg.model.name]
@@ -508,21 +542,20 @@ def _check_space(cfg: StudyConfig) -> None:
         if name in cfg.model.args:
             raise _error(cfg, where, f"'{name}' is set both in model.args.{name} and in space.{name}; remove one")
         _check_param_values(cfg, name, spec)
-        _check_when(cfg, name, spec, declared)
-        declared[name] = spec
+        _check_when(cfg, name, spec)
     for required in ("lr", "batch_size"):
         if required not in cfg.space and getattr(cfg.train, required) is None:
             raise _error(cfg, f"space.{required}", f"'{required}' is neither searched nor fixed; add space.{required} "
                                                    f"or train.{required}")
 
 
-def _check_when(cfg: StudyConfig, name: str, spec: Any, declared: dict[str, Any]) -> None:
+def _check_when(cfg: StudyConfig, name: str, spec: Any) -> None:
     for parent, wanted in (spec.when or {}).items():
         where = f"space.{name}.when.{parent}"
-        if parent not in declared:
-            raise _error(cfg, where, f"condition on '{parent}', which is not declared above '{name}' in space; "
-                                     f"declare it first")
-        parent_spec = declared[parent]
+        if parent not in cfg.space:
+            raise _error(cfg, where, f"condition on '{parent}', which is not a parameter of space"
+                                     f"{_did_you_mean(parent, cfg.space)}; declare it in space or remove the condition")
+        parent_spec = cfg.space[parent]
         if not isinstance(parent_spec, CategoricalParam):
             raise _error(cfg, where, f"conditions may only test categorical parameters; '{parent}' is {parent_spec.type}")
         for value in wanted if isinstance(wanted, list) else [wanted]:

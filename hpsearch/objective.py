@@ -301,8 +301,9 @@ def _restore(trial: optuna.Trial, trainers: list[Trainer], progress: _Progress,
     for trainer, trainer_state in zip(trainers, state["trainers"]):
         trainer.load_state_dict(trainer_state)
     progress.load_state_dict(state)
-    trial.set_user_attr("resumed_from", {"trial": source, "epoch": trainers[0].epoch})
-    log.info("trial %d resumes trial %d from epoch %d", trial.number, source, trainers[0].epoch)
+    if source != trial.number:  # its own state (an OOM retry) is no resume from another trial
+        trial.set_user_attr("resumed_from", {"trial": source, "epoch": trainers[0].epoch})
+        log.info("trial %d resumes trial %d from epoch %d", trial.number, source, trainers[0].epoch)
 
 
 def release_memory(device: torch.device) -> None:
@@ -316,7 +317,8 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
     """Train one trial; return its best validation metric, or raise TrialPruned (pruned or diverged).
 
     A CUDA out-of-memory error is retried once with half the batch size and twice the gradient
-    accumulation (the same effective batch); a second one propagates.
+    accumulation (the same effective batch), from the last epoch the trial saved; a second one
+    propagates (and the trial's resume files go: nobody will resume it).
     """
     cfg = ctx.cfg
     params = space.suggest(trial, cfg)
@@ -330,10 +332,37 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
         return _attempt(trial, ctx, params, settings, seed, _resume_source(ctx, trial), reported)
     except torch.cuda.OutOfMemoryError:
         if settings.batch_size < 2:
+            _drop_resume_files(ctx, trial)
             raise
     release_memory(ctx.device)  # outside the except block: the traceback no longer pins the tensors
     smaller = replace(settings, batch_size=settings.batch_size // 2, accum_steps=settings.accum_steps * 2)
-    trial.set_user_attr("oom_retry", {"batch_size": smaller.batch_size, "accum_steps": smaller.accum_steps})
-    log.warning("trial %d ran out of memory; retrying with batch %d x %d accumulation", trial.number,
-                smaller.batch_size, smaller.accum_steps)
-    return _attempt(trial, ctx, params, smaller, seed, None, reported)
+    resume = _own_state(ctx, trial) or _resume_source(ctx, trial)
+    done = 0 if resume is None else int(resume[1]["trainers"][0]["epoch"])
+    trial.set_user_attr("oom_retry", {"batch_size": smaller.batch_size, "accum_steps": smaller.accum_steps,
+                                      "from_epoch": done})
+    log.warning("trial %d ran out of memory; retrying with batch %d x %d accumulation from epoch %d", trial.number,
+                smaller.batch_size, smaller.accum_steps, done)
+    try:
+        return _attempt(trial, ctx, params, smaller, seed, resume, reported)
+    except torch.cuda.OutOfMemoryError:
+        _drop_resume_files(ctx, trial)  # it fails for good: nobody will resume it
+        raise
+
+
+def _own_state(ctx: WorkerContext, trial: optuna.Trial) -> tuple[int, dict[str, Any]] | None:
+    """The state this trial saved at its last finished epoch, before an out-of-memory error (if any)."""
+    path = resume_path(Path(ctx.cfg.out_dir).resolve(), trial.number)
+    if not ctx.cfg.train.resume_checkpoints or not path.is_file():
+        return None
+    try:
+        return trial.number, load_checkpoint(path, map_location=ctx.device)
+    except HpsearchError as exc:
+        _skip_resume(trial, trial.number, str(exc))
+        return None
+
+
+def _drop_resume_files(ctx: WorkerContext, trial: optuna.Trial) -> None:
+    out = Path(ctx.cfg.out_dir).resolve()
+    ctx.checkpoints.flush()
+    for number in [trial.number, *retry_history(trial)]:
+        resume_path(out, number).unlink(missing_ok=True)

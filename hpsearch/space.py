@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from hpsearch.config import CategoricalParam, FloatParam, IntParam, StudyConfig
+from hpsearch.config import CategoricalParam, FloatParam, IntParam, StudyConfig, space_order
 
 
 def _active(spec: Any, params: dict[str, Any]) -> bool:
@@ -39,9 +39,10 @@ def _suggest_one(trial: optuna.trial.BaseTrial, name: str, spec: Any) -> Any:
 
 
 def suggest(trial: optuna.trial.BaseTrial, cfg: StudyConfig) -> dict[str, Any]:
-    """Draw every active parameter of `cfg.space`, in file order (conditions refer upwards)."""
+    """Draw every active parameter of `cfg.space`, each after the ones its `when:` tests."""
     params: dict[str, Any] = {}
-    for name, spec in cfg.space.items():
+    for name in space_order(cfg.space):
+        spec = cfg.space[name]
         if _active(spec, params):
             params[name] = _suggest_one(trial, name, spec)
     return params

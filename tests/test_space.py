@@ -7,6 +7,7 @@ import pytest
 
 from conftest import TINY_STUDY
 from hpsearch.config import build_config
+from hpsearch.errors import ConfigError
 from hpsearch.space import grid, suggest
 
 SPACE = {
@@ -58,3 +59,26 @@ def test_grid_floats_end_exactly_on_high() -> None:
                         "space": space})
     values = grid(cfg)["lr"]
     assert len(values) == 10 and values[-1] == 0.01 and max(values) <= 0.01  # not 0.010000000000000002
+
+
+def test_conditions_may_come_before_what_they_test() -> None:
+    """YAML mappings have no order: sorted keys put momentum (when optimizer) before optimizer."""
+    space = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+             "momentum": {"type": "float", "low": 0.8, "high": 0.99, "when": {"optimizer": "sgd"}},
+             "optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}}
+    cfg = build_config({**TINY_STUDY, "train": {"epochs": 1, "batch_size": 8}, "space": space})
+    seen = set()
+    for number in range(20):
+        params = suggest(optuna.trial.FixedTrial({"lr": 0.01, "optimizer": ["adamw", "sgd"][number % 2],
+                                                  "momentum": 0.9}), cfg)
+        assert ("momentum" in params) == (params["optimizer"] == "sgd")
+        seen.add(params["optimizer"])
+    assert seen == {"adamw", "sgd"}
+
+
+def test_a_cycle_of_conditions_is_refused() -> None:
+    space = {"a": {"type": "categorical", "choices": [1, 2], "when": {"b": 1}},
+             "b": {"type": "categorical", "choices": [1, 2], "when": {"a": 1}}}
+    with pytest.raises(ConfigError, match=r"space\.a\.when: the when: conditions form a cycle \(a -> b -> a\)"):
+        build_config({**TINY_STUDY, "model": {"name": "package.module:factory"},
+                      "train": {"epochs": 1, "batch_size": 8, "lr": 0.1}, "space": space})

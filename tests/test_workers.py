@@ -244,7 +244,7 @@ def test_oom_is_retried_with_half_the_batch(write_study: Callable[..., Path], mo
     assert main(["run", str(write_study(n_trials=1))]) == 0
     trial = _study().trials[0]
     assert trial.state == TrialState.COMPLETE
-    assert trial.user_attrs["oom_retry"] == {"batch_size": 32, "accum_steps": 2}
+    assert trial.user_attrs["oom_retry"] == {"batch_size": 32, "accum_steps": 2, "from_epoch": 0}
 
 
 def test_oom_twice_fails_the_trial_with_reason_oom(write_study: Callable[..., Path],
@@ -520,3 +520,20 @@ def test_a_long_trial_shows_its_progress(write_study: Callable[..., Path], monke
     assert main(["run", str(write_study(n_trials=1, train={"epochs": 3, "batch_size": 64}))]) == 0
     err = capsys.readouterr().err
     assert [int(m) for m in re.findall(r"trial 0 epoch (\d)/3: val_accuracy=0\.\d{4} \(\d+\.\d s an epoch\)", err)] == [1, 2, 3]
+
+
+def test_an_oom_retry_continues_from_the_last_saved_epoch(write_study: Callable[..., Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def run_epoch(self: engine.Trainer) -> dict[str, float]:
+        if self.settings.batch_size > 32 and self.epoch == 2:  # the big batch fits for two epochs, then not
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return REAL_RUN_EPOCH(self)
+
+    monkeypatch.setattr(engine.Trainer, "run_epoch", run_epoch)
+    assert main(["run", str(write_study(n_trials=1, train={"epochs": 4, "batch_size": 64}))]) == 0
+    trial = _study().trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["oom_retry"] == {"batch_size": 32, "accum_steps": 2, "from_epoch": 2}
+    assert [h["epoch"] for h in trial.user_attrs["history"]] == [1, 2, 3, 4]  # epochs 1-2 kept, not retrained
+    assert "resumed_from" not in trial.user_attrs
+    assert not list(Path("runs/tiny/resume").glob("*.pt"))
