@@ -70,6 +70,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device:")
     parser.add_argument("--workers", type=_worker_count, help="worker processes on this machine")
     parser.add_argument("--gpus", help="GPUs to use: all, none or a list like 0,1")
+    parser.add_argument("--output-dir", metavar="DIR", help="override output_dir: (checkpoints, logs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(path: str, args: argparse.Namespace) -> StudyConfig:
     cfg = load_config(path)
     overrides: dict[str, Any] = {"storage": getattr(args, "storage", None) or os.environ.get(STORAGE_ENV) or None}
-    for key in ("n_trials", "timeout", "epochs", "device"):
+    for key in ("n_trials", "timeout", "epochs", "device", "output_dir"):
         overrides[key] = getattr(args, key, None)
     return with_overrides(cfg, **overrides)
 
@@ -159,7 +160,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the study: in this process for one slot, under a supervisor for several."""
     from hpsearch.slots import plan_slots
 
+    from hpsearch.study import check_output_dir
+
     cfg = _config(args.study_file, args)
+    check_output_dir(cfg)
     slots, auto = plan_slots(cfg, args.gpus, args.workers)
     if len(slots) == 1 and not auto:
         from hpsearch import summary
@@ -185,10 +189,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         follow_supervisor(args.supervisor_pid)
     from hpsearch import summary
     from hpsearch.slots import worker_slot
-    from hpsearch.study import derive_seed
+    from hpsearch.study import check_output_dir, derive_seed
     from hpsearch.worker import work_in_this_process
 
     cfg = _config(args.study_file, args)
+    check_output_dir(cfg)
     slot, claim = worker_slot(cfg, args.slot, args.gpus, args.gpu_claim, args.claim_wait)
     try:
         outcome, _ = work_in_this_process(cfg, slot, summary.trial_logger(cfg), status=status,

@@ -814,7 +814,7 @@ def load_config(path: str | Path) -> StudyConfig:
 
 
 def with_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:
-    """A copy of `cfg` with command-line overrides (n_trials, timeout, storage, epochs, device) applied."""
+    """A copy of `cfg` with command-line overrides (n_trials, timeout, storage, epochs, device, output_dir) applied."""
     raw = cfg.model_dump(mode="json", exclude_unset=True)
     for key, value in overrides.items():
         if value is None:

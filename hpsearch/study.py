@@ -749,3 +749,55 @@ def _without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int]
         beating = set(conn.execute(sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))
                       .scalars())
     return set(trial_ids) - beating
+
+
+# --------------------------------------------------------------------------- whose files an output folder holds
+
+OWNER_FILE = "study.json"  # in output_dir: the study (storage and id) whose checkpoints and logs the folder holds
+
+
+def storage_identity(url: str) -> str:
+    """Where a study lives, without secrets: an SQLite file's absolute path, or the URL with no password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return f"sqlite:///{Path(parsed.database).resolve()}"
+    return redact_url(url)  # the password masked: the same storage whatever the password
+
+
+def _owner(cfg: StudyConfig) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(cfg.out_dir) / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_output_dir(cfg: StudyConfig, study_id: int | None = None) -> None:
+    """Refuse an output folder that holds the files of another study: the same name in another storage.
+
+    Two such studies would overwrite each other's checkpoints (trial numbers repeat); the folder
+    records its owner the first time a study runs there.
+    """
+    owner = _owner(cfg)
+    if owner is None:
+        return
+    mine = storage_identity(cfg.storage_url)
+    same_id = study_id is None or owner.get("study_id") in (None, study_id)
+    if owner.get("storage") == mine and owner.get("name") == cfg.name and same_id:
+        return
+    whose = f"study '{owner.get('name')}' in {owner.get('storage')} (study id {owner.get('study_id')})"
+    this = f"this one is '{cfg.name}' in {redact_url(cfg.storage_url)}" + (f" (study id {study_id})" if study_id else "")
+    raise ConfigError(f"{cfg.source}: output_dir: {cfg.out_dir} holds the checkpoints and logs of {whose}; {this}; "
+                      f"set output_dir: (or --output-dir) to a folder of its own")
+
+
+def claim_output_dir(cfg: StudyConfig, study: optuna.Study) -> None:
+    """Record (once) that the output folder belongs to `study`; refuse it if it belongs to another."""
+    check_output_dir(cfg, study._study_id)
+    path = Path(cfg.out_dir) / OWNER_FILE
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"name": cfg.name, "storage": storage_identity(cfg.storage_url), "study_id": study._study_id}
+    tmp = path.with_name(f".{OWNER_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)  # workers starting together write the same record

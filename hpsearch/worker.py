@@ -36,8 +36,9 @@ from hpsearch.objective import WorkerContext, model_spec, release_memory, run_tr
 from hpsearch.plugins import import_callable
 from hpsearch.slots import MemoryProbe, Slot
 from hpsearch.status import WorkerStatus, process_start_time, read_status
-from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, current_state, fail_stale_trials, finished_count,
-                            guard_storage, is_storage_exception, open_study, requeue, settings_id, storage_cause)
+from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, claim_output_dir, current_state, fail_stale_trials,
+                            finished_count, guard_storage, is_storage_exception, open_study, requeue, settings_id,
+                            storage_cause)
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error this many trials in a row stops the worker
@@ -449,6 +450,7 @@ def work_in_this_process(cfg: StudyConfig, slot: Slot, on_trial: Callable[[optun
     status.phase("opening the study")
     with guard_storage(cfg):
         study = open_and_enqueue(cfg, sampler_seed)
+    claim_output_dir(cfg, study)
     status.materialise()
     status.phase("trials")
     with guard_storage(cfg, running=True), checkpoints_guarded(cfg):
