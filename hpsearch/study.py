@@ -644,6 +644,7 @@ class Heartbeat:
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
         self.storage = storage_of(study)
+        self.url = _engine(self.storage).url.render_as_string(hide_password=False)  # for scrubbing messages
         self.trial_id = trial_id(trial)
         self.interval = self.storage.get_heartbeat_interval()
         self.stop = threading.Event()
@@ -658,7 +659,7 @@ class Heartbeat:
             except Exception as exc:  # noqa: BLE001 - any storage error: report once, keep trying
                 if not failed:
                     log.warning("heartbeat of trial id %d failed: %s", self.trial_id,
-                                _first_line(storage_cause(exc), getattr(_engine(self.storage), "url", "")))
+                                _first_line(storage_cause(exc), self.url))
                 failed = True
             if self.stop.wait(self.interval):
                 return
