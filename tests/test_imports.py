@@ -1,4 +1,5 @@
-"""The import directions of DESIGN.md: the torch side never sees Optuna; the light side never loads torch."""
+"""The import directions of DESIGN.md: the torch side never sees Optuna; the light side (results included)
+never loads torch."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 TORCH_SIDE = ("data", "models", "engine", "checkpoints")
-LIGHT_SIDE = ("config", "space", "study", "report", "summary")
+RESULTS = tuple(sorted(f"results.{path.stem}" for path in (PACKAGE / "results").glob("*.py") if path.stem != "__init__"))
+LIGHT_SIDE = ("config", "space", "study", "summary", "monitor", *RESULTS)
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")
+TORCH = ("torch", "torchvision", "hpsearch.data", "hpsearch.models", "hpsearch.engine", "hpsearch.checkpoints",
+         "hpsearch.steps", "hpsearch.objective", "hpsearch.worker")
 
 
 def _imports(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    tree = ast.parse((PACKAGE / f"{module.replace('.', '/')}.py").read_text())
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -30,6 +34,12 @@ def _imports(module: str) -> set[str]:
 def test_torch_side_never_imports_optuna_or_config(module: str) -> None:
     bad = {name for name in _imports(module) if name.startswith(FORBIDDEN_ON_TORCH_SIDE)}
     assert not bad, f"hpsearch/{module}.py imports {bad}"
+
+
+@pytest.mark.parametrize("module", RESULTS)
+def test_results_never_import_torch(module: str) -> None:
+    bad = {name for name in _imports(module) if name in TORCH or name.startswith(tuple(f"{t}." for t in TORCH))}
+    assert not bad, f"hpsearch/{module.replace('.', '/')}.py imports {bad}"
 
 
 @pytest.mark.parametrize("module", LIGHT_SIDE)
