@@ -1,9 +1,11 @@
-"""records: the derived facts of a trial and a study."""
+"""records: the derived facts of a trial and a study, and the rule that only records spells a stored key."""
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -15,6 +17,7 @@ import study_fixtures as sf
 from hpsearch.results import records
 from hpsearch.study import requeue
 
+PACKAGE = Path(__file__).resolve().parents[2] / "hpsearch"
 T0 = dt.datetime(2025, 1, 6, 9, 0, 0)
 
 
@@ -138,3 +141,49 @@ def test_synthetic_trials_store_only_keys_records_knows() -> None:
         assert set(t.user_attrs) <= known
     study = sf.new_study(optuna.storages.InMemoryStorage(), "keys")
     assert set(study.user_attrs) <= known
+
+
+ATTR_SETTERS = {"set_user_attr": 0, "set_system_attr": 0, "set_trial_user_attr": 1, "set_trial_system_attr": 1,
+                "set_study_user_attr": 1, "set_study_system_attr": 1}
+
+
+def _spelled_keys(tree: ast.AST) -> list[int]:
+    """Lines that store or read an attribute under a string literal key."""
+    def attrs_value(node: ast.AST) -> bool:  # x.user_attrs, x.system_attrs, storage.get_*_attrs(...)
+        if isinstance(node, ast.Call):
+            node = node.func
+        return isinstance(node, ast.Attribute) and node.attr.endswith("_attrs")
+
+    def literal(node: ast.AST) -> bool:
+        return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            at = ATTR_SETTERS.get(node.func.attr)
+            if at is not None and len(node.args) > at and literal(node.args[at]):
+                lines.append(node.lineno)
+            if node.func.attr == "get" and attrs_value(node.func.value) and node.args and literal(node.args[0]):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and attrs_value(node.value) and literal(node.slice):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(attrs_value(c) for c in node.comparators) and literal(node.left):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_no_stored_key_is_spelled_outside_records() -> None:
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "records.py":
+            lines = _spelled_keys(ast.parse(path.read_text()))
+            if lines:
+                offenders[str(path.relative_to(PACKAGE))] = lines
+    assert offenders == {}, f"stored keys spelled outside records.py (file: lines): {offenders}"
+
+
+def test_the_key_rule_catches_a_literal_key() -> None:
+    code = ('trial.set_user_attr("seed", 1)\nx = t.user_attrs.get("seed")\ny = t.user_attrs["seed"]\n'
+            'z = "seed" in t.user_attrs\nstorage.set_trial_user_attr(1, "stop_reason", "x")\n'
+            'w = s.get_trial_system_attrs(1).get("retry_history")\nok = t.user_attrs.get(records.SEED)\n')
+    assert _spelled_keys(ast.parse(code)) == [1, 2, 3, 4, 5, 6]
