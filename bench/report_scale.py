@@ -1,4 +1,4 @@
-"""Time ``hpsearch.report.write_report`` on a synthetic 5,000-trial study in SQLite.
+"""Time the report (``hpsearch.results.html.write_report``) on a synthetic 5,000-trial study in SQLite.
 
     PYTHONPATH=. .venv/bin/python bench/report_scale.py [--trials 5000] [--epochs 10] [--keep DIR]
 
@@ -25,7 +25,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import study_fixtures  # noqa: E402
 
-from hpsearch import report  # noqa: E402
+from hpsearch.results.collect import collect_study  # noqa: E402
+from hpsearch.results.figures import build_figures  # noqa: E402
+from hpsearch.results.html import write_report  # noqa: E402
 
 
 def fill(url: str, n: int, epochs: int) -> None:
@@ -100,17 +102,17 @@ def main(argv: list[str] | None = None) -> int:
 
     study = optuna.load_study(study_name="scale", storage=url)
     t0 = time.perf_counter()
-    data = report.collect_study(study)
+    data = collect_study(study)
     t_collect = time.perf_counter() - t0
     t0 = time.perf_counter()
-    figs = report.build_figures([data])
+    figs = build_figures([data])
     t_figs = time.perf_counter() - t0
 
     out = where / "report_scale.html"
     # a fresh Study: load_study's storage cache would otherwise already hold every trial
     study = optuna.load_study(study_name="scale", storage=url)
     t0 = time.perf_counter()
-    report.write_report([study], out)
+    write_report([study], out)
     t_report = time.perf_counter() - t0
 
     result = {

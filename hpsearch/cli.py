@@ -225,7 +225,7 @@ def cmd_best(args: argparse.Namespace) -> int:
         study = open_study(cfg, create=False)
         record = summary.best_record(study, cfg)
         if args.export:
-            from hpsearch.export import export_best
+            from hpsearch.results.export import export_best
 
             record["exported"] = {k: str(v) for k, v in export_best(study, args.export).items()}
     if args.json:
@@ -236,7 +236,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpsearch.report import write_report
+    from hpsearch.results.html import write_report
     from hpsearch.study import guard_storage, open_study
 
     studies = []
@@ -250,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpsearch.dashboard import serve_dashboard
+    from hpsearch.results.dashboard import serve_dashboard
     from hpsearch.study import guard_storage
 
     cfg = _config(args.study_file, args)
@@ -262,7 +262,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hpsearch.export import export_trials
+    from hpsearch.results.export import export_trials
     from hpsearch.study import guard_storage, open_study
 
     cfg = _config(args.study_file, args)

@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from hpsearch.config import StudyConfig
+from hpsearch.results import records
 from hpsearch.slots import Slot
 from hpsearch.summary import trial_logger
 
@@ -35,7 +36,7 @@ def _elapsed(trial: FrozenTrial) -> str:
 
 
 def _latest(trial: FrozenTrial, metric: str) -> tuple[str, str]:
-    history = trial.user_attrs.get("history") or []
+    history = records.history(trial)
     if not history:
         return "0", "-"
     return str(len(history)), f"{history[-1][metric]:.4f}"
@@ -51,7 +52,7 @@ def _phase(status: dict[str, Any] | None, now: float) -> str:
 def worker_rows(trials: Sequence[FrozenTrial], slots: Sequence[Slot], cfg: StudyConfig,
                 statuses: dict[int, dict[str, Any]] | None = None, now: float | None = None) -> list[list[str]]:
     """One row per slot: slot, device, trial (or the worker's phase), epoch, latest metric, elapsed (plain data)."""
-    running = {t.user_attrs.get("slot"): t for t in trials if t.state == TrialState.RUNNING}
+    running = {records.slot(t): t for t in trials if t.state == TrialState.RUNNING}
     statuses = statuses or {}
     now = time.time() if now is None else now
     rows = []
@@ -61,7 +62,8 @@ def worker_rows(trials: Sequence[FrozenTrial], slots: Sequence[Slot], cfg: Study
             rows.append([slot.label, "-", _phase(statuses.get(slot.index), now), "-", "-", "-"])
             continue
         epoch, metric = _latest(trial, cfg.metric)
-        rows.append([slot.label, str(trial.user_attrs.get("device", "?")), f"#{trial.number}",
+        device = records.device(trial)
+        rows.append([slot.label, "?" if device is None else device, f"#{trial.number}",
                      f"{epoch}/{cfg.train.epochs}", metric, _elapsed(trial)])
     return rows
 
@@ -96,15 +98,9 @@ class Monitor:
             table.add_column(column)
         for row in worker_rows(trials, self.slots, self.cfg, self.statuses):
             table.add_row(*row)
-        counts: dict[str, int] = {}
-        for trial in trials:
-            counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        best = "-"
-        if complete:
-            pick = max if self.cfg.resolved_direction == "maximize" else min
-            top = pick(complete, key=lambda t: t.value)
-            best = f"{top.value:.4f} (trial #{top.number})"
+        counts = {state.lower(): n for state, n in records.counts_by_state(trials).items() if n}
+        top = records.best_among(trials, self.cfg.resolved_direction)
+        best = "-" if top is None else f"{top.value:.4f} (trial #{top.number})"
         states = "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return Group(table, f"{states}   best {best}")
 

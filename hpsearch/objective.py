@@ -24,6 +24,7 @@ from hpsearch.data import DeviceData
 from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights_for, seed_everything
 from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model
+from hpsearch.results import records
 from hpsearch.study import retry_history
 
 log = logging.getLogger("hpsearch")
@@ -207,7 +208,7 @@ def _resume_source(ctx: WorkerContext, trial: optuna.Trial) -> tuple[int, dict[s
 
 def _skip_resume(trial: optuna.Trial, source: int, why: str) -> None:
     log.warning("trial %d cannot resume trial %d (%s); it starts from scratch", trial.number, source, why)
-    trial.set_user_attr("resume_skipped", {"trial": source, "reason": why[:500]})
+    trial.set_user_attr(records.RESUME_SKIPPED, {"trial": source, "reason": why[:500]})
 
 
 def _report(trial: optuna.Trial, progress: _Progress, epoch: int, value: float) -> None:
@@ -224,11 +225,12 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
 
     def finish(reason: str) -> None:
         files.flush()  # the checkpoint attr must name a complete file
-        for key, value in {"stop_reason": reason, "epochs_run": len(progress.history),
-                           "best_epoch": progress.best_epoch, "train_time": time.perf_counter() - started}.items():
+        for key, value in {records.STOP_REASON: reason, records.EPOCHS_RUN: len(progress.history),
+                           records.BEST_EPOCH: progress.best_epoch,
+                           records.TRAIN_TIME: time.perf_counter() - started}.items():
             trial.set_user_attr(key, value)
         if files.best_enabled and progress.best is not None:
-            trial.set_user_attr("checkpoint", str(files.path))
+            trial.set_user_attr(records.CHECKPOINT, str(files.path))
         files.drop_resume()
 
     for record in progress.history:
@@ -238,13 +240,13 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
     for epoch in range(first, cfg.train.epochs + 1):
         record = _mean_record([t.run_epoch() for t in trainers])
         if epoch == first:
-            trial.set_user_attr("cuda_graphs", trainers[0].graphs)  # captured (or refused) during this epoch
+            trial.set_user_attr(records.CUDA_GRAPHS, trainers[0].graphs)  # captured (or refused) during this epoch
         if time.monotonic() - said >= PROGRESS_EVERY_S:  # long trials show progress; short ones stay quiet
             said = time.monotonic()
             log.info("trial %d epoch %d/%d: %s=%.4f (%.1f s an epoch)", trial.number, epoch, cfg.train.epochs,
                      cfg.metric, record[cfg.metric], record["epoch_time"])
         progress.history.append(record)
-        trial.set_user_attr("history", progress.history)
+        trial.set_user_attr(records.HISTORY, progress.history)
         value = record[cfg.metric]
         if not math.isfinite(record["train_loss"]) or not math.isfinite(value):
             finish("diverged")
@@ -302,7 +304,7 @@ def _restore(trial: optuna.Trial, trainers: list[Trainer], progress: _Progress,
         trainer.load_state_dict(trainer_state)
     progress.load_state_dict(state)
     if source != trial.number:  # its own state (an OOM retry) is no resume from another trial
-        trial.set_user_attr("resumed_from", {"trial": source, "epoch": trainers[0].epoch})
+        trial.set_user_attr(records.RESUMED_FROM, {"trial": source, "epoch": trainers[0].epoch})
         log.info("trial %d resumes trial %d from epoch %d", trial.number, source, trainers[0].epoch)
 
 
@@ -323,8 +325,8 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
     cfg = ctx.cfg
     params = space.suggest(trial, cfg)
     seed = trial_seed(cfg.seed, trial.number)
-    for key, value in {"seed": seed, "device": ctx.device_name, "worker": ctx.worker, "slot": ctx.slot,
-                       "hpsearch_version": __version__, **ctx.extra_attrs}.items():
+    for key, value in {records.SEED: seed, records.DEVICE: ctx.device_name, records.WORKER: ctx.worker,
+                       records.SLOT: ctx.slot, records.VERSION: __version__, **ctx.extra_attrs}.items():
         trial.set_user_attr(key, value)
     settings = train_settings(cfg, params, ctx.labels, ctx.data.num_classes)
     reported: set[int] = set()
@@ -338,7 +340,7 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
     smaller = replace(settings, batch_size=settings.batch_size // 2, accum_steps=settings.accum_steps * 2)
     resume = _own_state(ctx, trial) or _resume_source(ctx, trial)
     done = 0 if resume is None else int(resume[1]["trainers"][0]["epoch"])
-    trial.set_user_attr("oom_retry", {"batch_size": smaller.batch_size, "accum_steps": smaller.accum_steps,
+    trial.set_user_attr(records.OOM_RETRY, {"batch_size": smaller.batch_size, "accum_steps": smaller.accum_steps,
                                       "from_epoch": done})
     log.warning("trial %d ran out of memory; retrying with batch %d x %d accumulation from epoch %d", trial.number,
                 smaller.batch_size, smaller.accum_steps, done)

@@ -15,7 +15,6 @@ import threading
 import time
 import warnings
 import weakref
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from hpsearch import __version__
 from hpsearch.config import StudyConfig, WorkersConfig
 from hpsearch.errors import ConfigError, HpsearchError, StorageError, StorageFailure
 from hpsearch import space
+from hpsearch.results import records
 
 log = logging.getLogger("hpsearch")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -202,12 +202,12 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: int) -> None:
     """Queue a failed (died or interrupted) trial again with the same parameters; it resumes from its checkpoint."""
-    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+    history = records.retry_history_of(trial.system_attrs) + [trial.number]
     if len(history) > max_retries:
         return
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={"failed_trial": history[0], "retry_history": history},
+        system_attrs=records.retry_attrs(history),
     ))
 
 
@@ -429,8 +429,9 @@ def _existing_direction(storage: optuna.storages.RDBStorage, name: str) -> str |
 def _record_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
     resolved = cfg.resolved()
     resolved["storage"] = redact_url(resolved["storage"])
-    attrs = {"metric": cfg.metric, "epochs": cfg.train.epochs, "output_dir": str(Path(cfg.out_dir).resolve()),
-             "hpsearch_version": __version__, "config": resolved}
+    attrs = {records.STUDY_METRIC: cfg.metric, records.STUDY_EPOCHS: cfg.train.epochs,
+             records.STUDY_OUTPUT_DIR: str(Path(cfg.out_dir).resolve()), records.STUDY_VERSION: __version__,
+             records.STUDY_CONFIG: resolved}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     with warnings.catch_warnings():
@@ -438,22 +439,9 @@ def _record_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
         study.set_metric_names([cfg.metric])  # the dashboard labels its axes "val_accuracy", not "Objective 0"
 
 
-def count_states(study: optuna.Study) -> dict[str, int]:
-    """Trials by state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), zeros included."""
-    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
-    return {state.name: counts.get(state.name, 0) for state in optuna.trial.TrialState}
-
-
 def finished_count(study: optuna.Study) -> int:
     """Finished trials (complete or pruned): the unit of the study-wide `n_trials` total."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best complete trial, or None while there is none."""
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        return None
-    return study.best_trial
 
 
 # --------------------------------------------------------------------------- what a run may not change
@@ -501,19 +489,19 @@ def settings_id(cfg: StudyConfig) -> str:
 def _record_settings(study: optuna.Study, cfg: StudyConfig) -> None:
     """Keep this run's settings under their id, then refuse them if a running trial trains with others."""
     mine = settings_id(cfg)
-    key = f"settings:{mine}"
+    key = records.settings_key(mine)
     attrs = study_system_attrs(study)
     if key not in attrs:
         storage_of(study).set_study_system_attr(study._study_id, key, run_settings(cfg))
         attrs[key] = run_settings(cfg)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        theirs = trial.user_attrs.get("settings")
-        if theirs is None or theirs == mine or not _worker_may_be_alive(trial.user_attrs.get("worker")):
+        theirs = records.settings_id_of(trial)
+        if theirs is None or theirs == mine or not _worker_may_be_alive(records.worker(trial)):
             continue
-        path, old, new = _first_difference(attrs.get(f"settings:{theirs}", {}), run_settings(cfg))
+        path, old, new = _first_difference(attrs.get(records.settings_key(theirs), {}), run_settings(cfg))
         raise ConfigError(
             f"{cfg.source}: {path}: trial {trial.number} of study '{cfg.name}' is running now (worker "
-            f"{trial.user_attrs.get('worker', '?')}) with {path} = {old!r}, this run says {new!r}; mixing them "
+            f"{records.worker(trial) or '?'}) with {path} = {old!r}, this run says {new!r}; mixing them "
             f"would make the trials incomparable: use the same settings while it runs, or a new name:")
 
 
@@ -632,7 +620,7 @@ def current_state(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.Tria
 
 def retry_history(trial: optuna.Trial) -> list[int]:
     """Numbers of the failed trials this one retries, oldest first ([] for a fresh trial)."""
-    return list(trial.storage.get_trial_system_attrs(trial_id(trial)).get("retry_history") or [])
+    return records.retry_history_of(trial.storage.get_trial_system_attrs(trial_id(trial)))
 
 
 class Heartbeat:
@@ -699,7 +687,7 @@ def fail_stale_trials(study: optuna.Study, grace_period: float, max_retries: int
         if tid not in stale:
             continue
         try:
-            storage.set_trial_user_attr(tid, "stop_reason", "worker_lost")
+            storage.set_trial_user_attr(tid, records.STOP_REASON, "worker_lost")
             if not storage.set_trial_state_values(tid, state=optuna.trial.TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:

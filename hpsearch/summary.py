@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hpsearch.config import StudyConfig
-from hpsearch.study import best_trial, count_states, finished_count, redact_url
+from hpsearch.results import records
+from hpsearch.study import redact_url
 
 log = logging.getLogger("hpsearch")
 
@@ -30,26 +31,25 @@ def trial_logger(cfg: StudyConfig) -> Callable[[optuna.trial.FrozenTrial], None]
     """A callback that logs one line per finished trial."""
 
     def on_trial(trial: optuna.trial.FrozenTrial) -> None:
-        reason = trial.user_attrs.get("stop_reason", trial.state.name.lower())
-        epochs = trial.user_attrs.get("epochs_run", "?")
+        reason = records.stop_reason(trial) or trial.state.name.lower()
+        epochs = records.epochs_run(trial)
         value = "-" if trial.value is None else f"{trial.value:.4f}"
-        log.info("trial %d %s: %s=%s after %s epochs (%s)", trial.number, reason, cfg.metric, value, epochs,
-                 format_params(trial.params))
+        log.info("trial %d %s: %s=%s after %s epochs (%s)", trial.number, reason, cfg.metric, value,
+                 "?" if epochs is None else epochs, format_params(trial.params))
 
     return on_trial
 
 
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     """The best trial as plain data: number, value, params, checkpoint, seed, device, epoch."""
-    trial = best_trial(study)
+    trial = records.best_trial(study)
     if trial is None:
         return {"study": cfg.name, "metric": cfg.metric, "number": None, "value": None, "params": {},
                 "checkpoint": None}
-    attrs = trial.user_attrs
     return {"study": cfg.name, "metric": cfg.metric, "direction": cfg.resolved_direction, "number": trial.number,
-            "value": trial.value, "params": trial.params, "checkpoint": attrs.get("checkpoint"),
-            "best_epoch": attrs.get("best_epoch"), "seed": attrs.get("seed"), "device": attrs.get("device"),
-            "hpsearch_version": attrs.get("hpsearch_version")}
+            "value": trial.value, "params": trial.params, "checkpoint": records.checkpoint(trial),
+            "best_epoch": records.best_epoch(trial), "seed": records.seed(trial), "device": records.device(trial),
+            "hpsearch_version": records.version(trial)}
 
 
 def print_best(record: dict[str, Any]) -> None:
@@ -68,19 +68,19 @@ def print_best(record: dict[str, Any]) -> None:
 def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False) -> None:
     """Trials by state, the best trial and how to look further."""
     console = Console(soft_wrap=True)
-    counts = count_states(study)
+    counts = records.counts_by_state(study.get_trials(deepcopy=False))
     table = Table(title=f"study '{cfg.name}' ({cfg.metric}, {cfg.resolved_direction})")
     for state in counts:
         table.add_column(state.lower(), justify="right")
     table.add_row(*(str(n) for n in counts.values()))
     console.print(table)
-    console.print(f"finished {finished_count(study)} of {cfg.n_trials} trials")
+    console.print(f"finished {records.finished(counts)} of {cfg.n_trials} trials")
     record = best_record(study, cfg)
     if record["number"] is not None:
         print_best(record)
     if show_failed:
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-            error = trial.user_attrs.get("error") or trial.user_attrs.get("stop_reason", "unknown")
+            error = records.error(trial) or records.stop_reason(trial) or "unknown"
             console.print(f"trial {trial.number} failed: {error.strip().splitlines()[-1]}")
     console.print(f"storage: {redact_url(cfg.storage_url)}")
     console.print(f"dashboard: hpsearch dashboard {cfg.source}    report: hpsearch report {cfg.source}")

@@ -28,6 +28,7 @@ from hpsearch import signals
 from hpsearch.config import STORAGE_ENV, StudyConfig
 from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError, WorkerCrashError
 from hpsearch.monitor import Monitor
+from hpsearch.results import records
 from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, enough_slots, threads_per_worker
 from hpsearch.status import read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, find_study, finished_count, guard_storage, open_study, requeue,
@@ -182,10 +183,10 @@ class Supervisor:
             return
         storage = storage_of(self.study)
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get("worker") != proc.worker_id:
+            if records.worker(trial) != proc.worker_id:
                 continue
             try:
-                storage.set_trial_user_attr(trial_id(trial), "stop_reason", "worker_died")
+                storage.set_trial_user_attr(trial_id(trial), records.STOP_REASON, "worker_died")
                 if storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
                     requeue(self.study, storage.get_trial(trial_id(trial)), self.cfg.workers.max_retries)
             except optuna.exceptions.UpdateFinishedTrialError:

@@ -34,6 +34,7 @@ from hpsearch.errors import CheckpointError, DataError, DeviceError, ModelError,
 from hpsearch.models import build_model
 from hpsearch.objective import WorkerContext, model_spec, release_memory, run_trial, train_settings
 from hpsearch.plugins import import_callable
+from hpsearch.results import records
 from hpsearch.slots import MemoryProbe, Slot
 from hpsearch.status import WorkerStatus, process_start_time, read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, claim_output_dir, current_state, fail_stale_trials,
@@ -157,7 +158,7 @@ def prepare_context(cfg: StudyConfig, slot: Slot | None = None, status: WorkerSt
         importlib.import_module("torch._dynamo")
     return WorkerContext(cfg=cfg, data=data, labels=pool.y, folds=folds, device=device,
                          device_name=describe_device(device), worker=f"{socket.gethostname()}:{os.getpid()}",
-                         slot=slot.index, extra_attrs={"settings": settings_id(cfg)})
+                         slot=slot.index, extra_attrs={records.SETTINGS: settings_id(cfg)})
 
 
 BUILTIN_MODEL_ARGS = tuple(sorted({arg for args in BUILTIN_MODELS.values() for arg in args}))
@@ -245,9 +246,9 @@ def _signature(exc: BaseException) -> str:
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, reason: str, error: str | None = None) -> optuna.trial.FrozenTrial:
-    trial.set_user_attr("stop_reason", reason)
+    trial.set_user_attr(records.STOP_REASON, reason)
     if error is not None:
-        trial.set_user_attr("error", error[-8000:])
+        trial.set_user_attr(records.ERROR, error[-8000:])
     return study.tell(trial, state=TrialState.FAIL)
 
 
@@ -344,7 +345,7 @@ class _WaitReport:
         if time.monotonic() < self.next:
             return
         self.next = time.monotonic() + WAIT_REPORT_S
-        running = [f"#{t.number} ({t.user_attrs.get('worker', 'worker unknown')})" for t in claimed
+        running = [f"#{t.number} ({records.worker(t) or 'worker unknown'})" for t in claimed
                    if t.state == TrialState.RUNNING]
         log.info("waiting for the last trials running elsewhere: %s; a trial whose worker is gone is failed "
                  "%g s after its last heartbeat and retried here", ", ".join(running) or "none", self.grace_period)

@@ -17,7 +17,10 @@ import optuna
 import pytest
 
 import study_fixtures as sf
-from hpsearch import dashboard, report
+from hpsearch.results import dashboard
+from hpsearch.results.collect import collect_study
+from hpsearch.results.figures import build_figures
+from hpsearch.results.html import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM = next((p for p in map(shutil.which, BROWSERS) if p), None)
@@ -64,8 +67,8 @@ def report_file(tmp_path: Path) -> tuple[Path, int]:
     studies = [sf.make_study(url, "adamw-vs-sgd", 30, fail_every=9, running=1),
                sf.make_study(url, "wider", 20, seed=4, n_slots=3),
                sf.new_study(url, "not-started")]
-    n_figs = len(report.build_figures([report.collect_study(s) for s in studies]))
-    return report.write_report(studies, tmp / "report.html"), n_figs
+    n_figs = len(build_figures([collect_study(s) for s in studies]))
+    return write_report(studies, tmp / "report.html"), n_figs
 
 
 def test_report_renders_every_figure_offline(report_file: tuple[Path, int], tmp_path: Path) -> None:

@@ -17,11 +17,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 STDLIB_ONLY = ("errors", "names", "signals", "status", "plugins", "__init__")
 TORCH_SIDE = ("data", "models", "engine", "steps", "checkpoints")
-LIGHT_SIDE = ("config", "space", "study", "slots", "summary", "monitor", "supervisor", "cli", "__main__",
-              "report", "export", "dashboard")
+LIGHT_SIDE = ("config", "space", "study", "slots", "summary", "monitor", "supervisor", "cli", "__main__")
 BRIDGES = ("objective", "worker")  # the only modules that hold both a trial and a model
 LIGHT_PACKAGES = ("results",)  # every module under these is light side too
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")
+TORCH = ("torch", "torchvision", *(f"hpsearch.{m}" for m in TORCH_SIDE + BRIDGES))
 
 
 def _modules() -> list[str]:
@@ -66,6 +66,12 @@ def test_stdlib_modules_import_nothing_else(module: str) -> None:
 def test_torch_side_never_imports_optuna_or_config(module: str) -> None:
     bad = {name for name in _imports(module) if name.startswith(FORBIDDEN_ON_TORCH_SIDE)}
     assert not bad, f"hpsearch/{module}.py imports {bad}"
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if m.startswith(LIGHT_PACKAGES)])
+def test_results_never_import_torch_even_lazily(module: str) -> None:
+    bad = {name for name in _imports(module) if name in TORCH or name.startswith(tuple(f"{t}." for t in TORCH))}
+    assert not bad, f"hpsearch/{module.replace('.', '/')}.py imports {bad}"
 
 
 # __main__ runs the command when imported: test_validate_does_not_load_torch covers the entry point.

@@ -23,12 +23,12 @@ import optuna
 import pytest
 
 import study_fixtures as sf
-from hpsearch import dashboard
+from hpsearch.results import dashboard
 from hpsearch.cli import main
 from hpsearch.errors import HpsearchError, StorageError
 from conftest import python_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_TRIALS = 100
 STEPS = 4
 
@@ -73,7 +73,7 @@ def _get(url: str, timeout: float = 30) -> Any:
 @contextlib.contextmanager
 def _dashboard_process(url: str, log: Path) -> Iterator[str]:
     """Run ``serve_dashboard`` in its own process (as the CLI does); yield its base URL; Ctrl-C it."""
-    code = f"from hpsearch.dashboard import serve_dashboard; serve_dashboard({url!r}, '127.0.0.1', 0)"
+    code = f"from hpsearch.results.dashboard import serve_dashboard; serve_dashboard({url!r}, '127.0.0.1', 0)"
     with log.open("w") as err, subprocess.Popen(
             [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
             env=python_env()) as proc:
@@ -154,7 +154,7 @@ def test_the_log_line_and_errors_show_no_password(monkeypatch: pytest.MonkeyPatc
         dashboard.dashboard_storage(url)
     assert "pw-s3cret" not in str(info.value) and "user:***@127.0.0.1:1/hp?password=***" in str(info.value)
     monkeypatch.setattr(dashboard, "make_dashboard_server", lambda *args: (Server(), "http://127.0.0.1:9/dashboard/"))
-    with caplog.at_level(logging.INFO, logger="hpsearch.dashboard"):
+    with caplog.at_level(logging.INFO, logger="hpsearch.results.dashboard"):
         dashboard.serve_dashboard(url)
     assert "optuna-dashboard for postgresql+psycopg://user:***@127.0.0.1:1/hp?password=*** at" in caplog.text
     assert "pw-s3cret" not in caplog.text

@@ -17,10 +17,10 @@ from optuna.distributions import FloatDistribution
 import study_fixtures as sf
 from hpsearch.config import build_config
 from hpsearch.errors import HpsearchError
-from hpsearch.export import export_best, export_trials
+from hpsearch.results.export import export_best, export_trials
 from conftest import python_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -184,3 +184,11 @@ def test_minimize_exports_the_lowest(tmp_path: Path) -> None:
     assert yaml.safe_load(paths["params"].read_text())["enqueue"] == [lowest.params]
     assert "minimize" in paths["params"].read_text()
     assert not math.isnan(lowest.value)
+
+
+def test_export_and_dashboard_do_not_import_torch() -> None:
+    code = ("import sys, hpsearch.results.export, hpsearch.results.dashboard; "
+            "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                   env=python_env())

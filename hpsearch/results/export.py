@@ -20,15 +20,13 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
+from hpsearch.results import records
 
 __all__ = ["export_trials", "export_best", "trial_record", "FORMATS"]
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "json")
-# user attrs that are not scalars: exported to the per-epoch file (history) or JSON only
-_NON_SCALAR = ("history",)
-EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time")
 
 
 def _json_safe(value: Any) -> Any:
@@ -44,12 +42,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _duration(t: FrozenTrial) -> float | None:
-    if t.datetime_start is None or t.datetime_complete is None:
-        return None
-    return (t.datetime_complete - t.datetime_start).total_seconds()
-
-
 def trial_record(t: FrozenTrial) -> dict[str, Any]:
     """One trial as a JSON-able dict: what ``export_trials(..., "json")`` writes per trial."""
     return _json_safe({
@@ -59,7 +51,7 @@ def trial_record(t: FrozenTrial) -> dict[str, Any]:
         "params": dict(t.params),
         "datetime_start": t.datetime_start,
         "datetime_complete": t.datetime_complete,
-        "duration_s": _duration(t),
+        "duration_s": records.duration_s(t),
         "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
         "user_attrs": dict(t.user_attrs),
     })
@@ -77,7 +69,7 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def _write_csv(trials: list[FrozenTrial], out: Path) -> Path:
+def _write_trials_csv(trials: list[FrozenTrial], out: Path) -> None:
     param_names: list[str] = []
     attr_names: list[str] = []
     for t in trials:
@@ -85,7 +77,8 @@ def _write_csv(trials: list[FrozenTrial], out: Path) -> Path:
             if k not in param_names:
                 param_names.append(k)
         for k, v in t.user_attrs.items():
-            if k not in attr_names and k not in _NON_SCALAR and _is_scalar(v):
+            # the history is not a scalar: it goes to the per-epoch file
+            if k not in attr_names and k != records.HISTORY and _is_scalar(v):
                 attr_names.append(k)
     header = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s",
               *(f"params_{p}" for p in param_names), *(f"user_attrs_{a}" for a in attr_names)]
@@ -96,32 +89,42 @@ def _write_csv(trials: list[FrozenTrial], out: Path) -> Path:
             row = [t.number, t.state.name, t.value,
                    t.datetime_start.isoformat() if t.datetime_start else None,
                    t.datetime_complete.isoformat() if t.datetime_complete else None,
-                   _duration(t)]
+                   records.duration_s(t)]
             row += [t.params.get(p) for p in param_names]
             row += [t.user_attrs.get(a) if _is_scalar(t.user_attrs.get(a)) else None for a in attr_names]
             w.writerow([_csv_value(v) for v in row])
 
-    # per-epoch curves: the history user attr when present, else the intermediate values
-    epochs_out = out.with_name(f"{out.stem}_epochs.csv")
-    metrics: list[str] = []
-    for t in trials:
-        for h in t.user_attrs.get("history") or []:
-            if isinstance(h, dict):
-                for k in h:
-                    if k != "epoch" and k not in metrics:
-                        metrics.append(k)
-    metrics.sort(key=lambda m: (EPOCH_METRICS.index(m) if m in EPOCH_METRICS else len(EPOCH_METRICS), m))
-    with epochs_out.open("w", newline="", encoding="utf-8") as f:
+
+def _epoch_fields(histories: list[list[dict[str, Any]]]) -> list[str]:
+    """Every field of the history records but the epoch: the known ones in their order, then the rest by name."""
+    fields: list[str] = []
+    for history in histories:
+        for record in history:
+            fields += [k for k in record if k != records.EPOCH and k not in fields]
+    known = records.EPOCH_FIELDS
+    return sorted(fields, key=lambda m: (known.index(m) if m in known else len(known), m))
+
+
+def _write_epochs_csv(trials: list[FrozenTrial], out: Path) -> None:
+    """One row per trial and epoch: the history when present, else the intermediate values."""
+    histories = [records.history(t) for t in trials]
+    fields = _epoch_fields(histories)
+    with out.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["trial", "state", "epoch", "intermediate_value", *metrics])
-        for t in trials:
-            history = [h for h in (t.user_attrs.get("history") or []) if isinstance(h, dict)]
-            by_epoch = {int(h.get("epoch", i)): h for i, h in enumerate(history, start=1)}
+        w.writerow(["trial", "state", "epoch", "intermediate_value", *fields])
+        for t, history in zip(trials, histories):
+            by_epoch = {records.epoch_number(h, i): h for i, h in enumerate(history, start=1)}
             for epoch in sorted(set(by_epoch) | set(t.intermediate_values)):
                 h = by_epoch.get(epoch, {})
                 w.writerow([_csv_value(v) for v in
                             [t.number, t.state.name, epoch, t.intermediate_values.get(epoch),
-                             *(h.get(m) for m in metrics)]])
+                             *(h.get(m) for m in fields)]])
+
+
+def _write_csv(trials: list[FrozenTrial], out: Path) -> Path:
+    epochs_out = out.with_name(f"{out.stem}_epochs.csv")
+    _write_trials_csv(trials, out)
+    _write_epochs_csv(trials, epochs_out)
     logger.info("wrote %s (one row per trial) and %s (one row per trial and epoch)", out, epochs_out)
     return out
 
@@ -197,10 +200,26 @@ if __name__ == "__main__":
 
 
 def _best_trial(study: optuna.Study) -> tuple[FrozenTrial, int]:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    best = records.best_trial(study)
+    if best is None:
         raise HpsearchError(f"study {study.study_name!r} has no completed trial yet; run it first")
-    return study.best_trial, len(complete)
+    return best, records.counts_by_state(study.get_trials(deepcopy=False))[TrialState.COMPLETE.name]
+
+
+def _params_header(study: optuna.Study, best: FrozenTrial, n_complete: int) -> list[str]:
+    """The comment lines at the top of params.yaml."""
+    header = [
+        f"Best trial of hpsearch study {study.study_name!r}: trial {best.number}",
+        f"{records.metric_of(study)} = {best.value!r} ({records.direction_of(study)}; "
+        f"best of {n_complete} complete trials)",
+    ]
+    best_epoch, epochs_run = records.best_epoch(best), records.epochs_run(best)
+    if best_epoch is not None:
+        header.append(f"best epoch: {best_epoch} of {'?' if epochs_run is None else epochs_run} run")
+    if records.checkpoint(best):
+        header.append(f"checkpoint: {records.checkpoint(best)}")
+    header += ["", "Paste `enqueue` into a study file: the new study evaluates these params first."]
+    return header
 
 
 def export_best(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
@@ -218,28 +237,17 @@ def export_best(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     best, n_complete = _best_trial(study)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metric = str(study.user_attrs.get("metric") or "objective")
-    direction = "maximize" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "minimize"
-    ckpt_attr = best.user_attrs.get("checkpoint")
-
-    header = [
-        f"Best trial of hpsearch study {study.study_name!r}: trial {best.number}",
-        f"{metric} = {best.value!r} ({direction}; best of {n_complete} complete trials)",
-    ]
-    if "best_epoch" in best.user_attrs:
-        header.append(f"best epoch: {best.user_attrs['best_epoch']} of {best.user_attrs.get('epochs_run', '?')} run")
-    if ckpt_attr:
-        header.append(f"checkpoint: {ckpt_attr}")
-    header += ["", "Paste `enqueue` into a study file: the new study evaluates these params first."]
+    header = _params_header(study, best, n_complete)
     body = yaml.safe_dump({"enqueue": [dict(best.params)]}, sort_keys=False, default_flow_style=False)
     params_path = out_dir / "params.yaml"
     params_path.write_text("".join(f"# {line}".rstrip() + "\n" for line in header) + body, encoding="utf-8")
     paths: dict[str, Path] = {"params": params_path}
 
-    if not ckpt_attr:
+    checkpoint = records.checkpoint(best)
+    if not checkpoint:
         logger.warning("trial %d has no checkpoint; wrote only %s", best.number, params_path)
         return paths
-    src = Path(str(ckpt_attr)).expanduser()
+    src = Path(checkpoint).expanduser()
     if not src.is_file():
         raise HpsearchError(
             f"checkpoint of best trial {best.number} not found: {src} (relative paths are taken from "
@@ -252,7 +260,7 @@ def export_best(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
 
     loader_path = out_dir / "load_model.py"
     loader_path.write_text(LOADER_TEMPLATE.format(
-        study=study.study_name, number=best.number, metric=metric, value=best.value,
+        study=study.study_name, number=best.number, metric=records.metric_of(study), value=best.value,
         rel=loader_path, params=dict(best.params),
     ), encoding="utf-8")
     paths["loader"] = loader_path

@@ -1,0 +1,350 @@
+"""Plotly figures of collected studies (:mod:`hpsearch.results.studydata`): one function per figure.
+
+Studies are compared only within the groups :func:`~hpsearch.results.studydata.compare_groups` forms
+(same metric and direction). plotly is imported inside the functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.results import records
+from hpsearch.results.studydata import STATES, CompareGroup, Curve, StudyData, TrialRow, compare_groups
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = ["NamedFigure", "FigureSections", "figure_sections", "build_figures"]
+
+NamedFigure = tuple[str, "go.Figure"]
+STATE_COLORS = {
+    "COMPLETE": "#1f77b4",
+    "PRUNED": "#ff7f0e",
+    "FAIL": "#d62728",
+    "RUNNING": "#2ca02c",
+    "WAITING": "#7f7f7f",
+}
+STUDY_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+                "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _layout(fig: go.Figure, title: str, height: int = 440, **kw: Any) -> go.Figure:
+    kw.setdefault("margin", {"l": 60, "r": 30, "t": 60, "b": 50})
+    fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", height=height, **kw)
+    return fig
+
+
+def _nan_joined(curves: Sequence[Curve]) -> tuple[list[Any], list[Any], list[Any]]:
+    """All curves in one trace, separated by gaps: one trace per state keeps 5,000 trials light."""
+    xs: list[Any] = []
+    ys: list[Any] = []
+    cd: list[Any] = []
+    for c in curves:
+        xs.extend(c.epochs)
+        ys.extend(c.values)
+        cd.extend([c.trial] * len(c.epochs))
+        xs.append(None)
+        ys.append(None)
+        cd.append(None)
+    return xs, ys, cd
+
+
+def _fig_history(d: StudyData) -> go.Figure:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=("by trial number", "by wall-clock time since the first trial"))
+    n = [p.trial for p in d.best_so_far]
+    fig.add_trace(go.Scatter(x=n, y=[p.value for p in d.best_so_far], mode="markers",
+                             name="complete trial", marker={"color": STATE_COLORS["COMPLETE"], "size": 6,
+                                                            "opacity": 0.6},
+                             hovertemplate="trial %{x}<br>%{y:.4g}<extra></extra>"), 1, 1)
+    fig.add_trace(go.Scatter(x=n, y=[p.best for p in d.best_so_far], mode="lines", line_shape="hv",
+                             name="best so far", line={"color": "#111111", "width": 2}), 1, 1)
+    timed = [p for p in d.best_so_far if p.elapsed_s is not None]
+    mins = [p.elapsed_s / 60 for p in timed]  # type: ignore[operator]
+    fig.add_trace(go.Scatter(x=mins, y=[p.value for p in timed], mode="markers", showlegend=False,
+                             marker={"color": STATE_COLORS["COMPLETE"], "size": 6, "opacity": 0.6},
+                             customdata=[p.trial for p in timed],
+                             hovertemplate="trial %{customdata}<br>%{x:.1f} min<br>%{y:.4g}<extra></extra>"),
+                  1, 2)
+    fig.add_trace(go.Scatter(x=mins, y=[p.best for p in timed], mode="lines", line_shape="hv",
+                             showlegend=False, line={"color": "#111111", "width": 2}), 1, 2)
+    fig.update_xaxes(title_text="trial number", row=1, col=1)
+    fig.update_xaxes(title_text="minutes", row=1, col=2)
+    fig.update_yaxes(title_text=d.metric, row=1, col=1)
+    return _layout(fig, f"{d.name}: optimization history ({d.direction} {d.metric})")
+
+
+def _fig_curves(d: StudyData) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    by_state: dict[str, list[Curve]] = {}
+    for c in d.curves:
+        by_state.setdefault(c.state, []).append(c)
+    for state in STATES:
+        cs = by_state.get(state)
+        if not cs:
+            continue
+        xs, ys, cd = _nan_joined(cs)
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, customdata=cd, mode="lines", connectgaps=False,
+            name=f"{state.lower()} ({len(cs)})",
+            line={"color": STATE_COLORS[state], "width": 1.2},
+            # thousands of overlapping lines: fade with the count so the bundle's shape stays visible
+            opacity=min(0.7, max(0.06, 5.0 / math.sqrt(len(cs)))),
+            hovertemplate="trial %{customdata}<br>epoch %{x}<br>%{y:.4g}<extra>" + state.lower() + "</extra>",
+        ))
+    stopped = [c for c in d.curves if c.stop_reason in records.EARLY_STOP_REASONS or c.state == "PRUNED"]
+    for reason, symbol in ((records.PRUNED, "x"), (records.EARLY_STOPPED, "circle-open")):
+        ends = [c for c in stopped if (c.stop_reason or records.PRUNED) == reason]
+        if ends:
+            fig.add_trace(go.Scatter(
+                x=[c.epochs[-1] for c in ends], y=[c.values[-1] for c in ends],
+                customdata=[c.trial for c in ends], mode="markers",
+                name=f"{reason.replace('_', ' ')} here",
+                marker={"symbol": symbol, "size": 8,
+                        "color": STATE_COLORS["PRUNED"] if reason == records.PRUNED else "#444444"},
+                hovertemplate="trial %{customdata} " + reason.replace("_", " ")
+                              + " after epoch %{x}<extra></extra>",
+            ))
+    if d.summary.best_trial is not None:
+        best = next((c for c in d.curves if c.trial == d.summary.best_trial), None)
+        if best is not None:
+            fig.add_trace(go.Scatter(x=best.epochs, y=best.values, mode="lines+markers",
+                                     name=f"best (trial {best.trial})",
+                                     line={"color": "#111111", "width": 3}))
+    last = max([d.epochs or 1] + [c.epochs[-1] for c in d.curves])  # a study re-run with more epochs
+    fig.update_xaxes(title_text="epoch", range=[0.5, last + 0.5])
+    fig.update_yaxes(title_text=d.metric)
+    return _layout(fig, f"{d.name}: learning curves of every trial ({d.metric} per epoch)")
+
+
+def _fig_parallel(d: StudyData) -> go.Figure:
+    import plotly.graph_objects as go
+
+    p = d.parallel
+    assert p is not None
+    dims = []
+    for a in p.dimensions:
+        dim: dict[str, Any] = {"label": a.name, "values": a.values}
+        if a.tickvals is not None:
+            dim["tickvals"] = a.tickvals
+            dim["ticktext"] = a.ticktext
+        dims.append(dim)
+    dims.append({"label": d.metric, "values": p.objective})
+    reverse = d.direction == "minimize"
+    fig = go.Figure(go.Parcoords(
+        dimensions=dims,
+        line={"color": p.objective, "colorscale": "Viridis", "reversescale": reverse, "showscale": True,
+              "colorbar": {"title": {"text": d.metric}}},
+    ))
+    return _layout(fig, f"{d.name}: parallel coordinates (complete trials; n/a = param not sampled)",
+                   height=500, margin={"l": 70, "r": 70, "t": 120, "b": 40})
+
+
+def _fig_importances(d: StudyData) -> go.Figure:
+    import plotly.graph_objects as go
+
+    items = sorted(d.importances.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
+                           marker={"color": STUDY_COLORS[0]}, text=[f"{v:.2f}" for _, v in items],
+                           textposition="outside", hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_xaxes(title_text="importance (normalised)", range=[0, max([v for _, v in items] + [0.0]) * 1.15 or 1])
+    title = f"{d.name}: hyperparameter importances"
+    return _layout(fig, title, height=max(260, 60 + 40 * len(items)))
+
+
+def _fig_contour(d: StudyData) -> go.Figure:
+    import plotly.graph_objects as go
+
+    c = d.contour
+    assert c is not None
+    fig = go.Figure()
+    fig.add_trace(go.Contour(x=c.x_grid, y=c.y_grid, z=c.z, colorscale="Viridis",
+                             reversescale=d.direction == "minimize", connectgaps=True,
+                             contours={"coloring": "heatmap"}, line={"width": 0.5},
+                             colorbar={"title": {"text": d.metric}},
+                             hovertemplate=f"{c.x_param} %{{x:.3g}}<br>{c.y_param} %{{y}}<br>~%{{z:.4g}}<extra>smoothed</extra>"))
+    fig.add_trace(go.Scatter(x=c.x, y=c.y, mode="markers", customdata=list(zip(c.trials, c.values)),
+                             marker={"color": "white", "size": 6, "line": {"color": "black", "width": 1}},
+                             name="trials", showlegend=False,
+                             hovertemplate="trial %{customdata[0]}<br>%{x:.3g}, %{y}<br>%{customdata[1]:.4g}<extra></extra>"))
+    fig.update_xaxes(title_text=c.x_param, type="log" if c.x_log else "linear")
+    ytick = {"tickvals": c.y_grid} if len(c.y_grid) <= 12 else {}
+    fig.update_yaxes(title_text=c.y_param, type="log" if c.y_log else "linear", **ytick)
+    return _layout(fig, f"{d.name}: {d.metric} over {c.x_param} x {c.y_param} (kernel-smoothed, points = trials)")
+
+
+def _fig_slices(d: StudyData) -> go.Figure:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    slices = d.slices
+    cols = min(3, len(slices))
+    rows = math.ceil(len(slices) / cols)
+    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.05,
+                        vertical_spacing=0.18,
+                        subplot_titles=[s.param + (f" (absent in {s.n_missing})" if s.n_missing else "")
+                                        for s in slices])
+    for i, s in enumerate(slices):
+        r, col = i // cols + 1, i % cols + 1
+        fig.add_trace(go.Scatter(
+            x=s.x, y=s.y, mode="markers", showlegend=False, customdata=s.trials,
+            marker={"color": s.trials, "colorscale": "Blues", "size": 6, "opacity": 0.75,
+                    "line": {"color": "#555555", "width": 0.4},
+                    "colorbar": {"title": {"text": "trial"}} if i == 0 else None,
+                    "showscale": i == 0},
+            hovertemplate="trial %{customdata}<br>" + s.param + " %{x}<br>%{y:.4g}<extra></extra>",
+        ), r, col)
+        if s.kind == "categorical":
+            fig.update_xaxes(type="category", categoryorder="array", categoryarray=s.choices or [],
+                             row=r, col=col)
+        else:
+            fig.update_xaxes(type="log" if s.log else "linear", row=r, col=col)
+        if col == 1:
+            fig.update_yaxes(title_text=d.metric, row=r, col=col)
+    return _layout(fig, f"{d.name}: slices ({d.metric} against each param, complete trials)",
+                   height=140 + 300 * rows)
+
+
+def _fig_timeline(d: StudyData) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    rows = [r for r in d.trials if r.start is not None]
+
+    def lane(r: TrialRow) -> str:
+        parts = []
+        if r.slot is not None:
+            parts.append(f"slot {r.slot}")
+        if r.worker:
+            parts.append(r.worker)
+        return " · ".join(parts) or "unknown worker"
+
+    lanes = sorted({lane(r) for r in rows})
+    # An open (RUNNING) trial is drawn up to the study's last recorded event, not "now": a worker
+    # killed without a heartbeat leaves RUNNING rows behind that would stretch the axis for ever.
+    last = max([r.end for r in rows if r.end is not None] + [r.start for r in rows if r.start is not None])
+    for state in STATES:
+        rs = [r for r in rows if r.state == state]
+        if not rs:
+            continue
+        ends = [r.end or max(last, r.start) for r in rs]  # type: ignore[type-var]
+        fig.add_trace(go.Bar(
+            base=[r.start.isoformat() for r in rs],  # type: ignore[union-attr]
+            x=[max(0.0, (e - r.start).total_seconds() * 1000) for r, e in zip(rs, ends)],  # type: ignore[operator]
+            y=[lane(r) for r in rs], orientation="h", name=state.lower(),
+            marker={"color": STATE_COLORS[state], "line": {"color": "white", "width": 0.5}},
+            customdata=[[r.number, r.value if r.value is not None else float("nan"),
+                         r.stop_reason or "", r.epochs_run or 0] for r in rs],
+            hovertemplate="trial %{customdata[0]}<br>value %{customdata[1]:.4g}<br>"
+                          "%{customdata[2]}, %{customdata[3]} epochs<extra></extra>",
+        ))
+    fig.update_xaxes(type="date", title_text="time")
+    fig.update_yaxes(categoryorder="array", categoryarray=lanes, autorange="reversed")
+    return _layout(fig, f"{d.name}: timeline of trials per worker slot", barmode="overlay",
+                   height=max(260, 120 + 40 * len(lanes)))
+
+
+def _study_color(position: int) -> str:
+    return STUDY_COLORS[position % len(STUDY_COLORS)]
+
+
+def _fig_compare_best(group: CompareGroup, by_time: bool, prefix: str) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for pos, d in zip(group.positions, group.studies):
+        pts = [p for p in d.best_so_far if not by_time or p.elapsed_s is not None]
+        x = [p.elapsed_s / 60 for p in pts] if by_time else [p.trial for p in pts]  # type: ignore[operator]
+        fig.add_trace(go.Scatter(x=x, y=[p.best for p in pts], mode="lines", line_shape="hv",
+                                 name=d.name, line={"color": _study_color(pos), "width": 2}))
+    fig.update_xaxes(title_text="minutes since the study's first trial" if by_time else "trial number")
+    fig.update_yaxes(title_text=group.metric)
+    what = "wall-clock time" if by_time else "trial number"
+    return _layout(fig, f"{prefix}: best so far vs {what}")
+
+
+def _fig_compare_dist(group: CompareGroup, prefix: str) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for pos, d in zip(group.positions, group.studies):
+        fig.add_trace(go.Box(y=[p.value for p in d.best_so_far], name=d.name, boxpoints="all",
+                             jitter=0.4, pointpos=0, boxmean=True,
+                             marker={"color": _study_color(pos), "size": 4, "opacity": 0.6}))
+    fig.update_yaxes(title_text=group.metric)
+    return _layout(fig, f"{prefix}: final metric of complete trials", showlegend=False)
+
+
+def _comparison_figures(studies: Sequence[StudyData]) -> list[NamedFigure]:
+    """The comparison figures of two or more studies, one set per :func:`compare_groups` group.
+
+    With one group the names carry no group label (``Comparison: ...``); with several each
+    name and title says its metric and direction (``Comparison (val_loss, minimize): ...``).
+    """
+    if len(studies) < 2:
+        return []
+    groups = compare_groups(studies)
+    figs: list[NamedFigure] = []
+    for g in groups:
+        prefix = "Comparison" if len(groups) == 1 else f"Comparison ({g.metric}, {g.direction})"
+        figs.append((f"{prefix}: best so far vs trial number", _fig_compare_best(g, False, prefix)))
+        figs.append((f"{prefix}: best so far vs wall-clock time", _fig_compare_best(g, True, prefix)))
+        figs.append((f"{prefix}: final metric distribution", _fig_compare_dist(g, prefix)))
+    return figs
+
+
+def _study_figures(d: StudyData) -> list[NamedFigure]:
+    """The figures of one study, each only when the study has its data."""
+    figs: list[NamedFigure] = []
+    if d.best_so_far:
+        figs.append((f"{d.name}: optimization history", _fig_history(d)))
+    if d.curves:
+        figs.append((f"{d.name}: learning curves", _fig_curves(d)))
+    if d.parallel is not None and d.parallel.dimensions:
+        figs.append((f"{d.name}: parallel coordinates", _fig_parallel(d)))
+    if d.importances:
+        figs.append((f"{d.name}: param importances", _fig_importances(d)))
+    if d.contour is not None:
+        figs.append((f"{d.name}: lr x batch_size contour", _fig_contour(d)))
+    if d.slices:
+        figs.append((f"{d.name}: slices", _fig_slices(d)))
+    if any(r.start is not None for r in d.trials):
+        figs.append((f"{d.name}: timeline", _fig_timeline(d)))
+    return figs
+
+
+@dataclass
+class FigureSections:
+    """The figures of a report by section: one list per study (in the order given), then the comparison."""
+
+    per_study: list[list[NamedFigure]]
+    comparison: list[NamedFigure]
+
+    def all(self) -> list[NamedFigure]:
+        """Every figure, in page order."""
+        return [f for figs in self.per_study for f in figs] + self.comparison
+
+
+def figure_sections(studies: Sequence[StudyData]) -> FigureSections:
+    """The figures of :func:`build_figures`, by report section."""
+    return FigureSections([_study_figures(d) for d in studies], _comparison_figures(studies))
+
+
+def build_figures(studies: Sequence[StudyData]) -> list[NamedFigure]:
+    """Named plotly figures: per study, then a comparison when there are two or more studies.
+
+    Per study (each only when it has the data): optimization history, learning curves,
+    parallel coordinates, param importances, lr x batch_size contour, slices, timeline.
+    Comparison: best so far vs trial number and vs wall-clock time, final metric distributions;
+    when the studies do not all share one metric and direction, these three are drawn once per
+    (metric, direction) group, named ``Comparison (METRIC, DIRECTION): ...``.
+    """
+    return figure_sections(studies).all()

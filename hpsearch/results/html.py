@@ -1,0 +1,274 @@
+"""The report page: one self-contained HTML file (plotly.js inlined once, no network access needed to view
+it) of collected studies and their figures, and optionally one PNG per figure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from hpsearch.errors import HpsearchError
+from hpsearch.results.collect import collect_study
+from hpsearch.results.figures import FigureSections, NamedFigure, figure_sections
+from hpsearch.results.params import format_number
+from hpsearch.results.studydata import StudyData, compare_groups
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = ["write_report"]
+
+logger = logging.getLogger(__name__)
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:24px auto;
+max-width:1400px;padding:0 16px;color:#222}
+h1{font-size:1.6em;margin-bottom:0}h2{margin-top:2em;border-bottom:2px solid #ddd;padding-bottom:4px}
+h3{font-size:1.05em;margin:1.6em 0 .2em;color:#444}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #ddd;padding:4px 10px;text-align:left;vertical-align:top}
+th{background:#f5f5f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.meta{color:#666;font-size:.9em}.note{color:#8a5a00;background:#fff8e5;padding:6px 10px;
+border-left:3px solid #e0a800;margin:.4em 0}nav a{margin-right:1em}code{background:#f3f3f3;padding:0 3px}
+.figure{margin-bottom:1.5em}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return format_number(v) if (abs(v) < 1e-3 and v != 0) else f"{v:.6g}"
+    return str(v)
+
+
+def _fmt_secs(s: float | None) -> str:
+    if s is None:
+        return "—"
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in params.items()) or "—"
+
+
+def _summary_html(d: StudyData) -> str:
+    s = d.summary
+    rows: list[tuple[str, str]] = [
+        ("objective", f"{d.direction} {d.metric}"),
+        ("trials", f"{s.n_trials} total: " + ", ".join(f"{v} {k.lower()}" for k, v in s.by_state.items() if v)
+         if s.n_trials else "0 (no trials yet)"),
+        ("best value", f"{_fmt_value(s.best_value)} (trial {s.best_trial})" if s.best_trial is not None else "—"),
+        ("best params", _params_text(s.best_params)),
+        ("wall time", _fmt_secs(s.total_wall_s)),
+        ("per-trial time", f"mean {_fmt_secs(s.mean_trial_s)}, median {_fmt_secs(s.median_trial_s)}"
+         if s.mean_trial_s is not None else "—"),
+        ("epochs run", f"{s.epochs_run}" + (f" (max {s.epochs_max} per trial)" if s.epochs_max else "")),
+    ]
+    if s.epochs_max:
+        full = s.epochs_run + s.epochs_saved
+        pct = f" = {100 * s.epochs_saved / full:.0f}% of the epochs a full run would take" if full else ""
+        detail = ", ".join(f"{v} by {k.replace('_', ' ')}" for k, v in s.epochs_saved_by_reason.items())
+        rows.append(("epochs saved", f"{s.epochs_saved}" + (f" ({detail})" if detail else "") + pct))
+    if s.stop_reasons:
+        rows.append(("stop reasons", ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(s.stop_reasons.items()))))
+    if s.workers or s.slots:
+        rows.append(("workers", f"{len(s.workers)} worker processes, {len(s.slots)} slots"))
+    if s.devices:
+        rows.append(("devices", ", ".join(s.devices)))
+    if d.output_dir:
+        rows.append(("output dir", d.output_dir))
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    out = f'<table class="summary">{body}</table>'
+    notes = [n for n in s.notes if s.n_trials]  # an empty study gets its own paragraph instead
+    for note in notes + ([d.importance_note] if d.importance_note and d.importances else []):
+        out += f'<p class="note">{_e(note)}</p>'
+    return out
+
+
+def _top_trials_html(d: StudyData, k: int = 10) -> str:
+    done = [r for r in d.trials if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
+    if not done:
+        return ""
+    done.sort(key=lambda r: (-(r.value or 0.0) if d.direction == "maximize" else (r.value or 0.0), r.number))
+    names = [p.name for p in d.params]
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["trial", d.metric, *names, "epochs", "stop", "duration", "worker"])
+    body = []
+    for r in done[:k]:
+        cells = [f'<td class="num">{r.number}</td>', f'<td class="num">{_e(_fmt_value(r.value))}</td>']
+        cells += [f'<td class="num">{_e(_fmt_value(r.params[n])) if n in r.params else "—"}</td>' for n in names]
+        cells += [f'<td class="num">{_e(r.epochs_run if r.epochs_run is not None else "—")}</td>',
+                  f"<td>{_e(r.stop_reason or '—')}</td>", f'<td class="num">{_e(_fmt_secs(r.duration_s))}</td>',
+                  f"<td>{_e(r.worker or '—')}</td>"]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<h3>Top {min(k, len(done))} trials</h3><table class=\"trials\"><tr>{head}</tr>"
+            + "".join(body) + "</table>")
+
+
+def _comparison_note_html(studies: Sequence[StudyData]) -> str:
+    """A note naming the groups when studies with different metrics are compared per metric."""
+    groups = compare_groups(studies)
+    if len(groups) < 2:
+        return ""
+    listing = "; ".join(f"{g.metric} ({g.direction}): " + ", ".join(d.name for d in g.studies) for g in groups)
+    return (f'<p class="note">These studies do not all optimise the same metric, so each metric is '
+            f"compared on its own axes: {_e(listing)}.</p>")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80] or "figure"
+
+
+def _version() -> str:
+    from hpsearch import __version__
+
+    return str(__version__)
+
+
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+class _FigureDivs:
+    """Turns a page's figures into divs, numbered in page order (ids ``fig-0``, ``fig-1``...)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def div(self, name: str, fig: go.Figure, heading: str) -> str:
+        import plotly.io as pio
+
+        idx = self.count
+        self.count += 1
+        div = pio.to_html(fig, full_html=False, include_plotlyjs=False, include_mathjax=False,
+                          config=PLOTLY_CONFIG, div_id=f"fig-{idx}",
+                          default_height=f"{fig.layout.height or 440}px", validate=False)
+        anchor = f"{_slug(name)}-{idx}"
+        return f'<div class="figure" id="{anchor}"><h3>{_e(heading)}</h3>{div}</div>'
+
+
+def _head(title: str, n_figs: int) -> list[str]:
+    from plotly.offline import get_plotlyjs
+
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title>",
+        f"<style>{CSS}</style>",
+        # plotly.js inlined exactly once; 'local' keeps it from ever looking for MathJax online
+        "<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>",
+        f'<script type="text/javascript" id="plotlyjs">{get_plotlyjs()}</script>',
+        "</head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">generated {_e(dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"))} by hpsearch '
+        f"{_e(_version())} with optuna {_e(optuna.__version__)}; {n_figs} figures; works offline</p>",
+    ]
+
+
+def _study_section(idx: int, d: StudyData, figs: list[NamedFigure], divs: _FigureDivs) -> list[str]:
+    parts = [f'<section id="study-{idx}"><h2>Study {_e(d.name)}</h2>', _summary_html(d)]
+    if d.summary.n_trials == 0:
+        parts.append('<p class="note">This study has no trials yet: nothing to plot. '
+                     "Run it (<code>hpsearch run STUDY.yaml</code>) and build the report again.</p>")
+    parts.append(_top_trials_html(d))
+    # the section already names the study
+    parts.extend(divs.div(name, fig, name.split(": ", 1)[-1]) for name, fig in figs)
+    parts.append("</section>")
+    return parts
+
+
+def _comparison_section(data: Sequence[StudyData], figs: list[NamedFigure], divs: _FigureDivs) -> list[str]:
+    parts = ['<section id="comparison"><h2>Comparison</h2>', _comparison_note_html(data)]
+    parts.extend(divs.div(name, fig, name.removeprefix("Comparison: ")) for name, fig in figs)
+    parts.append("</section>")
+    return parts
+
+
+def _page(data: Sequence[StudyData], sections: FigureSections) -> str:
+    title = "hpsearch report: " + ", ".join(d.name for d in data) if data else "hpsearch report"
+    divs = _FigureDivs()
+    parts = _head(title, len(sections.all()))
+    if not data:
+        parts.append('<p class="note">No study given.</p>')
+    if len(data) > 1:
+        links = "".join(f'<a href="#study-{i}">{_e(d.name)}</a>' for i, d in enumerate(data))
+        parts.append(f"<nav>{links}<a href=\"#comparison\">comparison</a></nav>")
+    for idx, (d, figs) in enumerate(zip(data, sections.per_study)):
+        parts.extend(_study_section(idx, d, figs, divs))
+    if sections.comparison:
+        parts.extend(_comparison_section(data, sections.comparison, divs))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(
+    studies: Sequence[optuna.Study],
+    out: str | Path,
+    png_dir: str | Path | None = None,
+) -> Path:
+    """Write one self-contained HTML report of ``studies`` to ``out`` and return its path.
+
+    The file inlines plotly.js once and makes no network request when opened. With ``png_dir``,
+    each figure is also written as a PNG there (needs the ``kaleido`` package and a Chrome or
+    Chromium on the machine); if that is not possible an :class:`HpsearchError` is raised after
+    the HTML has been written.
+    """
+    data = [collect_study(s) for s in studies]
+    sections = figure_sections(data)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_page(data, sections), encoding="utf-8")
+    figs = sections.all()
+    logger.info("wrote report %s (%d figures)", out, len(figs))
+    if png_dir is not None:
+        _write_pngs(figs, Path(png_dir), out)
+    return out
+
+
+def _write_pngs(figs: list[NamedFigure], png_dir: Path, html_path: Path) -> list[Path]:
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise HpsearchError(
+            f"PNG export needs kaleido, which is not installed: pip install kaleido "
+            f"(the HTML report was written to {html_path})"
+        ) from None
+    import plotly.io as pio
+
+    png_dir.mkdir(parents=True, exist_ok=True)
+    paths = [png_dir / f"{i:02d}-{_slug(name)}.png" for i, (name, _) in enumerate(figs)]
+    if not figs:
+        return paths
+    # kaleido's browser driver logs its temp-dir housekeeping at INFO, some of it at interpreter
+    # exit: keep those loggers at WARNING for the rest of the process
+    for name in ("choreographer", "kaleido", "logistro"):
+        lg = logging.getLogger(name)
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        # one kaleido session for all figures: starting Chrome per figure costs seconds each
+        pio.write_images([f for _, f in figs], paths, width=1200,
+                         height=[int(f.layout.height or 440) for _, f in figs])
+    except Exception as e:  # kaleido surfaces Chrome problems as assorted exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HpsearchError(
+            f"PNG export failed ({first}); kaleido needs Chrome or Chromium: apt-get install chromium "
+            f"or set BROWSER_PATH (the HTML report was written to {html_path})"
+        ) from e
+    logger.info("wrote %d PNG figures to %s", len(paths), png_dir)
+    return paths

@@ -1,0 +1,257 @@
+"""What a trial and a study store, and the facts derived from it: the one place a stored key is spelled.
+
+Writers (objective, worker, supervisor, study) store through the names below; readers (collect, export,
+summary, monitor) read through the functions below, never by a string key. Per-epoch data is read by
+:func:`history` only, so a change to how epochs are stored stays in this file.
+
+Imports only optuna: the writers on the torch side and the fast-starting readers both use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+# ------------------------------------------------------------------ trial user attributes
+HISTORY = "history"  # per epoch: [{epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, epoch_time}]
+SEED = "seed"
+DEVICE = "device"
+WORKER = "worker"  # "host:pid" of the worker process
+SLOT = "slot"
+VERSION = "hpsearch_version"
+SETTINGS = "settings"  # id of the run settings the trial trains with (study.settings_id)
+CHECKPOINT = "checkpoint"  # path of the best-weights file
+BEST_EPOCH = "best_epoch"
+EPOCHS_RUN = "epochs_run"
+TRAIN_TIME = "train_time"  # seconds
+STOP_REASON = "stop_reason"
+ERROR = "error"  # traceback of a failed trial
+RESUMED_FROM = "resumed_from"  # {trial, epoch}
+RESUME_SKIPPED = "resume_skipped"  # {trial, reason}
+OOM_RETRY = "oom_retry"  # {batch_size, accum_steps}
+CUDA_GRAPHS = "cuda_graphs"  # "on" or "off (reason)"
+
+# ------------------------------------------------------------------ inside one history record
+EPOCH = "epoch"  # 1-based
+EPOCH_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time")
+
+# ------------------------------------------------------------------ study user attributes
+STUDY_METRIC = "metric"
+STUDY_EPOCHS = "epochs"  # the epoch budget of a trial
+STUDY_OUTPUT_DIR = "output_dir"
+STUDY_VERSION = "hpsearch_version"
+STUDY_CONFIG = "config"  # the resolved study file, storage URL redacted
+
+# ------------------------------------------------------------------ system attributes
+RETRY_HISTORY = "retry_history"  # trial: numbers of the failed trials it retries, oldest first
+FAILED_TRIAL = "failed_trial"  # trial: the first of them (Optuna's RetryFailedTrialCallback reads it)
+SETTINGS_PREFIX = "settings:"  # study: the run settings of each settings id, under "settings:<id>"
+
+# ------------------------------------------------------------------ stop reasons that readers interpret
+PRUNED = "pruned"
+EARLY_STOPPED = "early_stopped"
+EARLY_STOP_REASONS = (PRUNED, EARLY_STOPPED)  # the search stopped the trial: its unrun epochs are "saved"
+
+
+# ------------------------------------------------------------------ writer helpers
+
+def retry_attrs(history: list[int]) -> dict[str, Any]:
+    """System attrs of a trial queued again: the trials it retries (``history``, oldest first)."""
+    return {FAILED_TRIAL: history[0], RETRY_HISTORY: history}
+
+
+def retry_history_of(system_attrs: Mapping[str, Any]) -> list[int]:
+    """The numbers of the failed trials a trial retries, from its system attrs ([] for a fresh trial)."""
+    return list(system_attrs.get(RETRY_HISTORY) or [])
+
+
+def settings_key(settings_id: str) -> str:
+    """The study system attr that holds the run settings with this id."""
+    return f"{SETTINGS_PREFIX}{settings_id}"
+
+
+# ------------------------------------------------------------------ plain values
+
+def as_int(value: Any) -> int | None:
+    """``value`` as an int when it is one (an integral float counts; a bool does not), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def as_float(value: Any) -> float | None:
+    """``value`` as a float when it is a number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _as_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# ------------------------------------------------------------------ one trial
+
+def history(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """The trial's per-epoch records, oldest first ([] when it has none): the only reader of per-epoch data."""
+    stored = trial.user_attrs.get(HISTORY)
+    if not isinstance(stored, list):
+        return []
+    return [record for record in stored if isinstance(record, dict)]
+
+
+def epoch_number(record: Mapping[str, Any], position: int) -> int:
+    """The epoch of one history record; ``position`` (1-based) when the record does not say."""
+    return as_int(record.get(EPOCH)) or position
+
+
+def duration_s(trial: FrozenTrial) -> float | None:
+    """Seconds from start to end; None while the trial runs or when a time is missing."""
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return None
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def epochs_run(trial: FrozenTrial) -> int | None:
+    """Epochs trained: the recorded count, else the history's length, else the last reported step."""
+    recorded = as_int(trial.user_attrs.get(EPOCHS_RUN))
+    if recorded is not None:
+        return recorded
+    records = history(trial)
+    if records:
+        return len(records)
+    if trial.intermediate_values:
+        return max(trial.intermediate_values)
+    return None
+
+
+def stop_reason(trial: FrozenTrial) -> str | None:
+    """Why the trial stopped (``completed``, ``pruned``, ``early_stopped``, ``interrupted``...); a pruned trial
+    that did not say is ``pruned``; None while it runs."""
+    reason = trial.user_attrs.get(STOP_REASON)
+    if isinstance(reason, str):
+        return reason
+    if trial.state == TrialState.PRUNED:
+        return PRUNED
+    return None
+
+
+def error(trial: FrozenTrial) -> str | None:
+    """The traceback of a trial that failed in user code."""
+    text = trial.user_attrs.get(ERROR)
+    return text if isinstance(text, str) else None
+
+
+def worker(trial: FrozenTrial) -> str | None:
+    """``host:pid`` of the worker that ran the trial."""
+    return _as_str(trial.user_attrs.get(WORKER))
+
+
+def slot(trial: FrozenTrial) -> int | None:
+    """The worker slot that ran the trial."""
+    return as_int(trial.user_attrs.get(SLOT))
+
+
+def device(trial: FrozenTrial) -> str | None:
+    """The device the trial trained on, as the worker described it."""
+    return _as_str(trial.user_attrs.get(DEVICE))
+
+
+def checkpoint(trial: FrozenTrial) -> str | None:
+    """Path of the trial's best-weights checkpoint, when one was written."""
+    return _as_str(trial.user_attrs.get(CHECKPOINT))
+
+
+def best_epoch(trial: FrozenTrial) -> int | None:
+    """The epoch whose metric is the trial's value."""
+    return as_int(trial.user_attrs.get(BEST_EPOCH))
+
+
+def train_time(trial: FrozenTrial) -> float | None:
+    """Seconds spent in the epoch loop."""
+    return as_float(trial.user_attrs.get(TRAIN_TIME))
+
+
+def seed(trial: FrozenTrial) -> int | None:
+    """The trial's own seed (derived from the study seed and its number)."""
+    return as_int(trial.user_attrs.get(SEED))
+
+
+def version(trial: FrozenTrial) -> str | None:
+    """The hpsearch version that ran the trial."""
+    return _as_str(trial.user_attrs.get(VERSION))
+
+
+def settings_id_of(trial: FrozenTrial) -> str | None:
+    """The id of the run settings the trial trains with."""
+    return _as_str(trial.user_attrs.get(SETTINGS))
+
+
+# ------------------------------------------------------------------ many trials
+
+def counts_by_state(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """Trials by state name, every state present (zeros included), in Optuna's order of states."""
+    counts = Counter(t.state.name for t in trials)
+    return {state.name: counts.get(state.name, 0) for state in TrialState}
+
+
+def finished(counts: Mapping[str, int]) -> int:
+    """Finished trials (complete or pruned) in :func:`counts_by_state`: the unit of ``n_trials``."""
+    return counts.get(TrialState.COMPLETE.name, 0) + counts.get(TrialState.PRUNED.name, 0)
+
+
+def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The complete trials with a finite value, in the order given."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+
+
+def best_among(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | None:
+    """The complete trial with the best finite value (the lowest number among equals), or None."""
+    complete = complete_trials(trials)
+    if not complete:
+        return None
+    sign = 1.0 if direction == "maximize" else -1.0
+    return max(complete, key=lambda t: (sign * float(t.value), -t.number))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the study
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The study's best complete trial (see :func:`best_among`), or None while there is none."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return best_among(complete, direction_of(study))
+
+
+def direction_of(study: optuna.Study) -> str:
+    """``maximize`` or ``minimize`` (the first objective's, should a study have several)."""
+    return "maximize" if study.directions[0] == StudyDirection.MAXIMIZE else "minimize"
+
+
+def metric_of(study: optuna.Study) -> str:
+    """The optimised metric: the study's ``metric`` attr, else its stored config's, else ``objective``."""
+    attrs = study.user_attrs
+    metric = attrs.get(STUDY_METRIC)
+    if not metric:
+        config = attrs.get(STUDY_CONFIG)
+        metric = config.get("metric") if isinstance(config, dict) else None
+    return str(metric or "objective")
+
+
+def epochs_of(study: optuna.Study) -> int | None:
+    """The epoch budget of one trial, when the study recorded it."""
+    return as_int(study.user_attrs.get(STUDY_EPOCHS))
+
+
+def output_dir_of(study: optuna.Study) -> str | None:
+    """The folder checkpoints and logs go under, when the study recorded it."""
+    return _as_str(study.user_attrs.get(STUDY_OUTPUT_DIR))

@@ -1,0 +1,203 @@
+"""The plain data a report is made of: dataclasses, lists and dicts read once from a study (no plotly).
+
+:mod:`hpsearch.results.collect` fills them; :mod:`hpsearch.results.figures` and
+:mod:`hpsearch.results.html` draw them; tests check them directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["STATES", "StudyData", "Summary", "TrialRow", "Curve", "BestPoint", "ParamInfo", "Axis", "ParallelData",
+           "ContourData", "SliceData", "CompareGroup", "compare_groups"]
+
+# Trial states in the order tables and figures list them.
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+@dataclass
+class ParamInfo:
+    """One hyperparameter as seen across the study's trials."""
+
+    name: str
+    kind: str  # "float" | "int" | "categorical"
+    log: bool
+    low: float | None
+    high: float | None
+    choices: list[Any] | None
+    n_present: int  # trials (any state) that have it; conditional params have fewer
+    n_missing: int
+    varies: bool  # more than one distinct value among complete trials
+
+
+@dataclass
+class TrialRow:
+    """One trial, flattened for tables and exports."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    start: dt.datetime | None
+    end: dt.datetime | None
+    duration_s: float | None
+    worker: str | None
+    slot: int | None
+    device: str | None
+    epochs_run: int | None
+    best_epoch: int | None
+    stop_reason: str | None
+    train_time: float | None
+    checkpoint: str | None
+
+
+@dataclass
+class Curve:
+    """Validation metric per epoch of one trial (1-based epochs)."""
+
+    trial: int
+    state: str
+    stop_reason: str | None
+    epochs: list[int]
+    values: list[float]
+
+
+@dataclass
+class BestPoint:
+    """A complete trial's value and the best value up to and including it."""
+
+    trial: int
+    elapsed_s: float | None  # seconds from the study's first trial start to this trial's end
+    value: float
+    best: float
+
+
+@dataclass
+class Summary:
+    """Headline numbers of one study."""
+
+    n_trials: int
+    by_state: dict[str, int]
+    best_value: float | None
+    best_trial: int | None
+    best_params: dict[str, Any]
+    total_wall_s: float | None
+    mean_trial_s: float | None
+    median_trial_s: float | None
+    epochs_max: int | None
+    epochs_run: int
+    epochs_saved: int
+    epochs_saved_by_reason: dict[str, int]
+    stop_reasons: dict[str, int]
+    workers: list[str]
+    slots: list[int]
+    devices: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Axis:
+    """One numeric axis over the complete trials (parallel coordinates).
+
+    ``values`` are plot positions: log10 of the value for log-scale params, the index into
+    ``ticktext`` for categorical ones; a trial without the param sits at the ``n/a`` tick.
+    """
+
+    name: str
+    values: list[float]
+    tickvals: list[float] | None
+    ticktext: list[str] | None
+    n_missing: int
+
+
+@dataclass
+class ParallelData:
+    """Parallel coordinates: one line per complete trial, one axis per param, objective last."""
+
+    trials: list[int]
+    objective: list[float]
+    dimensions: list[Axis]
+
+
+@dataclass
+class ContourData:
+    """Objective over lr x batch size, smoothed onto a grid, plus the trials as points."""
+
+    x_param: str
+    y_param: str
+    x_log: bool
+    y_log: bool
+    x_grid: list[float]  # in param units
+    y_grid: list[float]
+    z: list[list[float]]  # z[j][i] at (x_grid[i], y_grid[j])
+    x: list[float]
+    y: list[float]
+    values: list[float]
+    trials: list[int]
+
+
+@dataclass
+class SliceData:
+    """Objective against one param over the complete trials that have it."""
+
+    param: str
+    kind: str
+    log: bool
+    x: list[Any]
+    y: list[float]
+    trials: list[int]
+    n_missing: int
+    choices: list[str] | None = None  # categorical: axis order
+
+
+@dataclass
+class StudyData:
+    """Everything a report needs about one study, read once from storage."""
+
+    name: str
+    direction: str  # "maximize" | "minimize"
+    metric: str
+    epochs: int | None
+    output_dir: str | None
+    collected_at: dt.datetime
+    start: dt.datetime | None
+    summary: Summary
+    params: list[ParamInfo]
+    trials: list[TrialRow]
+    curves: list[Curve]
+    best_so_far: list[BestPoint]
+    importances: dict[str, float]
+    importance_note: str | None
+    parallel: ParallelData | None
+    contour: ContourData | None
+    slices: list[SliceData]
+
+
+@dataclass
+class CompareGroup:
+    """Studies that optimise one metric in one direction, so they can share a y axis.
+
+    ``positions`` are the studies' indices in the sequence given to :func:`compare_groups`; a
+    study keeps the colour of its position in every comparison figure.
+    """
+
+    metric: str
+    direction: str
+    studies: list[StudyData]
+    positions: list[int]
+
+
+def compare_groups(studies: Sequence[StudyData]) -> list[CompareGroup]:
+    """Group ``studies`` by (metric, direction); groups and members keep the order given.
+
+    A study whose metric or direction no other study shares is a group of its own.
+    """
+    groups: dict[tuple[str, str], CompareGroup] = {}
+    for i, d in enumerate(studies):
+        group = groups.setdefault((d.metric, d.direction), CompareGroup(d.metric, d.direction, [], []))
+        group.studies.append(d)
+        group.positions.append(i)
+    return list(groups.values())

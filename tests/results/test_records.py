@@ -1,0 +1,189 @@
+"""records: the derived facts of a trial and a study, and the rule that only records spells a stored key."""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+import study_fixtures as sf
+from hpsearch.results import records
+from hpsearch.study import requeue
+
+PACKAGE = Path(__file__).resolve().parents[2] / "hpsearch"
+T0 = dt.datetime(2025, 1, 6, 9, 0, 0)
+
+
+def _trial(state: TrialState = TrialState.COMPLETE, value: float | None = 0.5, number: int = 0,
+           attrs: dict[str, Any] | None = None, steps: dict[int, float] | None = None,
+           seconds: float | None = 12.5) -> FrozenTrial:
+    return FrozenTrial(
+        number=number, state=state, value=value if state == TrialState.COMPLETE else None, values=None,
+        datetime_start=T0, datetime_complete=None if seconds is None else T0 + dt.timedelta(seconds=seconds),
+        params={}, distributions={}, user_attrs=attrs or {}, system_attrs={}, intermediate_values=steps or {},
+        trial_id=number)
+
+
+def _study(direction: str = "maximize", values: tuple[float, ...] = ()) -> optuna.Study:
+    study = optuna.create_study(direction=direction)
+    for v in values:
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1, log=True)}, value=v))
+    return study
+
+
+def test_duration_is_start_to_end_and_none_while_running() -> None:
+    assert records.duration_s(_trial(seconds=12.5)) == 12.5
+    assert records.duration_s(_trial(TrialState.RUNNING, seconds=None)) is None
+
+
+def test_epochs_run_from_the_attr_then_the_history_then_the_reported_steps() -> None:
+    history = [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]
+    assert records.epochs_run(_trial(attrs={records.EPOCHS_RUN: 4, records.HISTORY: history})) == 4
+    assert records.epochs_run(_trial(attrs={records.EPOCHS_RUN: 3.0})) == 3
+    assert records.epochs_run(_trial(attrs={records.HISTORY: history})) == 2
+    assert records.epochs_run(_trial(steps={1: 0.4, 2: 0.5, 5: 0.7})) == 5
+    assert records.epochs_run(_trial()) is None
+
+
+def test_stop_reason_is_recorded_or_pruned() -> None:
+    assert records.stop_reason(_trial(attrs={records.STOP_REASON: "early_stopped"})) == "early_stopped"
+    assert records.stop_reason(_trial(TrialState.PRUNED)) == records.PRUNED
+    assert records.stop_reason(_trial(TrialState.FAIL, attrs={records.STOP_REASON: "interrupted"})) == "interrupted"
+    assert records.stop_reason(_trial()) is None
+    assert records.stop_reason(_trial(TrialState.RUNNING, seconds=None)) is None
+
+
+def test_history_keeps_only_records_and_numbers_epochs() -> None:
+    history = [{"epoch": 1, "val_loss": 1.0}, "junk", {"val_loss": 0.5}]
+    got = records.history(_trial(attrs={records.HISTORY: history}))
+    assert got == [{"epoch": 1, "val_loss": 1.0}, {"val_loss": 0.5}]
+    assert [records.epoch_number(r, i) for i, r in enumerate(got, start=1)] == [1, 2]
+    assert records.history(_trial(attrs={records.HISTORY: "not a list"})) == []
+    assert records.history(_trial()) == []
+
+
+def test_trial_attrs_read_back_typed() -> None:
+    t = _trial(attrs={records.WORKER: "host:12", records.SLOT: 1, records.DEVICE: "cpu", records.SEED: 7,
+                      records.CHECKPOINT: "runs/x/trial_00000.pt", records.BEST_EPOCH: 3, records.TRAIN_TIME: 2,
+                      records.VERSION: "0.1.0", records.SETTINGS: "abc", records.ERROR: "Traceback..."})
+    assert (records.worker(t), records.slot(t), records.device(t), records.seed(t)) == ("host:12", 1, "cpu", 7)
+    assert (records.checkpoint(t), records.best_epoch(t), records.train_time(t)) == ("runs/x/trial_00000.pt", 3, 2.0)
+    assert (records.version(t), records.settings_id_of(t), records.error(t)) == ("0.1.0", "abc", "Traceback...")
+    empty = _trial()
+    assert [f(empty) for f in (records.worker, records.slot, records.device, records.checkpoint, records.best_epoch,
+                               records.train_time, records.seed, records.version, records.error)] == [None] * 9
+    assert records.slot(_trial(attrs={records.SLOT: True})) is None  # a bool is not a slot number
+
+
+@pytest.mark.parametrize("direction, expected", [("maximize", 1), ("minimize", 3)])
+def test_best_trial_in_both_directions(direction: str, expected: int) -> None:
+    study = _study(direction, (0.5, 0.9, 0.9, 0.1, 0.1))  # ties: the first trial to reach the value wins
+    best = records.best_trial(study)
+    assert best is not None and best.number == expected
+    assert best.number == study.best_trial.number  # what Optuna itself says on this storage
+
+
+def test_best_trial_ignores_other_states_and_non_finite_values() -> None:
+    trials = [_trial(value=math.inf, number=0), _trial(value=0.2, number=1),
+              _trial(TrialState.PRUNED, number=2), _trial(TrialState.FAIL, number=3)]
+    best = records.best_among(trials, "maximize")
+    assert best is not None and best.number == 1
+    assert records.best_among(trials[2:], "maximize") is None
+    assert records.best_trial(_study()) is None
+
+
+def test_counts_by_state_include_zero_states() -> None:
+    trials = [_trial(), _trial(), _trial(TrialState.PRUNED), _trial(TrialState.RUNNING, seconds=None)]
+    counts = records.counts_by_state(trials)
+    assert counts == {"RUNNING": 1, "COMPLETE": 2, "PRUNED": 1, "FAIL": 0, "WAITING": 0}
+    assert list(counts) == [s.name for s in TrialState]
+    assert records.finished(counts) == 3
+    assert records.counts_by_state([]) == dict.fromkeys(counts, 0)
+
+
+def test_metric_and_direction_from_the_study_attrs() -> None:
+    study = sf.new_study(optuna.storages.InMemoryStorage(), "loss", direction="minimize", metric="val_loss", epochs=9)
+    assert (records.metric_of(study), records.direction_of(study)) == ("val_loss", "minimize")
+    assert records.epochs_of(study) == 9 and records.output_dir_of(study) == "runs/loss"
+
+
+def test_metric_falls_back_to_the_stored_config_then_objective() -> None:
+    study = _study("maximize")
+    assert records.metric_of(study) == "objective" and records.direction_of(study) == "maximize"
+    assert records.epochs_of(study) is None and records.output_dir_of(study) is None
+    study.set_user_attr(records.STUDY_CONFIG, sf.study_config("c", 4, metric="val_loss"))
+    assert records.metric_of(study) == "val_loss"
+
+
+def test_a_requeued_trial_carries_its_retry_history() -> None:
+    study = _study("maximize", (0.5,))
+    requeue(study, study.trials[0], max_retries=3)
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert records.retry_history_of(waiting.system_attrs) == [0]
+    assert waiting.system_attrs[records.FAILED_TRIAL] == 0
+    requeue(study, waiting, max_retries=3)
+    assert records.retry_history_of(study.trials[-1].system_attrs) == [0, 1]
+    assert records.retry_history_of({}) == []
+    assert records.settings_key("abc") == "settings:abc"
+
+
+def test_synthetic_trials_store_only_keys_records_knows() -> None:
+    known = {v for k, v in vars(records).items() if k.isupper() and isinstance(v, str)}
+    for t in sf.synthetic_trials(12, fail_every=5, running=1, checkpoint_dir="runs/x"):
+        assert set(t.user_attrs) <= known
+    study = sf.new_study(optuna.storages.InMemoryStorage(), "keys")
+    assert set(study.user_attrs) <= known
+
+
+ATTR_SETTERS = {"set_user_attr": 0, "set_system_attr": 0, "set_trial_user_attr": 1, "set_trial_system_attr": 1,
+                "set_study_user_attr": 1, "set_study_system_attr": 1}
+
+
+def _spelled_keys(tree: ast.AST) -> list[int]:
+    """Lines that store or read an attribute under a string literal key."""
+    def attrs_value(node: ast.AST) -> bool:  # x.user_attrs, x.system_attrs, storage.get_*_attrs(...)
+        if isinstance(node, ast.Call):
+            node = node.func
+        return isinstance(node, ast.Attribute) and node.attr.endswith("_attrs")
+
+    def literal(node: ast.AST) -> bool:
+        return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            at = ATTR_SETTERS.get(node.func.attr)
+            if at is not None and len(node.args) > at and literal(node.args[at]):
+                lines.append(node.lineno)
+            if node.func.attr == "get" and attrs_value(node.func.value) and node.args and literal(node.args[0]):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and attrs_value(node.value) and literal(node.slice):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(attrs_value(c) for c in node.comparators) and literal(node.left):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_no_stored_key_is_spelled_outside_records() -> None:
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "records.py":
+            lines = _spelled_keys(ast.parse(path.read_text()))
+            if lines:
+                offenders[str(path.relative_to(PACKAGE))] = lines
+    assert offenders == {}, f"stored keys spelled outside records.py (file: lines): {offenders}"
+
+
+def test_the_key_rule_catches_a_literal_key() -> None:
+    code = ('trial.set_user_attr("seed", 1)\nx = t.user_attrs.get("seed")\ny = t.user_attrs["seed"]\n'
+            'z = "seed" in t.user_attrs\nstorage.set_trial_user_attr(1, "stop_reason", "x")\n'
+            'w = s.get_trial_system_attrs(1).get("retry_history")\nok = t.user_attrs.get(records.SEED)\n')
+    assert _spelled_keys(ast.parse(code)) == [1, 2, 3, 4, 5, 6]
