@@ -223,7 +223,8 @@ def test_dashboard_does_not_disturb_a_writing_worker(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30  # the dashboard caches trial lists for a few seconds
         while True:
             detail = _get(f"{base}/api/studies/{study_id}")
-            if len(detail["trials"]) == N_TRIALS or time.monotonic() > deadline:
+            settled = {t["state"] for t in detail["trials"]} == {"Complete"}  # the cache may lag a state too
+            if (len(detail["trials"]) == N_TRIALS and settled) or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         trials = detail["trials"]
