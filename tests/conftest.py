@@ -80,6 +80,16 @@ def pg_url() -> Any:
     pg.drop_database(name)
 
 
+@pytest.fixture
+def empty_pg_url(pg_url: str) -> Any:
+    """URL of a PostgreSQL database of this test's own, with no tables (pg_url is shared by the session)."""
+    import pg
+
+    url, name = pg.create_database()
+    yield url
+    pg.drop_database(name)
+
+
 def python_env(*paths: str | Path, **variables: str) -> dict[str, str]:
     """The environment for a real `python -m hpsearch` child: this checkout first on PYTHONPATH, then
     `paths`, then whatever PYTHONPATH already holds (where packages may be installed, as on the GPU machine)."""

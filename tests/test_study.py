@@ -248,19 +248,19 @@ def test_every_pruner_builds_and_decides_on_reported_epochs(pruner: dict[str, An
 
 @pytest.mark.postgres
 def test_a_study_of_the_same_name_in_another_storage_cannot_take_over_its_files(
-        write_study: Callable[..., Path], pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+        write_study: Callable[..., Path], empty_pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study(n_trials=2, train={"epochs": 1, "batch_size": 64})
     assert main(["run", str(path)]) == 0
     checkpoints = {p.name: p.read_bytes() for p in Path("runs/tiny/checkpoints").glob("*.pt")}
     assert checkpoints and json.loads(Path("runs/tiny/study.json").read_text())["study_id"] == 1
     capsys.readouterr()
-    assert main(["run", str(path), "--storage", pg_url]) == 2
+    assert main(["run", str(path), "--storage", empty_pg_url]) == 2
     line = _error_line(capsys)
     assert line.startswith(f"hpsearch: error: {path}: output_dir: runs/tiny holds the checkpoints and logs of study "
                            f"'tiny' in sqlite:///"), line
     assert "set output_dir: (or --output-dir) to a folder of its own" in line
-    assert not study_module._has_optuna_tables(pg_url)  # refused before the other storage was touched
-    assert main(["run", str(path), "--storage", pg_url, "--output-dir", "runs/tiny-pg"]) == 0
+    assert not study_module._has_optuna_tables(empty_pg_url)  # refused before the other storage was touched
+    assert main(["run", str(path), "--storage", empty_pg_url, "--output-dir", "runs/tiny-pg"]) == 0
     assert {p.name: p.read_bytes() for p in Path("runs/tiny/checkpoints").glob("*.pt")} == checkpoints  # untouched
     assert len(list(Path("runs/tiny-pg/checkpoints").glob("*.pt"))) >= 1
     owner = json.loads(Path("runs/tiny-pg/study.json").read_text())
