@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import traceback
 from typing import Any, Sequence
@@ -145,7 +146,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(study: Any, cfg: StudyConfig) -> None:
+def _storage_flag(args: argparse.Namespace, cfg: StudyConfig) -> str:
+    """` --storage URL` for the commands a summary suggests, when this command did not use the file's storage.
+
+    A storage from $HPSEARCH_STORAGE needs no flag: the variable stays set for the next command.
+    """
+    from hpsearch.study import redact_url
+
+    moved = getattr(args, "output_dir", None) and cfg.storage is None  # the default database moved with the folder
+    if not (getattr(args, "storage", None) or moved):
+        return ""
+    return f" --storage {shlex.quote(redact_url(cfg.storage_url))}"
+
+
+def _summary(study: Any, cfg: StudyConfig, flags: str) -> None:
     from hpsearch import summary
     from hpsearch.study import guard_storage
 
@@ -153,17 +167,36 @@ def _summary(study: Any, cfg: StudyConfig) -> None:
         log.info("the study '%s' was not created: no worker got as far as opening it", cfg.name)
         return
     with guard_storage(cfg, running=True):
-        summary.print_summary(study, cfg)
+        summary.print_summary(study, cfg, flags=flags)
+
+
+def _nothing_to_run(cfg: StudyConfig, flags: str) -> bool:
+    """True (after saying so and how to add trials) when the study already has its n_trials finished trials.
+
+    Read-only: no worker starts and nothing is written, not even this run's target.
+    """
+    from hpsearch.study import find_study, finished_count, guard_storage
+
+    with guard_storage(cfg):
+        study = find_study(cfg, create=False)
+        if study is None or finished_count(study) < cfg.n_trials:
+            return False
+        log.info("nothing to run: study '%s' already has %d finished trials and n_trials is %d (the study's total)",
+                 cfg.name, finished_count(study), cfg.n_trials)
+    _summary(study, cfg, flags)
+    return True
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the study: in this process for one slot, under a supervisor for several."""
     from hpsearch.slots import plan_slots
-
     from hpsearch.study import check_output_dir
 
     cfg = _config(args.study_file, args)
     check_output_dir(cfg)
+    flags = _storage_flag(args, cfg)
+    if _nothing_to_run(cfg, flags):
+        return 0
     slots, auto = plan_slots(cfg, args.gpus, args.workers)
     if len(slots) == 1 and not auto:
         from hpsearch import summary
@@ -174,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from hpsearch.supervisor import supervise, worker_argv
 
         outcome, study = supervise(cfg, slots, auto, worker_argv(args.study_file, args))
-    _summary(study, cfg)
+    _summary(study, cfg, flags)
     return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
@@ -212,7 +245,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args.study_file, args)
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
-        summary.print_summary(study, cfg, show_failed=args.failed)
+        summary.print_summary(study, cfg, show_failed=args.failed, flags=_storage_flag(args, cfg))
     return 0
 
 

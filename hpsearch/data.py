@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,8 @@ def load_dataset(
     if name == "digits":
         data = _load_digits()
     elif name in _TORCHVISION_FILES:
-        data = _load_torchvision(name, Path(root or DEFAULT_ROOT), download)
+        with _no_new_empty_folders(Path(root or DEFAULT_ROOT)):
+            data = _load_torchvision(name, Path(root or DEFAULT_ROOT), download)
     elif name == "image_folder":
         if root is None:
             raise DataError("dataset 'image_folder': set data.root to a folder of class subfolders")
@@ -196,6 +198,32 @@ def _load_torchvision(name: str, root: Path, download: bool) -> ArrayData:
     except Exception as exc:  # torchvision raises RuntimeError, URLError, AssertionError, OSError...
         raise DataError(_missing_message(name, where, download, exc)) from exc
     return from_arrays(x, y, 10)
+
+
+@contextmanager
+def _no_new_empty_folders(root: Path) -> Iterator[None]:
+    """A load that fails removes the empty folders it made (torchvision makes `root` before it downloads)."""
+    before = {root, *root.parents} | _folders_under(root)
+    existed = {path for path in before if path.is_dir()}
+    try:
+        yield
+    except DataError:
+        new = ({root, *root.parents} | _folders_under(root)) - existed
+        for path in sorted(new, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+            with suppress(OSError):  # not empty (a partial download stays for a retry) or gone
+                path.rmdir()
+        raise
+
+
+def _folders_under(root: Path, depth: int = 3) -> set[Path]:
+    """Folders at most `depth` levels below `root` (torchvision's own go two deep: MNIST/raw)."""
+    if depth == 0 or not root.is_dir():
+        return set()
+    found: set[Path] = set()
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            found |= {child} | _folders_under(child, depth - 1)
+    return found
 
 
 def _missing_message(name: str, where: Path, download: bool, exc: Exception) -> str:

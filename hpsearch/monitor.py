@@ -21,7 +21,7 @@ from rich.table import Table
 from hpsearch.config import StudyConfig
 from hpsearch.results import records
 from hpsearch.slots import Slot
-from hpsearch.summary import trial_logger
+from hpsearch.summary import awaits_successor, trial_logger
 
 log = logging.getLogger("hpsearch")
 REFRESH_S = 1.0  # one storage read per second at most: the view must not load the database
@@ -116,9 +116,12 @@ class Monitor:
         trials = [] if self.study is None else self.study.get_trials(deepcopy=False)
         for trial in trials:
             if trial.state.is_finished() and trial.number not in self.seen:
+                successor = records.retried_as(trials, trial.number)
+                if successor is None and awaits_successor(trial, self.cfg.workers.max_retries) and not force:
+                    continue  # queued again a moment after it failed: log it once its successor exists
                 self.seen.add(trial.number)
                 if not self.live_mode:
-                    self.log_trial(trial)
+                    self.log_trial(trial, successor)
         if self.live is not None:
             self.live.update(self._render(trials))
 

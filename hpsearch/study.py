@@ -280,11 +280,17 @@ def _open_existing(url: str, source: str) -> optuna.storages.RDBStorage:
         if parsed.database in (None, "", ":memory:") or not Path(parsed.database).is_file():
             raise StorageError(f"{source}: storage: no study database at {parsed.database or ':memory:'}; "
                                f"run the study first or check storage:")
-        try:
-            _prepare_sqlite(url)
-        except SQLAlchemyError as exc:  # e.g. a read-only folder: reading still works without WAL
-            log.warning("could not switch %s to WAL journaling (%s); readers may slow the workers",
-                        parsed.database, _first_line(exc, url))
+        if _is_read_only(Path(parsed.database)):
+            url = _read_only_url(Path(parsed.database))
+        else:
+            try:
+                _prepare_sqlite(url)
+            except SQLAlchemyError as exc:  # reading still works without WAL
+                log.warning("could not switch %s to WAL journaling (%s); readers may slow the workers",
+                            parsed.database, _first_line(exc, url))
+    if not _has_optuna_tables(url):  # before Optuna's reader fails on them (and leaves its connection open)
+        raise StorageError(f"{source}: storage: {redact_url(url)} holds no study yet (no Optuna tables); run the study "
+                           f"first or check storage:")
     try:
         # Readers accept any schema version, as optuna-dashboard itself does.
         storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=True,
@@ -295,6 +301,20 @@ def _open_existing(url: str, source: str) -> optuna.storages.RDBStorage:
         if isinstance(exc.__cause__, SQLAlchemyError):
             raise exc.__cause__ from None  # the driver's error says what is wrong; Optuna's wrapper does not
         raise
+
+
+def _is_read_only(path: Path) -> bool:
+    """A database SQLite could not write beside (read-only media, a folder or file without write permission)."""
+    return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+
+
+def _read_only_url(path: Path) -> str:
+    """The URL that reads `path` without writing anything, journal files included.
+
+    `immutable=1`: SQLite cannot open a WAL database read-only without its -shm file, which it would
+    have to create; nothing writes a file on read-only media, so no change can be missed.
+    """
+    return f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&immutable=1&uri=true"
 
 
 def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | None = None,
@@ -362,6 +382,9 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
         # A rerun must not replay the first run's random draws: its sampler seed depends on what is there.
         count = _trial_count(storage, cfg.name)
         sampler_seed = derive_seed(cfg.seed, f"run after {count} trials") if count else None
+    if not create:  # create_study(load_if_exists=True) tries an INSERT first: a reader must not write
+        return optuna.load_study(study_name=cfg.name, storage=storage, sampler=make_sampler(cfg, sampler_seed),
+                                 pruner=make_pruner(cfg))
     study = optuna.create_study(storage=storage, study_name=cfg.name, direction=cfg.resolved_direction,
                                 sampler=make_sampler(cfg, sampler_seed), pruner=make_pruner(cfg), load_if_exists=True)
     if existing is None:
@@ -370,6 +393,7 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
         check_space_unchanged(study, cfg)
     if create:
         _record_settings(study, cfg)
+        study.set_user_attr(records.STUDY_TARGET, cfg.n_trials)  # what `status` counts against later
     return study
 
 
@@ -386,10 +410,10 @@ def _check_usable(url: str, source: str) -> None:
                            f"sqlite:///runs/study.db") from None
 
 
-def find_study(cfg: StudyConfig) -> optuna.Study | None:
+def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
     """The study named in `cfg`, opened like `open_study` (same checks), if its storage holds it; else None.
 
-    Nothing is created for a study that does not exist yet.
+    Nothing is created for a study that does not exist yet; with `create=False` nothing is written at all.
     """
     _check_usable(cfg.storage_url, cfg.source)
     if _is_missing_file(cfg.storage_url) or not _has_optuna_tables(cfg.storage_url):
@@ -397,7 +421,7 @@ def find_study(cfg: StudyConfig) -> optuna.Study | None:
     storage = make_storage(cfg.storage_url, cfg.source, cfg.workers, create=False)
     if _existing_direction(storage, cfg.name) is None:
         return None
-    return open_study(cfg)
+    return open_study(cfg, create=create)
 
 
 def _has_optuna_tables(url: str) -> bool:

@@ -27,17 +27,46 @@ def format_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
-def trial_logger(cfg: StudyConfig) -> Callable[[optuna.trial.FrozenTrial], None]:
-    """A callback that logs one line per finished trial."""
+def trial_line(trial: optuna.trial.FrozenTrial, metric: str, successor: int | None = None) -> str:
+    """One finished trial, readable: how it ended, its metric and epochs; a handed-back one names its successor."""
+    reason = records.stop_reason(trial) or trial.state.name.lower()
+    epochs = records.epochs_run(trial)
+    after = "" if epochs is None else f" after {epochs} epoch{'' if epochs == 1 else 's'}"
+    if records.is_handed_back(trial):
+        then = f"resumes as trial {successor}" if successor is not None else "not queued again (max_retries reached)"
+        return f"trial {trial.number} {reason.replace('_', ' ')}{after}, {then} ({format_params(trial.params)})"
+    if trial.state == optuna.trial.TrialState.FAIL:
+        error = records.error(trial)
+        cause = error.strip().splitlines()[-1] if error and error.strip() else reason
+        return f"trial {trial.number} failed: {cause}"
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    return f"trial {trial.number} {reason}: {metric}={value}{after} ({format_params(trial.params)})"
 
-    def on_trial(trial: optuna.trial.FrozenTrial) -> None:
-        reason = records.stop_reason(trial) or trial.state.name.lower()
-        epochs = records.epochs_run(trial)
-        value = "-" if trial.value is None else f"{trial.value:.4f}"
-        log.info("trial %d %s: %s=%s after %s epochs (%s)", trial.number, reason, cfg.metric, value,
-                 "?" if epochs is None else epochs, format_params(trial.params))
+
+def awaits_successor(trial: optuna.trial.FrozenTrial, max_retries: int) -> bool:
+    """A handed-back trial that is (or is about to be) queued again: its line should wait for the successor."""
+    return records.is_handed_back(trial) and len(records.retry_history_of(trial.system_attrs)) < max_retries
+
+
+def trial_logger(cfg: StudyConfig) -> Callable[..., None]:
+    """A callback that logs one line per finished trial (and the trial resuming it, when the caller knows)."""
+
+    def on_trial(trial: optuna.trial.FrozenTrial, successor: int | None = None) -> None:
+        log.info("%s", trial_line(trial, cfg.metric, successor))
 
     return on_trial
+
+
+def progress_line(finished: int, target: int | None, cfg: StudyConfig, flags: str = "") -> str:
+    """Finished trials against the last run's target, and how to go on (n_trials counts the study's total)."""
+    target = cfg.n_trials if target is None else target
+    run = f"hpsearch run {cfg.source}{flags}"
+    if finished < target:
+        again = run if target == cfg.n_trials else f"{run} --n-trials {target}"
+        return f"finished {finished} of {target} trials (the last run's n_trials); `{again}` goes on"
+    done = f"finished {finished} of {target} trials" if finished == target else \
+        f"finished {finished} trials (the last run asked for {target})"
+    return f"{done}; to add {cfg.n_trials} more: {run} --n-trials {finished + cfg.n_trials}"
 
 
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
@@ -65,22 +94,26 @@ def print_best(record: dict[str, Any]) -> None:
     console.print(f"  checkpoint: {record['checkpoint']}")
 
 
-def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False) -> None:
-    """Trials by state, the best trial and how to look further."""
+def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False, flags: str = "") -> None:
+    """Trials by state, the finished count against the last run's target, the best trial and how to look further.
+
+    `flags` (such as ` --storage URL`) go into the commands it suggests, so they find the same study.
+    """
     console = Console(soft_wrap=True)
-    counts = records.counts_by_state(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    counts = records.counts_by_state(trials)
     table = Table(title=f"study '{cfg.name}' ({cfg.metric}, {cfg.resolved_direction})")
     for state in counts:
         table.add_column(state.lower(), justify="right")
     table.add_row(*(str(n) for n in counts.values()))
     console.print(table)
-    console.print(f"finished {records.finished(counts)} of {cfg.n_trials} trials")
+    console.print(progress_line(records.finished(counts), records.target_of(study), cfg, flags))
     record = best_record(study, cfg)
     if record["number"] is not None:
         print_best(record)
     if show_failed:
-        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-            error = records.error(trial) or records.stop_reason(trial) or "unknown"
-            console.print(f"trial {trial.number} failed: {error.strip().splitlines()[-1]}")
+        for trial in trials:
+            if trial.state == optuna.trial.TrialState.FAIL:
+                console.print(trial_line(trial, cfg.metric, records.retried_as(trials, trial.number)))
     console.print(f"storage: {redact_url(cfg.storage_url)}")
-    console.print(f"dashboard: hpsearch dashboard {cfg.source}    report: hpsearch report {cfg.source}")
+    console.print(f"dashboard: hpsearch dashboard {cfg.source}{flags}    report: hpsearch report {cfg.source}{flags}")

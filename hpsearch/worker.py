@@ -260,7 +260,7 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     return sum(1 for t in claimed if t.number < trial.number) >= n_trials
 
 
-def _hand_back(study: optuna.Study, trial: optuna.Trial, max_retries: int, reason: str = "interrupted") -> None:
+def _hand_back(study: optuna.Study, trial: optuna.Trial, max_retries: int, reason: str = records.INTERRUPTED) -> None:
     """Fail a trial cut short (stop signal, storage failure) and queue it again to resume, unless it ended already."""
     if current_state(study, trial) == TrialState.RUNNING:
         requeue(study, _fail(study, trial, reason), max_retries)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from urllib.error import URLError
 import torch
 
 from hpsearch.data import ArrayData, DeviceData, apply_augment, augment_table, from_arrays, load_dataset, split_folds
@@ -365,3 +366,16 @@ def test_placement_budget_is_checked_against_free_memory(tagged: ArrayData, capl
     else:
         assert not logged
     assert DeviceData.place(tagged, dev).resident
+
+
+def test_a_failed_download_leaves_no_empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.mnist as mnist
+
+    def offline(url: str, **kwargs: object) -> None:
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(mnist, "download_and_extract_archive", offline)  # the network, and only it, is faked
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DataError, match="download to .*MNIST/raw failed"):
+        load_dataset("mnist", root=tmp_path / "data" / "sets", download=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # data/, data/sets/MNIST/raw all gone

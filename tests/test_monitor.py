@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from conftest import TINY_STUDY
 from hpsearch.config import build_config
-from hpsearch.monitor import worker_rows
+from hpsearch.monitor import Monitor, worker_rows
+from hpsearch.results import records
 from hpsearch.slots import Slot
 
 
@@ -35,3 +38,18 @@ def test_a_worker_not_yet_in_a_trial_shows_its_phase_and_for_how_long() -> None:
     statuses = {0: {"phase": "loading data", "since": 100.0}, 1: {"phase": "trials", "since": 90.0}}
     rows = worker_rows([], [Slot(0, 0), Slot(1, 0), Slot(2, 0)], cfg, statuses, now=112.4)
     assert [row[2] for row in rows] == ["loading data (12 s)", "idle", "idle"]
+
+
+def test_a_handed_back_trial_is_logged_once_its_successor_exists(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = build_config({**TINY_STUDY, "train": {"epochs": 5, "batch_size": 32}})
+    study = optuna.create_study()
+    monitor = Monitor(study, cfg, [Slot(0, 0)], live=False)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={records.STOP_REASON: "interrupted"}))
+    with caplog.at_level(logging.INFO, logger="hpsearch"):
+        monitor.update(force=False)
+        assert "trial 0" not in caplog.text  # failed a moment before it is queued again: wait for the successor
+        monitor.last = 0.0
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=records.retry_attrs([0])))
+        monitor.update()
+    assert "trial 0 interrupted, resumes as trial 1" in caplog.text
+    assert caplog.text.count("trial 0 ") == 1

@@ -47,6 +47,7 @@ STUDY_EPOCHS = "epochs"  # the epoch budget of a trial
 STUDY_OUTPUT_DIR = "output_dir"
 STUDY_VERSION = "hpsearch_version"
 STUDY_CONFIG = "config"  # the resolved study file, storage URL redacted
+STUDY_TARGET = "n_trials"  # the study-wide count of finished trials the last `hpsearch run` aimed for
 
 # ------------------------------------------------------------------ system attributes
 RETRY_HISTORY = "retry_history"  # trial: numbers of the failed trials it retries, oldest first
@@ -56,6 +57,9 @@ SETTINGS_PREFIX = "settings:"  # study: the run settings of each settings id, un
 # ------------------------------------------------------------------ stop reasons that readers interpret
 PRUNED = "pruned"
 EARLY_STOPPED = "early_stopped"
+INTERRUPTED = "interrupted"
+# The trial was cut short through no fault of its own and queued again (unless out of retries) to resume.
+HANDED_BACK = (INTERRUPTED, "storage_failed", "checkpoint_failed", "worker_lost", "worker_died")
 EARLY_STOP_REASONS = (PRUNED, EARLY_STOPPED)  # the search stopped the trial: its unrun epochs are "saved"
 
 
@@ -210,6 +214,16 @@ def finished(counts: Mapping[str, int]) -> int:
     return counts.get(TrialState.COMPLETE.name, 0) + counts.get(TrialState.PRUNED.name, 0)
 
 
+def retried_as(trials: Iterable[FrozenTrial], number: int) -> int | None:
+    """The trial queued to resume trial `number` (its retry history ends with it), or None."""
+    return next((t.number for t in trials if retry_history_of(t.system_attrs)[-1:] == [number]), None)
+
+
+def is_handed_back(trial: FrozenTrial) -> bool:
+    """A failed trial cut short by a stop signal, a lost worker or a failing storage: not its own fault."""
+    return trial.state == TrialState.FAIL and stop_reason(trial) in HANDED_BACK
+
+
 def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """The complete trials with a finite value, in the order given."""
     return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
@@ -255,3 +269,8 @@ def epochs_of(study: optuna.Study) -> int | None:
 def output_dir_of(study: optuna.Study) -> str | None:
     """The folder checkpoints and logs go under, when the study recorded it."""
     return _as_str(study.user_attrs.get(STUDY_OUTPUT_DIR))
+
+
+def target_of(study: optuna.Study) -> int | None:
+    """The study-wide count of finished trials the last run aimed for, when a run recorded it."""
+    return as_int(study.user_attrs.get(STUDY_TARGET))
