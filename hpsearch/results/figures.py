@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch.results import records
 from hpsearch.results.numbers import HOVER, format_number, padded_range
-from hpsearch.results.studydata import STATES, CompareGroup, Curve, StudyData, TrialRow, compare_groups
+from hpsearch.results.studydata import STATES, CompareGroup, Curve, SliceData, StudyData, TrialRow, compare_groups
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -170,10 +170,10 @@ def _fig_importances(d: StudyData) -> go.Figure:
     return _layout(fig, title, height=max(260, 60 + 40 * len(items)))
 
 
-def _contour_axis(categories: list[str] | None, log: bool, grid: list[Any]) -> dict[str, Any]:
+def _contour_axis(categories: list[str] | None, log: bool) -> dict[str, Any]:
     if categories is not None:  # a choice is a category even when it is a number (batch_size 32/64/128)
         return {"type": "category", "categoryorder": "array", "categoryarray": categories}
-    return {"type": "log" if log else "linear"}
+    return {"type": "log" if log else "linear", "exponentformat": "e"}
 
 
 def _contour_hover(categories: list[str] | None, field: str) -> str:
@@ -202,14 +202,29 @@ def _fig_contour(d: StudyData) -> go.Figure:
                              name="trials", showlegend=False,
                              hovertemplate="trial %{customdata[0]}<br>" + f"{hx}, {hy}<br>"
                                            + _v("customdata[1]") + "<extra></extra>"))
-    fig.update_xaxes(title_text=c.x_param, **_contour_axis(c.x_categories, c.x_log, c.x_grid))
-    fig.update_yaxes(title_text=c.y_param, **_contour_axis(c.y_categories, c.y_log, c.y_grid))
+    fig.update_xaxes(title_text=c.x_param, **_contour_axis(c.x_categories, c.x_log))
+    fig.update_yaxes(title_text=c.y_param, **_contour_axis(c.y_categories, c.y_log))
     what = "smoothed per category" if c.x_categories or c.y_categories else "kernel-smoothed"
     return _layout(fig, f"{d.name}: {d.metric} over {c.x_param} x {c.y_param} ({what}, points = trials)")
 
 
 SLICE_ROW_PX = 250  # one row of slices
 SLICE_GAP_PX = 70  # between rows: the x tick labels above and the next row's subplot titles
+
+
+def _slice_x_axis(s: SliceData) -> dict[str, Any]:
+    """Every choice of a categorical param; a numeric one over its search-space bounds (padded), so one
+    point shows where in the space it lies instead of an autorange around it."""
+    if s.kind == "categorical":
+        n = len(s.choices or [])
+        return {"type": "category", "categoryorder": "array", "categoryarray": s.choices or [],
+                "range": [-0.5, max(n, 1) - 0.5]}
+    axis: dict[str, Any] = {"type": "log" if s.log else "linear", "exponentformat": "e"}
+    if s.low is not None and s.high is not None and s.high > s.low and (not s.log or s.low > 0):
+        lo, hi = (math.log10(s.low), math.log10(s.high)) if s.log else (s.low, s.high)
+        pad = 0.04 * (hi - lo)
+        axis["range"] = [lo - pad, hi + pad]
+    return axis
 
 
 def _fig_slices(d: StudyData) -> go.Figure:
@@ -219,6 +234,8 @@ def _fig_slices(d: StudyData) -> go.Figure:
     slices = d.slices
     cols = min(3, len(slices))
     rows = math.ceil(len(slices) / cols)
+    numbers = [n for s in slices for n in s.trials]
+    first, last = (min(numbers), max(numbers)) if numbers else (0, 1)
     plot_px = rows * SLICE_ROW_PX + (rows - 1) * SLICE_GAP_PX
     fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.05,
                         vertical_spacing=SLICE_GAP_PX / plot_px if rows > 1 else 0.0,
@@ -230,16 +247,13 @@ def _fig_slices(d: StudyData) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=s.x, y=s.y, mode="markers", showlegend=False, customdata=s.trials,
             marker={"color": s.trials, "colorscale": "Blues", "size": 6, "opacity": 0.75,
+                    "cmin": first if last > first else first - 1, "cmax": last,  # a lone trial: dark, not white
                     "line": {"color": "#555555", "width": 0.4},
                     "colorbar": {"title": {"text": "trial"}} if i == 0 else None,
                     "showscale": i == 0},
             hovertemplate="trial %{customdata}<br>" + s.param + f" {x_hover}<br>" + _v("y") + "<extra></extra>",
         ), r, col)
-        if s.kind == "categorical":
-            fig.update_xaxes(type="category", categoryorder="array", categoryarray=s.choices or [],
-                             row=r, col=col)
-        else:
-            fig.update_xaxes(type="log" if s.log else "linear", row=r, col=col)
+        fig.update_xaxes(**_slice_x_axis(s), row=r, col=col)
         if col == 1:
             fig.update_yaxes(title_text=d.metric, row=r, col=col)
     # one y range for every slice, from the values and within the metric's bounds: autorange

@@ -21,6 +21,7 @@ NA = "n/a"
 CONTOUR_PARAMS = ("lr", "batch_size")
 CONTOUR_GRID = 48
 CONTOUR_BANDWIDTH = 0.12  # of each axis's span
+CONTOUR_REACH = math.exp(-0.5 * 2.5**2)  # kernel weight 2.5 bandwidths away
 AXIS_PAD = 0.05  # of a parallel-coordinates axis's span, beyond its end ticks
 
 
@@ -125,6 +126,7 @@ def slices(ordered: Sequence[FrozenTrial], infos: Sequence[ParamInfo]) -> list[S
             [t.number for t in have],
             len(ordered) - len(have),
             [str(c) for c in p.choices] if p.choices is not None else None,
+            p.low, p.high,
         ))
     return out
 
@@ -184,7 +186,9 @@ def _smooth(wx: Any, wy: Any, z: Any) -> Any:
     w = wy[:, None, :] * wx[None, :, :]  # (GY, GX, N)
     num = (w * z[None, None, :]).sum(-1)
     den = w.sum(-1)
-    return np.where(den > 1e-12, num / np.maximum(den, 1e-300), np.nan)
+    # a cell with no trial within 2.5 bandwidths stays blank: the average would paint far from the data
+    near = w.max(-1) >= CONTOUR_REACH
+    return np.where(near & (den > 1e-12), num / np.maximum(den, 1e-300), np.nan)
 
 
 def contour(infos: Sequence[ParamInfo], complete: Sequence[FrozenTrial]) -> ContourData | str:

@@ -171,6 +171,8 @@ class SliceData:
     trials: list[int]
     n_missing: int
     choices: list[str] | None = None  # categorical: axis order
+    low: float | None = None  # numeric: the search space's bounds, the x axis's extent
+    high: float | None = None
 
 
 @dataclass
