@@ -173,7 +173,8 @@ def _session(trials: Sequence[FrozenTrial]) -> Session:
     """One run session's span, busy time, trial count and worker processes."""
     start = min(t.datetime_start for t in trials)  # type: ignore[type-var]
     end = max(t.datetime_complete or t.datetime_start for t in trials)  # type: ignore[type-var]
-    return Session(start, end, (end - start).total_seconds(), records.busy_s(trials), len(trials),  # type: ignore[arg-type,operator]
+    wall = (end - start).total_seconds()  # type: ignore[operator]
+    return Session(start, end, wall, records.busy_s(trials), len(trials),  # type: ignore[arg-type]
                    sorted({w for w in map(records.worker, trials) if w}))
 
 

@@ -159,7 +159,8 @@ def _positions(info: ParamInfo, raw: list[Any], size: int) -> tuple[Any, Any, li
         cats = [c for c in info.choices or [] if repr(c) in taken]
         index = {repr(c): i for i, c in enumerate(cats)}
         labels = [str(c) for c in cats]
-        return np.asarray([float(index[repr(v)]) for v in raw]), np.arange(len(cats), dtype=float), labels, False, labels
+        pos = np.asarray([float(index[repr(v)]) for v in raw])
+        return pos, np.arange(len(cats), dtype=float), labels, False, labels
     vals = np.asarray([float(v) for v in raw])
     log = bool((vals > 0).all() and (info.log or vals.max() / vals.min() >= 10))
     pos = np.log10(vals) if log else vals
