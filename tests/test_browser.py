@@ -5,6 +5,8 @@ Set HPSEARCH_SCREENSHOTS=DIR to keep the screenshots for a look.
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -66,7 +68,8 @@ def report_file(tmp_path: Path) -> tuple[Path, int]:
     url = f"sqlite:///{tmp / 'b.db'}"
     studies = [sf.make_study(url, "adamw-vs-sgd", 30, fail_every=9, running=1),
                sf.make_study(url, "wider", 20, seed=4, n_slots=3),
-               sf.new_study(url, "not-started")]
+               sf.new_study(url, "not-started"),
+               sf.make_study(url, "one-trial", 1, prune_every=0, early_stop_every=0)]
     n_figs = len(build_figures([collect_study(s) for s in studies]))
     return write_report(studies, tmp / "report.html"), n_figs
 
@@ -78,7 +81,7 @@ def test_report_renders_every_figure_offline(report_file: tuple[Path, int], tmp_
     run = chromium(tmp_path, *OFFLINE, "--virtual-time-budget=10000", "--window-size=1400,4000",
                    f"--screenshot={png}", "--dump-dom", path.as_uri())
     dom = run.stdout
-    assert n_figs == 2 * 7 + 3
+    assert n_figs == 2 * 7 + 5 + 3  # the one-trial study has no importances and no contour
     assert dom.count('class="plot-container plotly"') == n_figs  # plotly drew each one
     graph_divs = re.findall(r'<div id="fig-\d+" class="plotly-graph-div js-plotly-plot"', dom)
     assert len(graph_divs) == n_figs
@@ -87,6 +90,72 @@ def test_report_renders_every_figure_offline(report_file: tuple[Path, int], tmp_
     assert "This study has no trials yet" in dom
     assert_real_image(png)
     keep(png)
+
+
+# Run in the page once plotly drew: what each figure's axes became, and which parallel-coordinate labels
+# overlap one another or the figure title, or fall outside the figure. The result lands in <pre id="probe">.
+PROBE = """
+function box(el) { const r = el.getBoundingClientRect(); return {l: r.left, t: r.top, r: r.right, b: r.bottom}; }
+function overlap(a, b) { return a.l < b.r - 1 && b.l < a.r - 1 && a.t < b.b - 1 && b.t < a.b - 1; }
+function probe() {
+  const figures = [];
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    const fl = gd._fullLayout, f = {title: fl.title.text || '', axes: {}, overlaps: [], outside: [], labels: 0};
+    for (const k of Object.keys(fl)) if (/^[xy]axis[0-9]*$/.test(k)) f.axes[k] = {type: fl[k].type, range: fl[k].range};
+    const svg = box(gd.querySelector('.main-svg')), title = gd.querySelector('.gtitle');
+    const names = [...gd.querySelectorAll('.parcoords .axis-title')];
+    const ticks = [...gd.querySelectorAll('.parcoords .tick text')];
+    for (const n of names) {
+      for (const t of ticks) if (overlap(box(n), box(t))) f.overlaps.push(n.textContent + ' / ' + t.textContent);
+      if (title && overlap(box(n), box(title))) f.overlaps.push(n.textContent + ' / figure title');
+    }
+    for (const el of [...names, ...ticks]) {
+      const r = box(el);
+      if (r.l < svg.l || r.r > svg.r || r.t < svg.t || r.b > svg.b) f.outside.push(el.textContent);
+    }
+    for (const a of gd.querySelectorAll('.parcoords .axis'))
+      if (title && box(a).t < box(title).b) f.outside.push('an axis above the title');
+    f.labels = names.length + ticks.length;
+    figures.push(f);
+  }
+  const pre = document.createElement('pre');
+  pre.id = 'probe';
+  pre.textContent = JSON.stringify(figures);
+  document.body.appendChild(pre);
+}
+window.addEventListener('load', () => setTimeout(probe, 500));
+"""
+
+
+def rendered_figures(path: Path, tmp_path: Path) -> list[dict]:
+    """The report's figures as the browser drew them (see PROBE)."""
+    probed = tmp_path / "probed.html"
+    probed.write_text(path.read_text(encoding="utf-8").replace("</body>", f"<script>{PROBE}</script></body>"),
+                      encoding="utf-8")
+    dom = chromium(tmp_path, *OFFLINE, "--virtual-time-budget=10000", "--window-size=1400,1000", "--dump-dom",
+                   probed.as_uri()).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, "the probe did not run"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_report_axes_read_right(report_file: tuple[Path, int], tmp_path: Path) -> None:
+    path, n_figs = report_file
+    figures = rendered_figures(path, tmp_path)
+    assert len(figures) == n_figs
+    slices = [f for f in figures if ": slices (" in f["title"]]
+    contours = [f for f in figures if " over lr x batch_size " in f["title"]]
+    parallel = [f for f in figures if ": parallel coordinates " in f["title"]]
+    assert len(slices) == len(parallel) == 3 and len(contours) == 2
+    for f in slices:  # val_accuracy: every y range inside [0, 1] (a lone point was autoranged to 0..1.8)
+        ys = [a["range"] for k, a in f["axes"].items() if k.startswith("yaxis")]
+        assert ys and all(0.0 <= lo < hi <= 1.0 for lo, hi in ys)
+        assert {a["type"] for k, a in f["axes"].items() if k in ("xaxis2", "xaxis5")} == {"category"}
+    for f in contours:  # lr is numeric (log), batch_size a categorical param
+        assert f["axes"]["xaxis"]["type"] == "log" and f["axes"]["yaxis"]["type"] == "category"
+    for f in parallel:
+        assert f["labels"] > 20  # the probe saw the axis titles and tick labels
+        assert f["overlaps"] == [] and f["outside"] == []
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpsearch.results import params, records
-from hpsearch.results.studydata import STATES, BestPoint, Curve, ParamInfo, StudyData, Summary, TrialRow
+from hpsearch.results.studydata import STATES, BestPoint, Curve, ParamInfo, Session, StudyData, Summary, TrialRow
 
 __all__ = ["collect_study", "MAX_IMPORTANCE_TRIALS"]
 
@@ -54,7 +54,7 @@ def collect_study(study: optuna.Study) -> StudyData:
         output_dir=records.output_dir_of(study),
         collected_at=collected_at,
         start=start,
-        summary=_summary(trials, rows, complete, direction, epochs, start, notes),
+        summary=_summary(trials, rows, complete, direction, epochs, notes),
         params=infos,
         trials=rows,
         curves=[c for c in (_curve(t, metric) for t in trials) if c is not None],
@@ -141,10 +141,10 @@ def _epochs_saved(rows: Sequence[TrialRow], epochs: int | None) -> dict[str, int
 
 
 def _summary(trials: Sequence[FrozenTrial], rows: Sequence[TrialRow], complete: Sequence[FrozenTrial],
-             direction: str, epochs: int | None, start: dt.datetime | None, notes: list[str]) -> Summary:
+             direction: str, epochs: int | None, notes: list[str]) -> Summary:
     best = records.best_among(complete, direction)
     counts = records.counts_by_state(trials)
-    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    sessions = [_session(group) for group in records.run_sessions(trials)]
     durations = [r.duration_s for r in rows if r.duration_s is not None and r.state != "RUNNING"]
     saved = _epochs_saved(rows, epochs)
     return Summary(
@@ -153,7 +153,8 @@ def _summary(trials: Sequence[FrozenTrial], rows: Sequence[TrialRow], complete: 
         best_value=float(best.value) if best is not None else None,  # type: ignore[arg-type]
         best_trial=best.number if best is not None else None,
         best_params=dict(best.params) if best is not None else {},
-        total_wall_s=(max(ends) - start).total_seconds() if ends and start is not None else None,
+        busy_s=sum(x.busy_s for x in sessions) if sessions else None,
+        sessions=sessions,
         mean_trial_s=statistics.fmean(durations) if durations else None,
         median_trial_s=statistics.median(durations) if durations else None,
         epochs_max=epochs,
@@ -166,6 +167,15 @@ def _summary(trials: Sequence[FrozenTrial], rows: Sequence[TrialRow], complete: 
         devices=sorted({r.device for r in rows if r.device}),
         notes=notes,
     )
+
+
+def _session(trials: Sequence[FrozenTrial]) -> Session:
+    """One run session's span, busy time, trial count and worker processes."""
+    start = min(t.datetime_start for t in trials)  # type: ignore[type-var]
+    end = max(t.datetime_complete or t.datetime_start for t in trials)  # type: ignore[type-var]
+    wall = (end - start).total_seconds()  # type: ignore[operator]
+    return Session(start, end, wall, records.busy_s(trials), len(trials),  # type: ignore[arg-type]
+                   sorted({w for w in map(records.worker, trials) if w}))
 
 
 def _importances(study: optuna.Study, complete: Sequence[FrozenTrial],

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.results import records
-from hpsearch.results.studydata import STATES, CompareGroup, Curve, StudyData, TrialRow, compare_groups
+from hpsearch.results.numbers import HOVER, format_number, padded_range
+from hpsearch.results.studydata import STATES, CompareGroup, Curve, SliceData, StudyData, TrialRow, compare_groups
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -29,6 +30,11 @@ STATE_COLORS = {
 }
 STUDY_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
                 "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _v(field: str) -> str:
+    """A hover-text placeholder for a number, written like every other number in the report."""
+    return "%{" + field + ":" + HOVER + "}"
 
 
 def _layout(fig: go.Figure, title: str, height: int = 440, **kw: Any) -> go.Figure:
@@ -62,7 +68,7 @@ def _fig_history(d: StudyData) -> go.Figure:
     fig.add_trace(go.Scatter(x=n, y=[p.value for p in d.best_so_far], mode="markers",
                              name="complete trial", marker={"color": STATE_COLORS["COMPLETE"], "size": 6,
                                                             "opacity": 0.6},
-                             hovertemplate="trial %{x}<br>%{y:.4g}<extra></extra>"), 1, 1)
+                             hovertemplate="trial %{x}<br>" + _v("y") + "<extra></extra>"), 1, 1)
     fig.add_trace(go.Scatter(x=n, y=[p.best for p in d.best_so_far], mode="lines", line_shape="hv",
                              name="best so far", line={"color": "#111111", "width": 2}), 1, 1)
     timed = [p for p in d.best_so_far if p.elapsed_s is not None]
@@ -70,7 +76,7 @@ def _fig_history(d: StudyData) -> go.Figure:
     fig.add_trace(go.Scatter(x=mins, y=[p.value for p in timed], mode="markers", showlegend=False,
                              marker={"color": STATE_COLORS["COMPLETE"], "size": 6, "opacity": 0.6},
                              customdata=[p.trial for p in timed],
-                             hovertemplate="trial %{customdata}<br>%{x:.1f} min<br>%{y:.4g}<extra></extra>"),
+                             hovertemplate="trial %{customdata}<br>%{x:.1f} min<br>" + _v("y") + "<extra></extra>"),
                   1, 2)
     fig.add_trace(go.Scatter(x=mins, y=[p.best for p in timed], mode="lines", line_shape="hv",
                              showlegend=False, line={"color": "#111111", "width": 2}), 1, 2)
@@ -98,7 +104,7 @@ def _fig_curves(d: StudyData) -> go.Figure:
             line={"color": STATE_COLORS[state], "width": 1.2},
             # thousands of overlapping lines: fade with the count so the bundle's shape stays visible
             opacity=min(0.7, max(0.06, 5.0 / math.sqrt(len(cs)))),
-            hovertemplate="trial %{customdata}<br>epoch %{x}<br>%{y:.4g}<extra>" + state.lower() + "</extra>",
+            hovertemplate="trial %{customdata}<br>epoch %{x}<br>" + _v("y") + "<extra>" + state.lower() + "</extra>",
         ))
     stopped = [c for c in d.curves if c.stop_reason in records.EARLY_STOP_REASONS or c.state == "PRUNED"]
     for reason, symbol in ((records.PRUNED, "x"), (records.EARLY_STOPPED, "circle-open")):
@@ -132,20 +138,24 @@ def _fig_parallel(d: StudyData) -> go.Figure:
     assert p is not None
     dims = []
     for a in p.dimensions:
-        dim: dict[str, Any] = {"label": a.name, "values": a.values}
+        dim: dict[str, Any] = {"label": a.name, "values": a.values, "range": list(a.range)}
         if a.tickvals is not None:
             dim["tickvals"] = a.tickvals
             dim["ticktext"] = a.ticktext
         dims.append(dim)
-    dims.append({"label": d.metric, "values": p.objective})
+    objective: dict[str, Any] = {"label": d.metric, "values": p.objective, "tickformat": HOVER}
+    span = padded_range(p.objective, *records.metric_bounds(d.metric))
+    if span is not None:
+        objective["range"] = list(span)
+    dims.append(objective)
     reverse = d.direction == "minimize"
     fig = go.Figure(go.Parcoords(
-        dimensions=dims,
+        dimensions=dims, labelside="bottom",  # titles under the axes: clear of the top ticks and the figure title
         line={"color": p.objective, "colorscale": "Viridis", "reversescale": reverse, "showscale": True,
-              "colorbar": {"title": {"text": d.metric}}},
+              "colorbar": {"title": {"text": d.metric}, "tickformat": HOVER}},
     ))
     return _layout(fig, f"{d.name}: parallel coordinates (complete trials; n/a = param not sampled)",
-                   height=500, margin={"l": 70, "r": 70, "t": 120, "b": 40})
+                   height=520, margin={"l": 80, "r": 80, "t": 80, "b": 70})
 
 
 def _fig_importances(d: StudyData) -> go.Figure:
@@ -153,11 +163,21 @@ def _fig_importances(d: StudyData) -> go.Figure:
 
     items = sorted(d.importances.items(), key=lambda kv: kv[1])
     fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
-                           marker={"color": STUDY_COLORS[0]}, text=[f"{v:.2f}" for _, v in items],
-                           textposition="outside", hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+                           marker={"color": STUDY_COLORS[0]}, text=[format_number(v) for _, v in items],
+                           textposition="outside", hovertemplate="%{y}: " + _v("x") + "<extra></extra>"))
     fig.update_xaxes(title_text="importance (normalised)", range=[0, max([v for _, v in items] + [0.0]) * 1.15 or 1])
     title = f"{d.name}: hyperparameter importances"
     return _layout(fig, title, height=max(260, 60 + 40 * len(items)))
+
+
+def _contour_axis(categories: list[str] | None, log: bool) -> dict[str, Any]:
+    if categories is not None:  # a choice is a category even when it is a number (batch_size 32/64/128)
+        return {"type": "category", "categoryorder": "array", "categoryarray": categories}
+    return {"type": "log" if log else "linear", "exponentformat": "e"}
+
+
+def _contour_hover(categories: list[str] | None, field: str) -> str:
+    return "%{" + field + "}" if categories is not None else _v(field)
 
 
 def _fig_contour(d: StudyData) -> go.Figure:
@@ -165,20 +185,46 @@ def _fig_contour(d: StudyData) -> go.Figure:
 
     c = d.contour
     assert c is not None
+    hx, hy = _contour_hover(c.x_categories, "x"), _contour_hover(c.y_categories, "y")
+    surface: dict[str, Any] = dict(
+        x=c.x_grid, y=c.y_grid, z=c.z, colorscale="Viridis", reversescale=d.direction == "minimize",
+        colorbar={"title": {"text": d.metric}, "tickformat": HOVER},
+        hovertemplate=f"{c.x_param} {hx}<br>{c.y_param} {hy}<br>~" + _v("z") + "<extra>smoothed</extra>")
     fig = go.Figure()
-    fig.add_trace(go.Contour(x=c.x_grid, y=c.y_grid, z=c.z, colorscale="Viridis",
-                             reversescale=d.direction == "minimize", connectgaps=True,
-                             contours={"coloring": "heatmap"}, line={"width": 0.5},
-                             colorbar={"title": {"text": d.metric}},
-                             hovertemplate=f"{c.x_param} %{{x:.3g}}<br>{c.y_param} %{{y}}<br>~%{{z:.4g}}<extra>smoothed</extra>"))
+    if c.x_categories is not None or c.y_categories is not None:
+        # one band per category, smoothed along the numeric axis only: contour lines would blend them
+        fig.add_trace(go.Heatmap(**surface, hoverongaps=False))
+    else:
+        fig.add_trace(go.Contour(**surface, connectgaps=True, contours={"coloring": "heatmap"},
+                                 line={"width": 0.5}))
     fig.add_trace(go.Scatter(x=c.x, y=c.y, mode="markers", customdata=list(zip(c.trials, c.values)),
                              marker={"color": "white", "size": 6, "line": {"color": "black", "width": 1}},
                              name="trials", showlegend=False,
-                             hovertemplate="trial %{customdata[0]}<br>%{x:.3g}, %{y}<br>%{customdata[1]:.4g}<extra></extra>"))
-    fig.update_xaxes(title_text=c.x_param, type="log" if c.x_log else "linear")
-    ytick = {"tickvals": c.y_grid} if len(c.y_grid) <= 12 else {}
-    fig.update_yaxes(title_text=c.y_param, type="log" if c.y_log else "linear", **ytick)
-    return _layout(fig, f"{d.name}: {d.metric} over {c.x_param} x {c.y_param} (kernel-smoothed, points = trials)")
+                             hovertemplate="trial %{customdata[0]}<br>" + f"{hx}, {hy}<br>"
+                                           + _v("customdata[1]") + "<extra></extra>"))
+    fig.update_xaxes(title_text=c.x_param, **_contour_axis(c.x_categories, c.x_log))
+    fig.update_yaxes(title_text=c.y_param, **_contour_axis(c.y_categories, c.y_log))
+    what = "smoothed per category" if c.x_categories or c.y_categories else "kernel-smoothed"
+    return _layout(fig, f"{d.name}: {d.metric} over {c.x_param} x {c.y_param} ({what}, points = trials)")
+
+
+SLICE_ROW_PX = 250  # one row of slices
+SLICE_GAP_PX = 70  # between rows: the x tick labels above and the next row's subplot titles
+
+
+def _slice_x_axis(s: SliceData) -> dict[str, Any]:
+    """Every choice of a categorical param; a numeric one over its search-space bounds (padded), so one
+    point shows where in the space it lies instead of an autorange around it."""
+    if s.kind == "categorical":
+        n = len(s.choices or [])
+        return {"type": "category", "categoryorder": "array", "categoryarray": s.choices or [],
+                "range": [-0.5, max(n, 1) - 0.5]}
+    axis: dict[str, Any] = {"type": "log" if s.log else "linear", "exponentformat": "e"}
+    if s.low is not None and s.high is not None and s.high > s.low and (not s.log or s.low > 0):
+        lo, hi = (math.log10(s.low), math.log10(s.high)) if s.log else (s.low, s.high)
+        pad = 0.04 * (hi - lo)
+        axis["range"] = [lo - pad, hi + pad]
+    return axis
 
 
 def _fig_slices(d: StudyData) -> go.Figure:
@@ -188,29 +234,35 @@ def _fig_slices(d: StudyData) -> go.Figure:
     slices = d.slices
     cols = min(3, len(slices))
     rows = math.ceil(len(slices) / cols)
+    numbers = [n for s in slices for n in s.trials]
+    first, last = (min(numbers), max(numbers)) if numbers else (0, 1)
+    plot_px = rows * SLICE_ROW_PX + (rows - 1) * SLICE_GAP_PX
     fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.05,
-                        vertical_spacing=0.18,
+                        vertical_spacing=SLICE_GAP_PX / plot_px if rows > 1 else 0.0,
                         subplot_titles=[s.param + (f" (absent in {s.n_missing})" if s.n_missing else "")
                                         for s in slices])
     for i, s in enumerate(slices):
         r, col = i // cols + 1, i % cols + 1
+        x_hover = "%{x}" if s.kind == "categorical" else _v("x")
         fig.add_trace(go.Scatter(
             x=s.x, y=s.y, mode="markers", showlegend=False, customdata=s.trials,
             marker={"color": s.trials, "colorscale": "Blues", "size": 6, "opacity": 0.75,
+                    "cmin": first if last > first else first - 1, "cmax": last,  # a lone trial: dark, not white
                     "line": {"color": "#555555", "width": 0.4},
                     "colorbar": {"title": {"text": "trial"}} if i == 0 else None,
                     "showscale": i == 0},
-            hovertemplate="trial %{customdata}<br>" + s.param + " %{x}<br>%{y:.4g}<extra></extra>",
+            hovertemplate="trial %{customdata}<br>" + s.param + f" {x_hover}<br>" + _v("y") + "<extra></extra>",
         ), r, col)
-        if s.kind == "categorical":
-            fig.update_xaxes(type="category", categoryorder="array", categoryarray=s.choices or [],
-                             row=r, col=col)
-        else:
-            fig.update_xaxes(type="log" if s.log else "linear", row=r, col=col)
+        fig.update_xaxes(**_slice_x_axis(s), row=r, col=col)
         if col == 1:
             fig.update_yaxes(title_text=d.metric, row=r, col=col)
+    # one y range for every slice, from the values and within the metric's bounds: autorange
+    # stretches a lone point to an arbitrary span (0 to 1.8 for an accuracy)
+    span = padded_range([y for s in slices for y in s.y], *records.metric_bounds(d.metric))
+    if span is not None:
+        fig.update_yaxes(range=list(span), autorange=False)
     return _layout(fig, f"{d.name}: slices ({d.metric} against each param, complete trials)",
-                   height=140 + 300 * rows)
+                   height=plot_px + 90 + 50, margin={"l": 60, "r": 30, "t": 90, "b": 50})
 
 
 def _fig_timeline(d: StudyData) -> go.Figure:
@@ -243,7 +295,7 @@ def _fig_timeline(d: StudyData) -> go.Figure:
             marker={"color": STATE_COLORS[state], "line": {"color": "white", "width": 0.5}},
             customdata=[[r.number, r.value if r.value is not None else float("nan"),
                          r.stop_reason or "", r.epochs_run or 0] for r in rs],
-            hovertemplate="trial %{customdata[0]}<br>value %{customdata[1]:.4g}<br>"
+            hovertemplate="trial %{customdata[0]}<br>value " + _v("customdata[1]") + "<br>"
                           "%{customdata[2]}, %{customdata[3]} epochs<extra></extra>",
         ))
     fig.update_xaxes(type="date", title_text="time")

@@ -17,8 +17,8 @@ import optuna
 from hpsearch.errors import HpsearchError
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import FigureSections, NamedFigure, figure_sections
-from hpsearch.results.params import format_number
-from hpsearch.results.studydata import StudyData, compare_groups
+from hpsearch.results.numbers import format_number
+from hpsearch.results.studydata import StudyData, Summary, compare_groups
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -47,9 +47,7 @@ def _e(value: Any) -> str:
 
 def _fmt_value(v: Any) -> str:
     if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return format_number(v) if (abs(v) < 1e-3 and v != 0) else f"{v:.6g}"
+        return format_number(v)
     return str(v)
 
 
@@ -76,7 +74,7 @@ def _summary_html(d: StudyData) -> str:
          if s.n_trials else "0 (no trials yet)"),
         ("best value", f"{_fmt_value(s.best_value)} (trial {s.best_trial})" if s.best_trial is not None else "—"),
         ("best params", _params_text(s.best_params)),
-        ("wall time", _fmt_secs(s.total_wall_s)),
+        ("busy time", _busy_text(s)),
         ("per-trial time", f"mean {_fmt_secs(s.mean_trial_s)}, median {_fmt_secs(s.median_trial_s)}"
          if s.mean_trial_s is not None else "—"),
         ("epochs run", f"{s.epochs_run}" + (f" (max {s.epochs_max} per trial)" if s.epochs_max else "")),
@@ -88,18 +86,39 @@ def _summary_html(d: StudyData) -> str:
         rows.append(("epochs saved", f"{s.epochs_saved}" + (f" ({detail})" if detail else "") + pct))
     if s.stop_reasons:
         rows.append(("stop reasons", ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(s.stop_reasons.items()))))
-    if s.workers or s.slots:
-        rows.append(("workers", f"{len(s.workers)} worker processes, {len(s.slots)} slots"))
+    if s.slots:
+        rows.append(("worker slots", f"{len(s.slots)}"))
     if s.devices:
         rows.append(("devices", ", ".join(s.devices)))
     if d.output_dir:
         rows.append(("output dir", d.output_dir))
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    out = f'<table class="summary">{body}</table>'
+    out = f'<table class="summary">{body}</table>' + _sessions_html(d)
     notes = [n for n in s.notes if s.n_trials]  # an empty study gets its own paragraph instead
     for note in notes + ([d.importance_note] if d.importance_note and d.importances else []):
         out += f'<p class="note">{_e(note)}</p>'
     return out
+
+
+def _busy_text(s: Summary) -> str:
+    if s.busy_s is None:
+        return "—"
+    runs = len(s.sessions)
+    return f"{_fmt_secs(s.busy_s)} with a trial running" + (f", over {runs} run sessions" if runs > 1 else "")
+
+
+def _sessions_html(d: StudyData) -> str:
+    """One row per run session: when it started, its wall time, busy time, trials and worker processes."""
+    if not d.summary.sessions:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("run session", "started", "wall time", "busy time", "trials",
+                                             "worker processes"))
+    body = "".join(
+        f'<tr><td class="num">{i}</td><td>{_e(x.start.strftime("%Y-%m-%d %H:%M:%S"))}</td>'
+        f'<td class="num">{_e(_fmt_secs(x.wall_s))}</td><td class="num">{_e(_fmt_secs(x.busy_s))}</td>'
+        f'<td class="num">{x.n_trials}</td><td class="num">{len(x.workers)}</td></tr>'
+        for i, x in enumerate(d.summary.sessions, start=1))
+    return f'<table class="sessions"><tr>{head}</tr>{body}</table>'
 
 
 def _top_trials_html(d: StudyData, k: int = 10) -> str:

@@ -12,14 +12,17 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
 from hpsearch.results import records
+from hpsearch.results.numbers import format_number
 from hpsearch.results.studydata import Axis, ContourData, ParallelData, ParamInfo, SliceData
 
-__all__ = ["param_infos", "parallel", "slices", "contour", "format_number", "NA"]
+__all__ = ["param_infos", "parallel", "slices", "contour", "NA"]
 
 NA = "n/a"
 CONTOUR_PARAMS = ("lr", "batch_size")
 CONTOUR_GRID = 48
 CONTOUR_BANDWIDTH = 0.12  # of each axis's span
+CONTOUR_REACH = math.exp(-0.5 * 2.5**2)  # kernel weight 2.5 bandwidths away
+AXIS_PAD = 0.05  # of a parallel-coordinates axis's span, beyond its end ticks
 
 
 def param_infos(trials: Sequence[FrozenTrial], complete: Sequence[FrozenTrial]) -> list[ParamInfo]:
@@ -44,15 +47,6 @@ def param_infos(trials: Sequence[FrozenTrial], complete: Sequence[FrozenTrial]) 
     return infos
 
 
-def format_number(x: float) -> str:
-    """A short label: ``0``, ``1e-4``, ``0.0123``, ``2e5``."""
-    if x == 0:
-        return "0"
-    if abs(x) >= 1e4 or abs(x) < 1e-3:
-        return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
-    return f"{x:.3g}"
-
-
 def _nice_ticks(lo: float, hi: float, log: bool) -> tuple[list[float], list[str]]:
     """Tick positions (plot units) and labels (param units) for a numeric axis."""
     if log:
@@ -67,6 +61,13 @@ def _nice_ticks(lo: float, hi: float, log: bool) -> tuple[list[float], list[str]
     return pos, [format_number(p) for p in pos]
 
 
+def _padded(lo: float, hi: float) -> tuple[float, float]:
+    """An axis range a little wider than its ticks: a tick label at the very end of a parallel-coordinates
+    axis is clipped or runs into the axis title."""
+    pad = AXIS_PAD * ((hi - lo) or 1.0)
+    return lo - pad, hi + pad
+
+
 def _categorical_axis(info: ParamInfo, raw: list[Any], n_missing: int) -> Axis:
     labels = [str(c) for c in info.choices or []]
     index = {repr(c): i for i, c in enumerate(info.choices or [])}
@@ -75,7 +76,7 @@ def _categorical_axis(info: ParamInfo, raw: list[Any], n_missing: int) -> Axis:
     if n_missing:
         tickvals.append(float(len(labels)))
         labels.append(NA)
-    return Axis(info.name, values, tickvals, labels, n_missing)
+    return Axis(info.name, values, tickvals, labels, n_missing, _padded(0.0, tickvals[-1] if tickvals else 0.0))
 
 
 def _axis(info: ParamInfo, complete: Sequence[FrozenTrial]) -> Axis:
@@ -100,7 +101,8 @@ def _axis(info: ParamInfo, complete: Sequence[FrozenTrial]) -> Axis:
     if n_missing:
         tickvals = [na_pos, *tickvals]
         ticktext = [NA, *ticktext]
-    return Axis(info.name, values, tickvals, ticktext, n_missing)
+    ends = tickvals + values
+    return Axis(info.name, values, tickvals, ticktext, n_missing, _padded(min(ends), max(ends)))
 
 
 def parallel(ordered: Sequence[FrozenTrial], infos: Sequence[ParamInfo]) -> ParallelData:
@@ -124,6 +126,7 @@ def slices(ordered: Sequence[FrozenTrial], infos: Sequence[ParamInfo]) -> list[S
             [t.number for t in have],
             len(ordered) - len(have),
             [str(c) for c in p.choices] if p.choices is not None else None,
+            p.low, p.high,
         ))
     return out
 
@@ -134,30 +137,59 @@ def _contour_points(infos: dict[str, ParamInfo], complete: Sequence[FrozenTrial]
     missing = [p for p in CONTOUR_PARAMS if p not in infos]
     if missing:
         return f"lr x batch_size contour skipped: the study has no {' or '.join(missing)} param"
-    pts = [t for t in complete if xp in t.params and yp in t.params
-           and records.as_float(t.params[xp]) is not None and records.as_float(t.params[yp]) is not None]
+
+    def usable(t: FrozenTrial, name: str) -> bool:
+        return name in t.params and (infos[name].kind == "categorical" or records.as_float(t.params[name]) is not None)
+
+    pts = [t for t in complete if usable(t, xp) and usable(t, yp)]
     if len(pts) < 3:
-        return "lr x batch_size contour skipped: fewer than 3 complete trials with numeric lr and batch_size"
-    if len({t.params[xp] for t in pts}) < 2 or len({t.params[yp] for t in pts}) < 2:
+        return "lr x batch_size contour skipped: fewer than 3 complete trials with lr and batch_size"
+    if len({repr(t.params[xp]) for t in pts}) < 2 or len({repr(t.params[yp]) for t in pts}) < 2:
         return "lr x batch_size contour skipped: lr or batch_size did not vary"
     return pts
 
 
-def _smooth(px: Any, py: Any, z: Any, gx: Any, gy: Any) -> Any:
-    """Gaussian-kernel average of ``z`` on the grid ``gy x gx``, in axis-normalised coordinates.
-
-    Smooth, and bounded by the data (inverse-distance weighting spikes at every point).
-    """
+def _positions(info: ParamInfo, raw: list[Any], size: int) -> tuple[Any, Any, list[Any], bool, list[str] | None]:
+    """One contour axis: the points' positions, the grid's positions and its values in param units, whether
+    it is log-scaled, and its categories (a categorical param: positions are indices into them)."""
     import numpy as np  # numpy ships with optuna
 
-    sx = (px.max() - px.min()) or 1.0
-    sy = (py.max() - py.min()) or 1.0
-    wx = np.exp(-0.5 * ((gx[:, None] - px[None, :]) / sx / CONTOUR_BANDWIDTH) ** 2)  # (GX, N)
-    wy = np.exp(-0.5 * ((gy[:, None] - py[None, :]) / sy / CONTOUR_BANDWIDTH) ** 2)  # (GY, N)
+    if info.kind == "categorical":
+        taken = {repr(v) for v in raw}
+        cats = [c for c in info.choices or [] if repr(c) in taken]
+        index = {repr(c): i for i, c in enumerate(cats)}
+        labels = [str(c) for c in cats]
+        pos = np.asarray([float(index[repr(v)]) for v in raw])
+        return pos, np.arange(len(cats), dtype=float), labels, False, labels
+    vals = np.asarray([float(v) for v in raw])
+    log = bool((vals > 0).all() and (info.log or vals.max() / vals.min() >= 10))
+    pos = np.log10(vals) if log else vals
+    grid = np.linspace(pos.min(), pos.max(), size)
+    return pos, grid, [float(v) for v in (10**grid if log else grid)], log, None
+
+
+def _kernel(grid: Any, pos: Any, categorical: bool) -> Any:
+    """Weights (grid x points) along one axis: Gaussian in axis-normalised units; a category weighs only
+    its own points, so the smoothing never blends categories."""
+    import numpy as np  # numpy ships with optuna
+
+    if categorical:
+        return (grid[:, None] == pos[None, :]).astype(float)
+    span = (pos.max() - pos.min()) or 1.0
+    return np.exp(-0.5 * ((grid[:, None] - pos[None, :]) / span / CONTOUR_BANDWIDTH) ** 2)
+
+
+def _smooth(wx: Any, wy: Any, z: Any) -> Any:
+    """Kernel average of ``z`` on the grid (GY x GX) from per-axis weights: smooth, and bounded by the
+    data (inverse-distance weighting spikes at every point)."""
+    import numpy as np  # numpy ships with optuna
+
     w = wy[:, None, :] * wx[None, :, :]  # (GY, GX, N)
     num = (w * z[None, None, :]).sum(-1)
     den = w.sum(-1)
-    return np.where(den > 1e-12, num / np.maximum(den, 1e-300), np.nan)
+    # a cell with no trial within 2.5 bandwidths stays blank: the average would paint far from the data
+    near = w.max(-1) >= CONTOUR_REACH
+    return np.where(near & (den > 1e-12), num / np.maximum(den, 1e-300), np.nan)
 
 
 def contour(infos: Sequence[ParamInfo], complete: Sequence[FrozenTrial]) -> ContourData | str:
@@ -169,23 +201,15 @@ def contour(infos: Sequence[ParamInfo], complete: Sequence[FrozenTrial]) -> Cont
     if isinstance(pts, str):
         return pts
     xp, yp = CONTOUR_PARAMS
-    xs = [float(t.params[xp]) for t in pts]
-    ys = [float(t.params[yp]) for t in pts]
-    x_log = all(v > 0 for v in xs) and (by_name[xp].log or max(xs) / min(xs) >= 10)
-    y_log = all(v > 0 for v in ys) and (by_name[yp].log or by_name[yp].kind == "categorical"
-                                         or max(ys) / min(ys) >= 10)
-    px = np.log10(np.asarray(xs)) if x_log else np.asarray(xs)
-    py = np.log2(np.asarray(ys)) if y_log else np.asarray(ys)
+    xs, ys = [t.params[xp] for t in pts], [t.params[yp] for t in pts]
+    px, gx, x_grid, x_log, x_cats = _positions(by_name[xp], xs, CONTOUR_GRID)
+    py, gy, y_grid, y_log, y_cats = _positions(by_name[yp], ys, CONTOUR_GRID // 2)
     z = np.asarray([float(t.value) for t in pts])  # type: ignore[arg-type]
-    gx = np.linspace(px.min(), px.max(), CONTOUR_GRID)
-    if by_name[yp].kind == "categorical" or len(set(ys)) <= 12:
-        gy = np.unique(py)
-    else:
-        gy = np.linspace(py.min(), py.max(), CONTOUR_GRID // 2)
-    grid = _smooth(px, py, z, gx, gy)
+    grid = _smooth(_kernel(gx, px, x_cats is not None), _kernel(gy, py, y_cats is not None), z)
     return ContourData(
-        xp, yp, bool(x_log), bool(y_log),
-        [float(v) for v in (10**gx if x_log else gx)], [float(v) for v in (2**gy if y_log else gy)],
+        xp, yp, x_log, y_log, x_grid, y_grid,
         [[float(v) for v in row] for row in grid],
-        xs, ys, [float(v) for v in z], [t.number for t in pts],
+        [str(v) for v in xs] if x_cats else [float(v) for v in xs],
+        [str(v) for v in ys] if y_cats else [float(v) for v in ys],
+        [float(v) for v in z], [t.number for t in pts], x_cats, y_cats,
     )

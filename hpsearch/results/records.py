@@ -9,6 +9,7 @@ Imports only optuna: the writers on the torch side and the fast-starting readers
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -236,6 +237,54 @@ def best_among(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | N
         return None
     sign = 1.0 if direction == "maximize" else -1.0
     return max(complete, key=lambda t: (sign * float(t.value), -t.number))  # type: ignore[arg-type]
+
+
+# A worker asks for its next trial within a second of telling the last; a new `hpsearch run` needs seconds
+# to load data and is rarely started at once: an idle minute with no trial running separates run sessions.
+SESSION_GAP_S = 60.0
+
+
+def _interval(t: FrozenTrial) -> tuple[dt.datetime, dt.datetime]:
+    """Start and end of a trial; an unfinished trial (no end yet, or a stale one) counts from start to start."""
+    return t.datetime_start, t.datetime_complete or t.datetime_start  # type: ignore[return-value]
+
+
+def run_sessions(trials: Iterable[FrozenTrial], gap_s: float = SESSION_GAP_S) -> list[list[FrozenTrial]]:
+    """Trials grouped by run session, oldest first: a session ends where no trial ran for ``gap_s`` seconds
+    (nothing stored names the run that started a trial, so sessions are read from the trials' times)."""
+    timed = sorted((t for t in trials if t.datetime_start is not None), key=lambda t: t.datetime_start)
+    groups: list[list[FrozenTrial]] = []
+    end: dt.datetime | None = None
+    for t in timed:
+        start, stop = _interval(t)
+        if end is None or (start - end).total_seconds() > gap_s:
+            groups.append([])
+            end = stop
+        groups[-1].append(t)
+        end = max(end, stop)
+    return groups
+
+
+def busy_s(trials: Iterable[FrozenTrial]) -> float:
+    """Seconds during which at least one trial ran: the union of the trials' intervals, idle gaps left out."""
+    total, end = 0.0, None  # type: float, dt.datetime | None
+    for start, stop in sorted(_interval(t) for t in trials if t.datetime_start is not None):
+        if end is None or start > end:
+            total += (stop - start).total_seconds()
+            end = stop
+        elif stop > end:
+            total += (stop - end).total_seconds()
+            end = stop
+    return total
+
+
+def metric_bounds(metric: str) -> tuple[float | None, float | None]:
+    """The values ``metric`` can take, by its name: an accuracy lies in [0, 1], a loss is >= 0."""
+    if metric.endswith("accuracy"):
+        return 0.0, 1.0
+    if metric.endswith("loss"):
+        return 0.0, None
+    return None, None
 
 
 # ------------------------------------------------------------------ the study

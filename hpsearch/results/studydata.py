@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STATES", "StudyData", "Summary", "TrialRow", "Curve", "BestPoint", "ParamInfo", "Axis", "ParallelData",
+__all__ = ["STATES", "StudyData", "Summary", "TrialRow", "Curve", "BestPoint", "Session", "ParamInfo", "Axis", "ParallelData",
            "ContourData", "SliceData", "CompareGroup", "compare_groups"]
 
 # Trial states in the order tables and figures list them.
@@ -76,6 +76,18 @@ class BestPoint:
 
 
 @dataclass
+class Session:
+    """One run session: trials that ran with no idle gap of a minute or more between them."""
+
+    start: dt.datetime
+    end: dt.datetime
+    wall_s: float  # first start to last end of the session
+    busy_s: float  # time at least one trial ran
+    n_trials: int
+    workers: list[str]  # the "host:pid" of its worker processes
+
+
+@dataclass
 class Summary:
     """Headline numbers of one study."""
 
@@ -84,7 +96,8 @@ class Summary:
     best_value: float | None
     best_trial: int | None
     best_params: dict[str, Any]
-    total_wall_s: float | None
+    busy_s: float | None  # time at least one trial ran, summed over sessions (idle gaps left out)
+    sessions: list[Session]
     mean_trial_s: float | None
     median_trial_s: float | None
     epochs_max: int | None
@@ -111,6 +124,7 @@ class Axis:
     tickvals: list[float] | None
     ticktext: list[str] | None
     n_missing: int
+    range: tuple[float, float]  # plot units, padded so the end ticks sit inside the axis
 
 
 @dataclass
@@ -124,19 +138,25 @@ class ParallelData:
 
 @dataclass
 class ContourData:
-    """Objective over lr x batch size, smoothed onto a grid, plus the trials as points."""
+    """Objective over lr x batch size, smoothed onto a grid, plus the trials as points.
+
+    A categorical param is an axis of its categories (labels, in the declared order of the choices the
+    trials took), and each category is smoothed on its own: values never blend across categories.
+    """
 
     x_param: str
     y_param: str
     x_log: bool
     y_log: bool
-    x_grid: list[float]  # in param units
-    y_grid: list[float]
+    x_grid: list[Any]  # param units, or the category labels
+    y_grid: list[Any]
     z: list[list[float]]  # z[j][i] at (x_grid[i], y_grid[j])
-    x: list[float]
-    y: list[float]
+    x: list[Any]
+    y: list[Any]
     values: list[float]
     trials: list[int]
+    x_categories: list[str] | None = None
+    y_categories: list[str] | None = None
 
 
 @dataclass
@@ -151,6 +171,8 @@ class SliceData:
     trials: list[int]
     n_missing: int
     choices: list[str] | None = None  # categorical: axis order
+    low: float | None = None  # numeric: the search space's bounds, the x axis's extent
+    high: float | None = None
 
 
 @dataclass

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 import study_fixtures as sf
-from hpsearch.results import collect
+from hpsearch.results import collect, records
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import build_figures
 from hpsearch.results.studydata import StudyData, compare_groups
@@ -34,7 +37,29 @@ def test_summary_counts_and_best(study: optuna.Study, data: StudyData) -> None:
     assert s.median_trial_s is not None and min(durations) <= s.median_trial_s <= max(durations)
     first = min(t.datetime_start for t in trials)
     last = max(t.datetime_complete for t in trials if t.datetime_complete is not None)
-    assert s.total_wall_s == pytest.approx((last - first).total_seconds())
+    assert len(s.sessions) == 1  # one run: trials back to back on two slots
+    session = s.sessions[0]
+    assert session.start == first and session.end == last and session.n_trials == 31
+    assert session.wall_s == pytest.approx((last - first).total_seconds())
+    assert session.workers == ["node0:4200", "node1:4201"]
+    assert s.busy_s == session.busy_s and 0.95 * session.wall_s < session.busy_s <= session.wall_s
+
+
+def test_summary_reports_each_run_session_and_the_busy_time(db: str) -> None:
+    first = list(sf.synthetic_trials(6, seed=1))
+    later = list(sf.synthetic_trials(4, seed=2, n_slots=3, t0=sf.T0 + dt.timedelta(hours=5)))
+    for t in later:  # the second `hpsearch run` has worker processes of its own
+        t.user_attrs[records.WORKER] = f"node9:{5000 + records.slot(t)}"  # type: ignore[operator]
+    s = collect_study(sf.add_trials(sf.new_study(db, "two-runs"), first + later)).summary
+
+    def span(ts: list[FrozenTrial]) -> float:
+        return (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds()
+
+    assert [(x.n_trials, len(x.workers)) for x in s.sessions] == [(6, 2), (4, 3)]
+    assert [x.start for x in s.sessions] == [sf.T0, sf.T0 + dt.timedelta(hours=5)]
+    assert [x.wall_s for x in s.sessions] == pytest.approx([span(first), span(later)])
+    assert s.busy_s == pytest.approx(sum(x.busy_s for x in s.sessions))
+    assert s.busy_s == pytest.approx(span(first) + span(later))  # the five idle hours between the runs are not
 
 
 def test_rows_carry_the_trial_user_attrs(study: optuna.Study, data: StudyData) -> None:
@@ -120,6 +145,8 @@ def test_conditional_param_shows_as_na(data: StudyData) -> None:
     assert sum(v == na for v in momentum.values) == momentum.n_missing
     assert axes["optimizer"].ticktext == ["sgd", "adamw"] and axes["optimizer"].n_missing == 0
     assert axes["lr"].ticktext and axes["lr"].ticktext[0] == "1e-4"  # log axis ticks in param units
+    for a in data.parallel.dimensions:  # every tick (the lowest lr one included) strictly inside the axis
+        assert a.tickvals and a.range[0] < min(a.tickvals + a.values) <= max(a.tickvals + a.values) < a.range[1]
     assert all(len(a.values) == n_complete for a in data.parallel.dimensions)
     slices = {s.param: s for s in data.slices}
     assert slices["momentum"].n_missing == momentum.n_missing
@@ -132,11 +159,14 @@ def test_conditional_param_shows_as_na(data: StudyData) -> None:
 def test_contour_grid(data: StudyData) -> None:
     c = data.contour
     assert c is not None and (c.x_param, c.y_param) == ("lr", "batch_size")
-    assert c.x_log and c.y_log
-    assert c.y_grid == sorted({float(v) for v in c.y})  # categorical batch sizes -> one row each
+    assert c.x_log and not c.y_log and c.x_categories is None
+    # batch_size is a categorical param: a row per choice the trials took, labels in the declared order
+    assert c.y_categories == c.y_grid == ["64", "128", "256", "512"] and set(c.y) == set(c.y_grid)
     assert len(c.z) == len(c.y_grid) and all(len(row) == len(c.x_grid) for row in c.z)
-    flat = [v for row in c.z for v in row]
-    assert min(c.values) - 1e-9 <= min(flat) and max(flat) <= max(c.values) + 1e-9  # an average
+    for label, row in zip(c.y_grid, c.z):  # each row averages its own category's trials only
+        own = [v for y, v in zip(c.y, c.values) if y == label]
+        drawn = [v for v in row if not math.isnan(v)]  # far from the category's trials: blank
+        assert drawn and min(own) - 1e-9 <= min(drawn) and max(drawn) <= max(own) + 1e-9
     assert len(c.trials) == data.summary.by_state["COMPLETE"]
 
 

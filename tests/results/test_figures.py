@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import study_fixtures as sf
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import build_figures
@@ -61,3 +63,27 @@ def test_build_figures_compares_per_metric(data: StudyData, loss_data: StudyData
         assert list(group[2].data[0].y) == [p.value for p in d.best_so_far]
     bests = [p.best for p in loss_data.best_so_far]
     assert bests == sorted(bests, reverse=True)  # minimised: the loss study's best never increases
+
+
+def test_slices_y_range_stays_within_the_metric_bounds(db: str) -> None:
+    one = collect_study(sf.make_study(db, "one-point", 1, prune_every=0, early_stop_every=0))
+    fig = dict(build_figures([one]))["one-point: slices"]
+    value = one.slices[0].y[0]
+    lo, hi = fig.layout.yaxis.range
+    assert 0.0 <= lo < value < hi <= 1.0 and hi - lo < 0.2  # a lone accuracy: not autoranged to 0..1.8
+    assert all(fig.layout[k].range == fig.layout.yaxis.range for k in fig.layout if k.startswith("yaxis"))
+
+
+def test_slices_rows_are_a_fixed_height_apart(data: StudyData) -> None:
+    fig = dict(build_figures([data]))["alpha: slices"]  # 6 params: 2 rows of 3
+    top, bottom = fig.layout.yaxis.domain, fig.layout.yaxis4.domain
+    plot_px = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    assert (top[0] - bottom[1]) * plot_px == pytest.approx(70)  # the gap between the rows, in pixels
+    assert (top[1] - top[0]) * plot_px == pytest.approx(250)
+
+
+def test_contour_draws_a_categorical_param_as_categories(data: StudyData) -> None:
+    fig = dict(build_figures([data]))["alpha: lr x batch_size contour"]
+    assert fig.layout.yaxis.type == "category" and list(fig.layout.yaxis.categoryarray) == ["64", "128", "256", "512"]
+    assert fig.layout.xaxis.type == "log"
+    assert fig.data[0].type == "heatmap"  # bands, not contour lines across the categories

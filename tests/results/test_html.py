@@ -102,3 +102,17 @@ def test_png_export_without_a_browser(monkeypatch: pytest.MonkeyPatch, study: op
                                             r"chromium or set BROWSER_PATH") as e:
         write_report([study], out, png_dir=tmp_path / "png")
     assert "\n" not in str(e.value) and str(out) in str(e.value) and out.is_file()
+
+
+def test_summary_numbers_and_run_sessions(db: str, tmp_path: Path) -> None:
+    study = sf.new_study(db, "small-decay")
+    trials = list(sf.synthetic_trials(4, prune_every=0, early_stop_every=0))
+    for t in trials:
+        t.params["weight_decay"] = 0.00038327  # issue 12.7: the report printed 4e-4
+    sf.add_trials(study, trials)
+    from plotly.offline import get_plotlyjs
+
+    html = write_report([study], tmp_path / "r.html").read_text(encoding="utf-8").replace(get_plotlyjs(), "")
+    assert "weight_decay=3.833e-4" in html and '<td class="num">3.833e-4</td>' in html and "4e-4" not in html
+    assert '<table class="sessions"><tr><th>run session</th><th>started</th>' in html
+    assert "<td>2025-01-06 09:00:00</td>" in html and "wall time</th><td>" not in html

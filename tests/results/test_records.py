@@ -44,6 +44,36 @@ def test_duration_is_start_to_end_and_none_while_running() -> None:
     assert records.duration_s(_trial(TrialState.RUNNING, seconds=None)) is None
 
 
+def _timed(start_s: float, end_s: float | None, worker: str = "h:1") -> FrozenTrial:
+    t = _trial(TrialState.COMPLETE if end_s is not None else TrialState.RUNNING,
+               attrs={records.WORKER: worker}, seconds=None if end_s is None else end_s - start_s)
+    t.datetime_start = T0 + dt.timedelta(seconds=start_s)
+    t.datetime_complete = None if end_s is None else T0 + dt.timedelta(seconds=end_s)
+    return t
+
+
+def test_run_sessions_split_at_an_idle_minute() -> None:
+    trials = [_timed(0, 50), _timed(10, 30), _timed(50.5, 100), _timed(159, 170),  # gaps under a minute
+              _timed(231, 240), _timed(250, None),  # 61 s with nothing running: a new run
+              _timed(400, 420)]
+    groups = records.run_sessions(reversed(trials))
+    assert [[t.datetime_start for t in g] for g in groups] == [
+        [t.datetime_start for t in trials[:4]], [t.datetime_start for t in trials[4:6]], [trials[6].datetime_start]]
+    assert records.run_sessions(trials, gap_s=200) == [trials]
+
+
+def test_busy_time_is_the_union_of_trial_intervals() -> None:
+    trials = [_timed(0, 50), _timed(10, 30), _timed(40, 60), _timed(100, 110), _timed(200, None)]
+    assert records.busy_s(trials) == 60 + 10  # overlaps once, gaps not at all, an open trial not yet
+    assert records.busy_s([]) == 0.0
+
+
+def test_metric_bounds_by_name() -> None:
+    assert records.metric_bounds("val_accuracy") == (0.0, 1.0)
+    assert records.metric_bounds("val_loss") == (0.0, None)
+    assert records.metric_bounds("objective") == (None, None)
+
+
 def test_epochs_run_from_the_attr_then_the_history_then_the_reported_steps() -> None:
     history = [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]
     assert records.epochs_run(_trial(attrs={records.EPOCHS_RUN: 4, records.HISTORY: history})) == 4
