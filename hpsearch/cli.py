@@ -10,14 +10,16 @@ import json
 import logging
 import os
 import shlex
+import socket
 import sys
+import time
 import traceback
 from typing import Any, Sequence
 
 import yaml
 
 from hpsearch import __version__, signals
-from hpsearch.config import STORAGE_ENV, StudyConfig, load_config, with_overrides
+from hpsearch.config import RUN_ENV, STORAGE_ENV, StudyConfig, load_config, with_overrides
 from hpsearch.errors import ConfigError, HpsearchError
 
 log = logging.getLogger("hpsearch")
@@ -195,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args.study_file, args)
     check_output_dir(cfg)
     flags = _storage_flag(args, cfg)
+    os.environ[RUN_ENV] = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"  # its workers inherit it
     if _nothing_to_run(cfg, flags):
         return 0
     slots, auto = plan_slots(cfg, args.gpus, args.workers)

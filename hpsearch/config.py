@@ -41,6 +41,7 @@ CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 MAX_STUDY_BYTES = 2 * 1024 * 1024  # parsing is the cost: PyYAML builds a Python object per value
 MAX_ENQUEUE = 10_000
 STORAGE_ENV = "HPSEARCH_STORAGE"  # overrides storage: like --storage, without showing a password in `ps`
+RUN_ENV = "HPSEARCH_RUN"  # the id of the `hpsearch run` a worker belongs to (set by run for its workers)
 
 
 # --------------------------------------------------------------------------- search space

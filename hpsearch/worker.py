@@ -27,7 +27,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch import signals, space
-from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
+from hpsearch.config import BUILTIN_MODELS, RUN_ENV, TRAIN_PARAMS, StudyConfig
 from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.engine import Trainer
 from hpsearch.errors import CheckpointError, DataError, DeviceError, ModelError, TrialFailureError
@@ -156,9 +156,11 @@ def prepare_context(cfg: StudyConfig, slot: Slot | None = None, status: WorkerSt
         # (A thread beside the data loading measured slower: both imports and loading hold the GIL.)
         status.phase("importing torch._dynamo")
         importlib.import_module("torch._dynamo")
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    run = os.environ.get(RUN_ENV) or f"{worker}:{int(time.time())}"  # a lone worker is a run of its own
     return WorkerContext(cfg=cfg, data=data, labels=pool.y, folds=folds, device=device,
-                         device_name=describe_device(device), worker=f"{socket.gethostname()}:{os.getpid()}",
-                         slot=slot.index, extra_attrs={records.SETTINGS: settings_id(cfg)})
+                         device_name=describe_device(device), worker=worker, slot=slot.index,
+                         extra_attrs={records.SETTINGS: settings_id(cfg), records.RUN: run})
 
 
 BUILTIN_MODEL_ARGS = tuple(sorted({arg for args in BUILTIN_MODELS.values() for arg in args}))

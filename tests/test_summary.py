@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -118,3 +119,16 @@ def test_hints_carry_the_storage_the_run_used(write_study: Callable[..., Path],
     assert main(["run", str(path), "--output-dir", "runs/moved"]) == 0
     assert f"report: hpsearch report {path} --storage sqlite:///runs/moved/study.db" in capsys.readouterr().out
     assert main(["status", str(path)]) == 2  # the file's own storage holds no such study: the hint was needed
+
+
+def test_each_run_is_its_own_session_in_the_report_even_seconds_apart(write_study: Callable[..., Path]) -> None:
+    from hpsearch.results.collect import collect_study
+
+    path = write_study(n_trials=1)
+    assert main(["run", str(path)]) == 0
+    assert main(["run", str(path), "--n-trials", "3", "--workers", "2"]) == 0  # a second run, two workers
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db")
+    runs = [records.run_of(t) for t in study.trials]
+    assert runs[0] != runs[1] == runs[2]
+    assert str(runs[1]).split(":")[1] == str(os.getpid())  # the worker processes took the id of the run
+    assert [s.n_trials for s in collect_study(study).summary.sessions] == [1, 2]

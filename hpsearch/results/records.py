@@ -27,6 +27,7 @@ WORKER = "worker"  # "host:pid" of the worker process
 SLOT = "slot"
 VERSION = "hpsearch_version"
 SETTINGS = "settings"  # id of the run settings the trial trains with (study.settings_id)
+RUN = "run"  # id of the `hpsearch run` (or lone `hpsearch worker`) whose worker started the trial
 CHECKPOINT = "checkpoint"  # path of the best-weights file
 BEST_EPOCH = "best_epoch"
 EPOCHS_RUN = "epochs_run"
@@ -240,7 +241,8 @@ def best_among(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | N
 
 
 # A worker asks for its next trial within a second of telling the last; a new `hpsearch run` needs seconds
-# to load data and is rarely started at once: an idle minute with no trial running separates run sessions.
+# to load data and is rarely started at once: for trials that name no run (older versions), an idle
+# minute with no trial running separates run sessions.
 SESSION_GAP_S = 60.0
 
 
@@ -249,10 +251,25 @@ def _interval(t: FrozenTrial) -> tuple[dt.datetime, dt.datetime]:
     return t.datetime_start, t.datetime_complete or t.datetime_start  # type: ignore[return-value]
 
 
+def run_of(trial: FrozenTrial) -> str | None:
+    """The id of the run whose worker started the trial (None for trials of older versions)."""
+    return _as_str(trial.user_attrs.get(RUN))
+
+
 def run_sessions(trials: Iterable[FrozenTrial], gap_s: float = SESSION_GAP_S) -> list[list[FrozenTrial]]:
-    """Trials grouped by run session, oldest first: a session ends where no trial ran for ``gap_s`` seconds
-    (nothing stored names the run that started a trial, so sessions are read from the trials' times)."""
+    """Trials grouped by run session, oldest first, each in start order: by the run that started them,
+    or, for trials that name none, by the idle gaps of ``gap_s`` seconds between them."""
     timed = sorted((t for t in trials if t.datetime_start is not None), key=lambda t: t.datetime_start)
+    named: dict[str, list[FrozenTrial]] = {}
+    for t in timed:
+        if run_of(t) is not None:
+            named.setdefault(run_of(t), []).append(t)  # type: ignore[arg-type]
+    unnamed = [t for t in timed if run_of(t) is None]
+    return sorted([*named.values(), *_gap_sessions(unnamed, gap_s)], key=lambda g: g[0].datetime_start)
+
+
+def _gap_sessions(timed: list[FrozenTrial], gap_s: float) -> list[list[FrozenTrial]]:
+    """Trials in start order, split where no trial ran for ``gap_s`` seconds."""
     groups: list[list[FrozenTrial]] = []
     end: dt.datetime | None = None
     for t in timed:

@@ -77,7 +77,7 @@ class BestPoint:
 
 @dataclass
 class Session:
-    """One run session: trials that ran with no idle gap of a minute or more between them."""
+    """One run session: the trials one `hpsearch run` started (records.run_sessions)."""
 
     start: dt.datetime
     end: dt.datetime

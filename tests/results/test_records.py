@@ -62,6 +62,15 @@ def test_run_sessions_split_at_an_idle_minute() -> None:
     assert records.run_sessions(trials, gap_s=200) == [trials]
 
 
+def test_trials_that_name_their_run_are_grouped_by_it_whatever_the_gaps() -> None:
+    first, second, old = _timed(0, 10), _timed(200, 210), _timed(5, 20)  # run a, resumed late; an unnamed trial
+    first.user_attrs[records.RUN] = second.user_attrs[records.RUN] = "h:1:100"
+    overlapping = _timed(8, 30)
+    overlapping.user_attrs[records.RUN] = "h:2:105"  # another run started beside it: its own session
+    groups = records.run_sessions([second, overlapping, old, first])
+    assert groups == [[first, second], [old], [overlapping]]
+
+
 def test_busy_time_is_the_union_of_trial_intervals() -> None:
     trials = [_timed(0, 50), _timed(10, 30), _timed(40, 60), _timed(100, 110), _timed(200, None)]
     assert records.busy_s(trials) == 60 + 10  # overlaps once, gaps not at all, an open trial not yet
