@@ -254,7 +254,7 @@ def write_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_page(data, sections), encoding="utf-8")
     figs = sections.all()
-    logger.info("wrote report %s (%d figures)", out, len(figs))
+    logger.debug("wrote report %s (%d figures)", out, len(figs))
     if png_dir is not None:
         _write_pngs(figs, Path(png_dir), out)
     return out
