@@ -181,9 +181,16 @@ def test_worker_reserves_gpus_and_mounts_the_claim_volume(compose: dict[str, Any
     assert worker["restart"] == "on-failure"
 
 
+def test_the_database_url_travels_in_the_environment_never_on_a_command_line(compose: dict[str, Any]) -> None:
+    for name in DB_SERVICES:
+        service = compose["services"][name]
+        assert db_urls(service) == [service["environment"]["HPSEARCH_STORAGE"]], name  # `ps` shows argv
+        assert not db_urls({"argv": [service.get("entrypoint"), service.get("command")]}), name
+    assert "os.environ['HPSEARCH_STORAGE']" in " ".join(compose["services"]["dashboard"]["entrypoint"])
+
+
 def test_dashboard_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
     dashboard = compose["services"]["dashboard"]
-    assert dashboard["entrypoint"] == ["optuna-dashboard"]
     assert dashboard["ports"] and all(port.startswith("127.0.0.1:") for port in dashboard["ports"])
 
 
