@@ -225,9 +225,12 @@ def cmd_best(args: argparse.Namespace) -> int:
         study = open_study(cfg, create=False)
         record = summary.best_record(study, cfg)
         if args.export:
-            from hpsearch.results.export import export_best
+            from hpsearch.results.export import export_best, predict_usage
 
-            record["exported"] = {k: str(v) for k, v in export_best(study, args.export).items()}
+            paths = export_best(study, args.export)
+            record["exported"] = {k: str(v) for k, v in paths.items()}
+            if "loader" in paths:
+                record["predict"] = predict_usage(study)
     if args.json:
         print(json.dumps(record, indent=2))
     else:

@@ -110,7 +110,7 @@ class _Checkpointer:
         self.path = out / "checkpoints" / f"trial_{trial.number:05d}.pt"
         self.resume_path = resume_path(out, trial.number)
         self.base = {"params": params, "model_spec": spec, "hpsearch_version": __version__,
-                     "study": ctx.cfg.name, "trial": trial.number}
+                     "study": ctx.cfg.name, "trial": trial.number, "inputs": ctx.data.inputs}
         self.metric = ctx.cfg.metric
         self.writer = ctx.checkpoints
         self.retried: list[Path] = []  # resume files of the trials this one retries: obsolete once it ends
@@ -326,7 +326,8 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
     params = space.suggest(trial, cfg)
     seed = trial_seed(cfg.seed, trial.number)
     for key, value in {records.SEED: seed, records.DEVICE: ctx.device_name, records.WORKER: ctx.worker,
-                       records.SLOT: ctx.slot, records.VERSION: __version__, **ctx.extra_attrs}.items():
+                       records.SLOT: ctx.slot, records.VERSION: __version__, records.INPUTS: ctx.data.inputs,
+                       **ctx.extra_attrs}.items():
         trial.set_user_attr(key, value)
     settings = train_settings(cfg, params, ctx.labels, ctx.data.num_classes)
     reported: set[int] = set()

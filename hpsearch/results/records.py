@@ -36,6 +36,7 @@ RESUMED_FROM = "resumed_from"  # {trial, epoch}
 RESUME_SKIPPED = "resume_skipped"  # {trial, reason}
 OOM_RETRY = "oom_retry"  # {batch_size, accum_steps}
 CUDA_GRAPHS = "cuda_graphs"  # "on" or "off (reason)"
+INPUTS = "inputs"  # what predict needs: {mean, std, input_shape, dtype, num_classes, class_names} (data.inputs_record)
 
 # ------------------------------------------------------------------ inside one history record
 EPOCH = "epoch"  # 1-based
@@ -170,6 +171,12 @@ def device(trial: FrozenTrial) -> str | None:
 def checkpoint(trial: FrozenTrial) -> str | None:
     """Path of the trial's best-weights checkpoint, when one was written."""
     return _as_str(trial.user_attrs.get(CHECKPOINT))
+
+
+def inputs(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The trial's input record (normalisation, shape, classes), when it has one (older trials do not)."""
+    stored = trial.user_attrs.get(INPUTS)
+    return stored if isinstance(stored, dict) else None
 
 
 def best_epoch(trial: FrozenTrial) -> int | None:
