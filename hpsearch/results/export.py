@@ -256,7 +256,7 @@ def _expects(inputs: dict[str, Any] | None) -> str:
         return ("this trial predates the input record: predict() refuses; normalise x yourself "
                 "((x - mean) / std per channel) and call load_model()(x)")
     shape = ", ".join(str(d) for d in inputs["input_shape"])
-    units = "uint8 pixel values" if inputs["dtype"] == "uint8" else f"raw {inputs['dtype']} feature values"
+    units = "raw uint8 pixel values" if inputs["dtype"] == "uint8" else f"raw {inputs['dtype']} feature values"
     return (f"x: shape (N, {shape}) or one sample, {units} as the dataset holds them (not normalised); "
             f"returns class indices into class_names() ({inputs['num_classes']} classes)")
 
