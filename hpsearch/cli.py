@@ -39,6 +39,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535 (got {text})")
+    return value
+
+
 def _worker_count(text: str) -> int:
     value = _positive_int(text)
     if value > MAX_WORKERS:
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard = verbs.add_parser("dashboard", help="open optuna-dashboard on the study's storage")
     _add_common(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=_positive_int, default=8080)
+    dashboard.add_argument("--port", type=_port, default=8080, help="0 picks a free port")
     export = verbs.add_parser("export", help="write all trials as CSV or JSON")
     _add_common(export)
     export.add_argument("--format", choices=["csv", "json"], default="csv")
@@ -258,7 +265,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     cfg = _config(args.study_file, args)
     with guard_storage(cfg):
-        serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name)
+        serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name,
+                        out_dir=cfg.out_dir)
     return 0
 
 

@@ -19,7 +19,12 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 # ------------------------------------------------------------------ trial user attributes
+# Per-epoch data is stored three ways: `history` (every record, every field; what our readers use, through
+# :func:`history`), the trial's intermediate values (the metric per epoch; optuna-dashboard's learning curve) and,
+# when the trial ends, the artifact HISTORY_ARTIFACT (the same records as JSON). optuna-dashboard shows a user
+# attr cut at 1,024 characters, about six epochs of `history`; its artifact list shows and downloads the whole.
 HISTORY = "history"  # per epoch: [{epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, epoch_time}]
+HISTORY_ARTIFACT = "history.json"  # file name of the trial's history artifact (the best checkpoint keeps its own)
 SEED = "seed"
 DEVICE = "device"
 WORKER = "worker"  # "host:pid" of the worker process
