@@ -35,8 +35,8 @@ __all__ = [
     "load_dataset",
     "normalise",
     "normaliser",
-    "prepare_inputs",
     "pinned",
+    "prepare_inputs",
     "split_folds",
 ]
 
