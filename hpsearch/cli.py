@@ -42,6 +42,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535 (got {text})")
+    return value
+
+
 def _worker_count(text: str) -> int:
     value = _positive_int(text)
     if value > MAX_WORKERS:
@@ -108,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard = verbs.add_parser("dashboard", help="open optuna-dashboard on the study's storage")
     _add_common(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=_positive_int, default=8080)
+    dashboard.add_argument("--port", type=_port, default=8080, help="0 picks a free port")
     export = verbs.add_parser("export", help="write all trials as CSV or JSON")
     _add_common(export)
     export.add_argument("--format", choices=["csv", "json"], default="csv")
@@ -261,9 +268,12 @@ def cmd_best(args: argparse.Namespace) -> int:
         study = open_study(cfg, create=False)
         record = summary.best_record(study, cfg)
         if args.export:
-            from hpsearch.results.export import export_best
+            from hpsearch.results.export import export_best, predict_usage
 
-            record["exported"] = {k: str(v) for k, v in export_best(study, args.export).items()}
+            paths = export_best(study, args.export)
+            record["exported"] = {k: str(v) for k, v in paths.items()}
+            if "loader" in paths:
+                record["predict"] = predict_usage(study)
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -291,7 +301,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     cfg = _config(args.study_file, args)
     with guard_storage(cfg):
-        serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name)
+        serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name,
+                        out_dir=cfg.out_dir)
     return 0
 
 

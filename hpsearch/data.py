@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,8 +32,12 @@ __all__ = [
     "DeviceData",
     "apply_augment",
     "augment_table",
+    "inputs_record",
     "load_dataset",
+    "normalise",
+    "normaliser",
     "pinned",
+    "prepare_inputs",
     "split_folds",
 ]
 
@@ -57,7 +61,8 @@ class ArrayData:
     """A whole training pool in memory: inputs, integer labels and per-channel statistics.
 
     ``x`` is uint8 (N, C, H, W) for images, or float32 (N, ...) for feature data; ``mean`` and
-    ``std`` are per channel (dimension 1 of ``x``) in ``x``'s raw units.
+    ``std`` are per channel (dimension 1 of ``x``) in ``x``'s raw units. ``class_names`` defaults
+    to "0", "1", ... when not given.
     """
 
     x: torch.Tensor
@@ -65,6 +70,13 @@ class ArrayData:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        given = tuple(str(n) for n in self.class_names) or tuple(str(i) for i in range(self.num_classes))
+        if len(given) != self.num_classes:
+            raise ValueError(f"{len(given)} class names for {self.num_classes} classes")
+        object.__setattr__(self, "class_names", given)  # frozen: the default is filled in once, here
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -113,15 +125,15 @@ def load_dataset(
         choices = ", ".join(DATASET_NAMES)
         raise DataError(f"dataset '{name}' is unknown; use one of {choices} or 'package.module:callable'")
     if image_size is not None and data.is_image and data.x.shape[-2:] != (image_size, image_size):
-        data = from_arrays(_resize(data.x, image_size), data.y, data.num_classes)
+        data = from_arrays(_resize(data.x, image_size), data.y, data.num_classes, data.class_names)
     return data
 
 
-def from_arrays(x: Any, y: Any, num_classes: int | None = None) -> ArrayData:
+def from_arrays(x: Any, y: Any, num_classes: int | None = None, class_names: Sequence[str] | None = None) -> ArrayData:
     """Build an :class:`ArrayData` from tensors or numpy arrays, computing the statistics.
 
     uint8 ``x`` of shape (N, C, H, W) or (N, H, W) is kept as images; anything else becomes
-    float32 features. ``num_classes`` defaults to ``max(y) + 1``.
+    float32 features. ``num_classes`` defaults to ``max(y) + 1``, ``class_names`` to "0", "1", ...
     """
     x = _as_tensor(x)
     y = _as_tensor(y)
@@ -142,7 +154,7 @@ def from_arrays(x: Any, y: Any, num_classes: int | None = None) -> ArrayData:
     if int(y.max()) >= k:
         raise ValueError(f"label {int(y.max())} does not fit num_classes={k}")
     mean, std = channel_stats(x)
-    return ArrayData(x=x.contiguous(), y=y, num_classes=k, mean=mean, std=std)
+    return ArrayData(x=x.contiguous(), y=y, num_classes=k, mean=mean, std=std, class_names=tuple(class_names or ()))
 
 
 def _as_tensor(a: Any) -> torch.Tensor:
@@ -176,7 +188,7 @@ def _load_digits() -> ArrayData:
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)
-    return from_arrays(x, torch.from_numpy(bunch.target), 10)
+    return from_arrays(x, torch.from_numpy(bunch.target), 10, [str(int(n)) for n in bunch.target_names])
 
 
 def _load_torchvision(name: str, root: Path, download: bool) -> ArrayData:
@@ -197,7 +209,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> ArrayData:
             x, y = torch.from_numpy(ds.data), torch.from_numpy(ds.labels)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, AssertionError, OSError...
         raise DataError(_missing_message(name, where, download, exc)) from exc
-    return from_arrays(x, y, 10)
+    return from_arrays(x, y, 10, getattr(ds, "classes", None))  # SVHN has no names: its labels are the digits
 
 
 @contextmanager
@@ -266,7 +278,7 @@ def _load_image_folder(root: Path, image_size: int) -> ArrayData:
         if image.size != size:
             image = image.resize(size, resample=Image.Resampling.BILINEAR)
         x[i] = pil_to_tensor(image)
-    return from_arrays(x, torch.as_tensor(ds.targets), len(ds.classes))
+    return from_arrays(x, torch.as_tensor(ds.targets), len(ds.classes), ds.classes)
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -287,14 +299,14 @@ def _load_custom(spec: str, root: str | Path | None) -> ArrayData:
         raise DataError(f"dataset '{spec}' raised {type(exc).__name__}: {exc}") from exc
     try:
         if isinstance(result, ArrayData):
-            checked = from_arrays(result.x, result.y, result.num_classes)
+            checked = from_arrays(result.x, result.y, result.num_classes, result.class_names)
             if len(result.mean) == len(checked.mean) == len(result.std):
                 return replace(checked, mean=tuple(result.mean), std=tuple(result.std))
             return checked
         if isinstance(result, tuple) and len(result) == 2:
             return from_arrays(*result)
         if isinstance(result, Dataset) or (isinstance(result, Sequence) and not isinstance(result, str | bytes)):
-            return _materialise(result)
+            return _materialise(result, getattr(result, "classes", None))
     except (ValueError, TypeError, RuntimeError) as exc:
         raise DataError(f"dataset '{spec}' returned unusable data: {exc}") from exc
     raise DataError(
@@ -303,7 +315,7 @@ def _load_custom(spec: str, root: str | Path | None) -> ArrayData:
     )
 
 
-def _materialise(ds: Any) -> ArrayData:
+def _materialise(ds: Any, class_names: Sequence[str] | None = None) -> ArrayData:
     """Read a map-style dataset of (input, label) pairs once into one tensor."""
     from torchvision.transforms.functional import pil_to_tensor
 
@@ -317,7 +329,62 @@ def _materialise(ds: Any) -> ArrayData:
             item = pil_to_tensor(item)
         xs.append(_as_tensor(item))
         ys.append(int(label))
-    return from_arrays(torch.stack(xs), torch.tensor(ys, dtype=torch.int64))
+    labels = torch.tensor(ys, dtype=torch.int64)
+    return from_arrays(torch.stack(xs), labels, len(class_names) if class_names else None, class_names)
+
+
+# --------------------------------------------------------------------------------------------
+# normalisation: the one definition, shared by training batches and exported models
+
+
+def inputs_record(data: ArrayData) -> dict[str, Any]:
+    """What a prediction needs to know of the inputs, as plain data (stored in every best checkpoint).
+
+    ``mean``/``std`` per channel in raw units, ``input_shape`` of one sample, ``dtype`` of the raw
+    inputs (uint8 images or float32 features), ``num_classes`` and ``class_names``.
+    """
+    return {"mean": list(data.mean), "std": list(data.std), "input_shape": list(data.input_shape),
+            "dtype": str(data.x.dtype).removeprefix("torch."), "num_classes": data.num_classes,
+            "class_names": list(data.class_names)}
+
+
+def normaliser(mean: Sequence[float], std: Sequence[float], sample_ndim: int,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) float32 tensors for :func:`normalise`, broadcasting over (N, C, ...) batches."""
+    shape = (1, -1) + (1,) * (sample_ndim - 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
+    return (1.0 / std_t).view(shape), (-mean_t / std_t).view(shape)
+
+
+def normalise(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(x - mean) / std per channel as ``x * scale + shift``: one fused op, uint8 -> float32 inside it."""
+    return torch.addcmul(shift, x, scale, out=out)
+
+
+def prepare_inputs(x: Any, inputs: Mapping[str, Any] | None) -> torch.Tensor:
+    """Raw inputs (one sample or a batch, in the dataset's raw units) as the normalised float32 batch a model takes.
+
+    ``inputs`` is :func:`inputs_record`'s record; a checkpoint saved before it existed has none,
+    which is a :class:`DataError` saying how to normalise by hand.
+    """
+    if inputs is None:
+        raise DataError("this checkpoint has no record of the input normalisation (saved by an older hpsearch); "
+                        "normalise x yourself, (x - mean) / std per channel with the training data's statistics, "
+                        "and call the model directly")
+    batch = _as_tensor(x)
+    shape = tuple(inputs["input_shape"])
+    if tuple(batch.shape) == shape or (shape[0] == 1 and tuple(batch.shape) == shape[1:]):
+        batch = batch.reshape(1, *shape)  # one sample
+    elif batch.ndim == len(shape) and shape[0] == 1 and tuple(batch.shape[1:]) == shape[1:]:
+        batch = batch.unsqueeze(1)  # (N, H, W) single-channel images
+    if tuple(batch.shape[1:]) != shape:
+        raise DataError(f"inputs of shape {tuple(batch.shape)}; expected (N, {', '.join(map(str, shape))}) "
+                        f"or one sample of shape {shape}")
+    if batch.dtype != torch.uint8:
+        batch = batch.to(torch.float32)  # exact for the integer pixel values images are stored as
+    scale, shift = normaliser(inputs["mean"], inputs["std"], len(shape), batch.device)
+    return normalise(batch, scale, shift)
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,15 +477,11 @@ class DeviceData:
         self.num_classes = data.num_classes
         self.input_shape = data.input_shape
         self.is_image = data.is_image
+        self.inputs = inputs_record(data)
         where = device if resident else torch.device("cpu")
         self.x = data.x.to(where)
         self.y = data.y.to(where)
-        shape = (1, -1) + (1,) * (data.x.ndim - 2)
-        std = torch.tensor(data.std, dtype=torch.float32, device=device)
-        mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
-        # x * scale + shift in one fused op instead of (x - mean) / std.
-        self._scale = (1.0 / std).view(shape)
-        self._shift = (-mean / std).view(shape)
+        self._scale, self._shift = normaliser(data.mean, data.std, len(data.input_shape), device)
         self._tables: dict[tuple[str, ...], torch.Tensor] = {}  # augment_table per augmentation set
 
     @classmethod
@@ -547,8 +610,8 @@ class DeviceData:
             if key not in self._tables:
                 self._tables[key] = augment_table(x.shape[2], x.shape[3], key, self.device)
             x = apply_augment(x, self._tables[key], generator)
-        # uint8 -> float32 inside the same kernel; into `out` in its own layout (channels_last) when given.
-        return torch.addcmul(self._shift, x, self._scale, out=out)
+        # Into `out` in its own layout (channels_last) when given.
+        return normalise(x, self._scale, self._shift, out=out)
 
 
 def augment_table(

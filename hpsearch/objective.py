@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.artifacts import upload_artifact
 
 from hpsearch import __version__, signals, space
 from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
@@ -25,7 +28,7 @@ from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights
 from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model
 from hpsearch.results import records
-from hpsearch.study import retry_history
+from hpsearch.study import artifact_dir, artifact_store, retry_history
 
 log = logging.getLogger("hpsearch")
 PROGRESS_EVERY_S = 10.0  # a trial logs its latest epoch at most this often
@@ -110,7 +113,7 @@ class _Checkpointer:
         self.path = out / "checkpoints" / f"trial_{trial.number:05d}.pt"
         self.resume_path = resume_path(out, trial.number)
         self.base = {"params": params, "model_spec": spec, "hpsearch_version": __version__,
-                     "study": ctx.cfg.name, "trial": trial.number}
+                     "study": ctx.cfg.name, "trial": trial.number, "inputs": ctx.data.inputs}
         self.metric = ctx.cfg.metric
         self.writer = ctx.checkpoints
         self.retried: list[Path] = []  # resume files of the trials this one retries: obsolete once it ends
@@ -231,6 +234,8 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
             trial.set_user_attr(key, value)
         if files.best_enabled and progress.best is not None:
             trial.set_user_attr(records.CHECKPOINT, str(files.path))
+        _upload_artifacts(trial, ctx, progress.history, files.path if files.best_enabled and progress.best is not None
+                          else None)
         files.drop_resume()
 
     for record in progress.history:
@@ -267,6 +272,27 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
     if progress.best is None:  # resumed with no epoch left to run and none recorded
         raise optuna.TrialPruned("no epoch was run")
     return float(progress.best)
+
+
+def _finite(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def _upload_artifacts(trial: optuna.Trial, ctx: WorkerContext, history: list[dict[str, float]],
+                      checkpoint: Path | None) -> None:
+    """The whole history (JSON) and the best weights as the trial's artifacts, which optuna-dashboard lists and
+    downloads: its view of the `history` user attr stops at 1,024 characters (about six epochs)."""
+    store = artifact_store(ctx.cfg.out_dir)
+    try:
+        with tempfile.TemporaryDirectory(dir=artifact_dir(ctx.cfg.out_dir)) as tmp:
+            path = Path(tmp) / records.HISTORY_ARTIFACT
+            rows = [{key: _finite(value) for key, value in record.items()} for record in history]
+            path.write_text(json.dumps(rows, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+        if checkpoint is not None:
+            upload_artifact(artifact_store=store, file_path=str(checkpoint), study_or_trial=trial)
+    except OSError as exc:  # a copy for the dashboard: the trial's own files and attrs are already saved
+        log.warning("trial %d: artifacts not saved in %s (%s)", trial.number, artifact_dir(ctx.cfg.out_dir), exc)
 
 
 def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], settings: TrainSettings,
@@ -326,7 +352,8 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
     params = space.suggest(trial, cfg)
     seed = trial_seed(cfg.seed, trial.number)
     for key, value in {records.SEED: seed, records.DEVICE: ctx.device_name, records.WORKER: ctx.worker,
-                       records.SLOT: ctx.slot, records.VERSION: __version__, **ctx.extra_attrs}.items():
+                       records.SLOT: ctx.slot, records.VERSION: __version__, records.INPUTS: ctx.data.inputs,
+                       **ctx.extra_attrs}.items():
         trial.set_user_attr(key, value)
     settings = train_settings(cfg, params, ctx.labels, ctx.data.num_classes)
     reported: set[int] = set()

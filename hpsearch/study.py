@@ -37,6 +37,7 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SQLITE_BUSY_TIMEOUT_S = 60
 PG_CONNECT_TIMEOUT_S = 10  # a stopped server is reported within seconds, not after the OS's TCP timeout
 HIDDEN = "***"
+ARTIFACTS = "artifacts"  # folder under the study's output dir
 UNPARSEABLE = "<unparseable storage URL>"
 # Query parameters that carry credentials (?password=, sslpassword, api_key, token...), any case.
 _SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
@@ -109,6 +110,19 @@ def check_url(url: str, source: str) -> None:
     if parsed.host and "@" in parsed.host:
         raise StorageError(f"{source}: storage: the password in {redact_url(url)} holds an unescaped '@'; "
                            f"percent-encode it as %40")
+
+
+def artifact_dir(out_dir: str | Path) -> Path:
+    """The study's artifact folder (`runs/<name>/artifacts`): what optuna-dashboard lists and downloads per trial."""
+    return Path(out_dir).resolve() / ARTIFACTS
+
+
+def artifact_store(out_dir: str | Path, create: bool = True) -> optuna.artifacts.FileSystemArtifactStore:
+    """Optuna's file-system artifact store in :func:`artifact_dir`; created unless ``create=False`` (a reader)."""
+    where = artifact_dir(out_dir)
+    if create:
+        where.mkdir(parents=True, exist_ok=True)
+    return optuna.artifacts.FileSystemArtifactStore(where)
 
 
 def derive_seed(study_seed: int, salt: str) -> int:

@@ -92,6 +92,10 @@ def print_best(record: dict[str, Any]) -> None:
     for key, value in record["params"].items():
         console.print(f"  {key}: {_fmt(value)}")
     console.print(f"  checkpoint: {record['checkpoint']}")
+    for what, path in record.get("exported", {}).items():
+        console.print(f"  exported {what}: {path}")
+    if record.get("predict"):
+        console.print(f"  {record['predict']}", markup=False)
 
 
 def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False, flags: str = "") -> None:

@@ -58,6 +58,11 @@ def test_checkpoint_loads_back_into_the_model(write_study: Callable[..., Path]) 
     assert ckpt["params"] == best.params
     assert ckpt["metric"]["value"] == pytest.approx(best.value)
     assert "state" in ckpt["optimizer"]
+    for trial in _load().trials:  # every best checkpoint carries what a prediction needs
+        inputs = load_checkpoint(trial.user_attrs["checkpoint"])["inputs"]
+        assert inputs["input_shape"] == [1, 8, 8] and inputs["dtype"] == "uint8" and inputs["num_classes"] == 10
+        assert inputs["class_names"] == list("0123456789") and len(inputs["mean"]) == len(inputs["std"]) == 1
+        assert 4.0 < inputs["mean"][0] < 5.5 and inputs == trial.user_attrs["inputs"]
 
 
 def test_rerun_continues_to_the_total(write_study: Callable[..., Path]) -> None:

@@ -12,7 +12,8 @@ import pytest
 from urllib.error import URLError
 import torch
 
-from hpsearch.data import ArrayData, DeviceData, apply_augment, augment_table, from_arrays, load_dataset, split_folds
+from hpsearch.data import (ArrayData, DeviceData, apply_augment, augment_table, from_arrays, load_dataset,
+                           prepare_inputs, split_folds)
 from hpsearch.errors import DataError
 from torch_fixtures import DEVICES, skip_md5_checks, write_cifar10, write_image_folder, write_mnist, write_svhn
 
@@ -44,6 +45,7 @@ def test_digits_loads_as_uint8_images(digits: ArrayData) -> None:
     assert digits.is_image
     assert len(digits.mean) == len(digits.std) == 1
     assert 4.0 < digits.mean[0] < 5.5
+    assert digits.class_names == tuple("0123456789")
 
 
 def test_cifar10_real_pickle_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,6 +54,7 @@ def test_cifar10_real_pickle_batches(tmp_path: Path, monkeypatch: pytest.MonkeyP
     data = load_dataset("cifar10", root=tmp_path)
     assert data.x.shape == (30, 3, 32, 32)
     _check(data, x, y)
+    assert data.class_names[:2] == ("airplane", "automobile")  # torchvision's own names
 
 
 @pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
@@ -105,10 +108,11 @@ def test_corrupted_cifar_is_data_error(tmp_path: Path) -> None:
 def test_image_folder_loads_and_resizes(tmp_path: Path) -> None:
     x, y = write_image_folder(tmp_path / "imgs", per_class=3, size=32)
     data = load_dataset("image_folder", root=tmp_path / "imgs")
-    assert data.num_classes == 3
+    assert data.num_classes == 3 and data.class_names == ("cat", "dog", "eel")
     assert torch.equal(data.x, x) and torch.equal(data.y, y)
     small = load_dataset("image_folder", root=tmp_path / "imgs", image_size=16)
     assert small.x.shape == (9, 3, 16, 16) and small.x.dtype == torch.uint8
+    assert small.class_names == data.class_names  # resizing keeps the names
 
 
 def test_image_folder_missing_or_empty(tmp_path: Path) -> None:
@@ -137,6 +141,7 @@ def images(root=None):
     return torch.zeros((8, 3, 4, 4), dtype=torch.uint8), torch.arange(8) % 2
 
 class Squares(Dataset):
+    classes = ["even", "odd"]
     def __len__(self):
         return 6
     def __getitem__(self, i):
@@ -144,6 +149,14 @@ class Squares(Dataset):
 
 def dataset(root=None):
     return Squares()
+
+def named(root=None):
+    from hpsearch.data import from_arrays
+    return from_arrays(np.eye(4, dtype=np.float32), np.arange(4) % 2, 2, ["no", "yes"])
+
+def unnamed(root=None):
+    from hpsearch.data import ArrayData
+    return ArrayData(torch.zeros(4, 2), torch.arange(4) % 2, 2, (0.0, 0.0), (1.0, 1.0))
 
 def wrong(root=None):
     return "nope"
@@ -169,6 +182,34 @@ def test_custom_callable_returns(custom_module: str) -> None:
     assert images.x.dtype == torch.uint8 and images.is_image and images.num_classes == 2
     squares = load_dataset(f"{custom_module}:dataset")
     assert squares.x.shape == (6, 1, 2, 2) and squares.y.tolist() == [0, 1, 0, 1, 0, 1]
+    assert squares.class_names == ("even", "odd")  # a Dataset's `classes`
+    assert feats.class_names == ("0", "1", "2")  # none given: the indices
+    assert load_dataset(f"{custom_module}:named").class_names == ("no", "yes")
+    assert load_dataset(f"{custom_module}:unnamed").class_names == ("0", "1")
+
+
+def test_class_names_must_match_the_classes() -> None:
+    with pytest.raises(ValueError, match="3 class names for 2 classes"):
+        from_arrays(torch.zeros(4, 2), torch.arange(4) % 2, 2, ["a", "b", "c"])
+
+
+def test_prepare_inputs_normalises_raw_inputs_as_training_batches_do(digits: ArrayData) -> None:
+    placed = DeviceData.place(digits, torch.device("cpu"))
+    idx = torch.arange(0, 40)
+    trained_on, _ = next(placed.batches(idx, 40, shuffle=False))
+    raw = digits.x[idx]
+    record = placed.inputs
+    assert record == {"mean": list(digits.mean), "std": list(digits.std), "input_shape": [1, 8, 8], "dtype": "uint8",
+                      "num_classes": 10, "class_names": list("0123456789")}
+    assert torch.equal(prepare_inputs(raw, record), trained_on)  # bit for bit: one definition of the formula
+    assert torch.equal(prepare_inputs(raw.double().numpy(), record), trained_on)  # numpy float pixels 0..16
+    assert torch.equal(prepare_inputs(raw[:, 0], record), trained_on)  # (N, H, W) grey images
+    assert torch.equal(prepare_inputs(raw[3], record), trained_on[3:4])  # one sample
+    assert not torch.equal(prepare_inputs(raw, record), raw.float())
+    with pytest.raises(DataError, match=r"inputs of shape \(40, 64\); expected \(N, 1, 8, 8\)"):
+        prepare_inputs(raw.reshape(40, 64), record)
+    with pytest.raises(DataError, match="no record of the input normalisation"):
+        prepare_inputs(raw, None)
 
 
 def test_custom_callable_errors(custom_module: str) -> None:

@@ -16,7 +16,10 @@ worker's wall time (24.7 s -> 50 s). This module instead
 - opens it with ``create=False``: a missing database is an error, no table or schema row is
   created, and reads are short deferred transactions (a reader never takes the write lock); keeps
   optuna-dashboard's own short-lived trial cache;
-- never shows the storage password (logs and errors print the redacted URL).
+- never shows the storage password (logs and errors print the redacted URL);
+- serves the study's artifact folder (``runs/<name>/artifacts``), so each trial's page lists its
+  whole per-epoch history (``history.json``) and best weights for download: the page cuts the
+  ``history`` user attr at 1,024 characters, about six epochs.
 
 WAL needs a local filesystem (not NFS); where switching fails (a read-only folder), a warning is
 logged and the dashboard runs in the old mode.
@@ -35,7 +38,7 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import HpsearchError, StorageError
-from hpsearch.study import check_url, make_storage, redact_url
+from hpsearch.study import artifact_store, check_url, make_storage, redact_url
 
 __all__ = ["serve_dashboard", "make_dashboard_server", "dashboard_storage", "sqlite_path"]
 
@@ -93,11 +96,12 @@ def _require_study(storage: optuna.storages.RDBStorage, name: str, storage_url: 
 
 
 def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080, source: str = "<memory>",
-                          study_name: str | None = None) -> tuple[WSGIServer, str]:
+                          study_name: str | None = None, out_dir: str | Path | None = None) -> tuple[WSGIServer, str]:
     """Build (but do not start) the dashboard's HTTP server; return it and its URL.
 
     ``port=0`` picks a free port (the URL has the real one); `source` (the study file) prefixes
-    errors; with `study_name`, a storage without that study is refused.
+    errors; with `study_name`, a storage without that study is refused; with `out_dir` (the study's
+    output folder), the trials' artifacts there are listed and downloadable.
     """
     try:
         import optuna_dashboard
@@ -106,7 +110,8 @@ def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int =
     storage = dashboard_storage(storage_url, source)
     if study_name is not None:
         _require_study(storage, study_name, storage_url, source)
-    app = optuna_dashboard.wsgi(storage)
+    store = None if out_dir is None else artifact_store(out_dir, create=False)  # a viewer creates no folder
+    app = optuna_dashboard.wsgi(storage, artifact_store=store)
     try:
         server = make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as e:
@@ -116,14 +121,14 @@ def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int =
 
 
 def serve_dashboard(storage_url: str, host: str = "127.0.0.1", port: int = 8080, source: str = "<memory>",
-                    study_name: str | None = None) -> None:
+                    study_name: str | None = None, out_dir: str | Path | None = None) -> None:
     """Serve optuna-dashboard for ``storage_url`` on ``host:port`` until Ctrl-C.
 
     Binds to 127.0.0.1 by default (the dashboard can edit and delete studies: expose it on purpose
     with ``host="0.0.0.0"``). Prints the URL. Ctrl-C stops the server and the KeyboardInterrupt
     propagates to the caller (the CLI turns it into exit status 130).
     """
-    server, url = make_dashboard_server(storage_url, host, port, source, study_name)
+    server, url = make_dashboard_server(storage_url, host, port, source, study_name, out_dir)
     logger.info("optuna-dashboard for %s at %s", redact_url(storage_url), url)
     print(f"optuna-dashboard: {url}  (Ctrl-C to stop)", flush=True)
     try:

@@ -20,7 +20,12 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 # ------------------------------------------------------------------ trial user attributes
+# Per-epoch data is stored three ways: `history` (every record, every field; what our readers use, through
+# :func:`history`), the trial's intermediate values (the metric per epoch; optuna-dashboard's learning curve) and,
+# when the trial ends, the artifact HISTORY_ARTIFACT (the same records as JSON). optuna-dashboard shows a user
+# attr cut at 1,024 characters, about six epochs of `history`; its artifact list shows and downloads the whole.
 HISTORY = "history"  # per epoch: [{epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, epoch_time}]
+HISTORY_ARTIFACT = "history.json"  # file name of the trial's history artifact (the best checkpoint keeps its own)
 SEED = "seed"
 DEVICE = "device"
 WORKER = "worker"  # "host:pid" of the worker process
@@ -38,6 +43,7 @@ RESUMED_FROM = "resumed_from"  # {trial, epoch}
 RESUME_SKIPPED = "resume_skipped"  # {trial, reason}
 OOM_RETRY = "oom_retry"  # {batch_size, accum_steps}
 CUDA_GRAPHS = "cuda_graphs"  # "on" or "off (reason)"
+INPUTS = "inputs"  # what predict needs: {mean, std, input_shape, dtype, num_classes, class_names} (data.inputs_record)
 
 # ------------------------------------------------------------------ inside one history record
 EPOCH = "epoch"  # 1-based
@@ -176,6 +182,12 @@ def device(trial: FrozenTrial) -> str | None:
 def checkpoint(trial: FrozenTrial) -> str | None:
     """Path of the trial's best-weights checkpoint, when one was written."""
     return _as_str(trial.user_attrs.get(CHECKPOINT))
+
+
+def inputs(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The trial's input record (normalisation, shape, classes), when it has one (older trials do not)."""
+    stored = trial.user_attrs.get(INPUTS)
+    return stored if isinstance(stored, dict) else None
 
 
 def best_epoch(trial: FrozenTrial) -> int | None:

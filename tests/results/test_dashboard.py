@@ -26,6 +26,7 @@ import study_fixtures as sf
 from hpsearch.results import dashboard
 from hpsearch.cli import main
 from hpsearch.errors import HpsearchError, StorageError
+from hpsearch.results import records
 from conftest import python_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,11 +72,11 @@ def _get(url: str, timeout: float = 30) -> Any:
 
 
 @contextlib.contextmanager
-def _dashboard_process(url: str, log: Path) -> Iterator[str]:
-    """Run ``serve_dashboard`` in its own process (as the CLI does); yield its base URL; Ctrl-C it."""
+def _dashboard_process(url: str, log: Path, command: list[str] | None = None, cwd: Path = ROOT) -> Iterator[str]:
+    """Run ``serve_dashboard`` (or `command`) in its own process, as the CLI does; yield its base URL; Ctrl-C it."""
     code = f"from hpsearch.results.dashboard import serve_dashboard; serve_dashboard({url!r}, '127.0.0.1', 0)"
     with log.open("w") as err, subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
+            command or [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, text=True, cwd=cwd,
             env=python_env()) as proc:
         lines: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
@@ -242,3 +243,28 @@ def test_dashboard_does_not_disturb_a_writing_worker(tmp_path: Path) -> None:
         assert optuna.load_study(study_name="live", storage=url).best_value is not None
     log = (tmp_path / "dashboard.log").read_text()
     assert "locked" not in log.lower() and "Exception" not in log.replace("KeyboardInterrupt", "")
+
+
+def _get_bytes(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read()
+
+
+def test_dashboard_verb_lists_and_downloads_every_epoch(write_study: Callable[..., Path], workdir: Path) -> None:
+    epochs = 12  # the dashboard cuts the `history` user attr at 1,024 characters: about six epochs
+    path = write_study(n_trials=1, train={"epochs": epochs, "batch_size": 64})
+    assert main(["run", str(path)]) == 0
+    trial = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db").trials[0]
+    command = [sys.executable, "-m", "hpsearch", "dashboard", str(path), "--port", "0"]
+    with _dashboard_process("", workdir / "dashboard.log", command, cwd=workdir) as base:
+        study_id = _get(f"{base}/api/studies")["study_summaries"][0]["study_id"]
+        shown = _get(f"{base}/api/studies/{study_id}")["trials"][0]
+        assert [v["step"] for v in shown["intermediate_values"]] == list(range(1, epochs + 1))  # the learning curve
+        artifacts = {a["filename"]: a["artifact_id"] for a in shown["artifacts"]}
+        assert set(artifacts) == {records.HISTORY_ARTIFACT, Path(records.checkpoint(trial)).name}
+        where = f"{base}/artifacts/{study_id}/{shown['trial_id']}"
+        history = _get(f"{where}/{artifacts[records.HISTORY_ARTIFACT]}")
+        assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
+        assert history == records.history(trial)  # every field of every epoch
+        weights = _get_bytes(f"{where}/{artifacts[Path(records.checkpoint(trial)).name]}")
+        assert weights == Path(records.checkpoint(trial)).read_bytes()

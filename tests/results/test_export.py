@@ -151,6 +151,11 @@ def test_export_best_writes_params_weights_and_a_working_loader(study: optuna.St
                          cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "loaded weights.pt" in run.stdout and "parameters" in run.stdout
+    assert "no input normalisation recorded" in run.stdout  # an older checkpoint still loads
+    code = "import numpy; from load_model import predict; predict(numpy.zeros((2, 1, 8, 8)))"
+    refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                             env=python_env(paths["loader"].parent), cwd=tmp_path, timeout=120)
+    assert refused.returncode == 1 and "no record of the input normalisation" in refused.stderr
 
 
 def test_export_best_missing_checkpoint_file(study: optuna.Study, tmp_path: Path) -> None:
@@ -192,3 +197,43 @@ def test_export_and_dashboard_do_not_import_torch() -> None:
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
                    env=python_env())
+
+
+PREDICT_VAL = """
+import json, sys
+import torch
+from sklearn.datasets import load_digits
+from hpsearch.data import split_folds
+from load_model import class_names, predict
+
+digits = load_digits()
+y = torch.from_numpy(digits.target)
+_, val = split_folds(y, val_split=float(sys.argv[1]), cv_folds=None, seed=int(sys.argv[2]))[0]
+raw = digits.images[val.numpy()]  # float64 pixels 0..16, as sklearn gives them
+predicted = predict(raw)
+print(json.dumps({"correct": int((predicted == y[val]).sum()), "n": len(val), "names": class_names()}))
+"""
+
+
+def test_exported_predict_matches_the_trials_validation_accuracy(write_study, workdir: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from hpsearch.cli import main
+    from hpsearch.results import records
+
+    path = write_study(n_trials=2)
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["best", str(path), "--export", "best"]) == 0
+    out = capsys.readouterr().out
+    assert "predict(x)" in out and "(N, 1, 8, 8)" in out and "raw uint8 pixel values" in out
+    assert "(N, 1, 8, 8)" in (workdir / "best" / "load_model.py").read_text()
+
+    best = records.best_trial(optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db"))
+    assert records.inputs(best)["class_names"] == list("0123456789")
+    (workdir / "predict_val.py").write_text(PREDICT_VAL)
+    run = subprocess.run([sys.executable, str(workdir / "predict_val.py"), "0.25", "0"], capture_output=True,
+                         text=True, check=False, env=python_env(workdir / "best"), cwd=workdir, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["correct"] / result["n"] == best.value  # the same weights, inputs, split: the same accuracy
+    assert result["names"] == list("0123456789")
