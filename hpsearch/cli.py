@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import shlex
 import socket
 import sys
@@ -204,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args.study_file, args)
     check_output_dir(cfg)
     flags = _storage_flag(args, cfg)
-    os.environ[RUN_ENV] = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"  # its workers inherit it
+    os.environ[RUN_ENV] = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}:{secrets.token_hex(3)}"  # workers inherit it
     if _nothing_to_run(cfg, flags):
         return 0
     slots, auto = plan_slots(cfg, args.gpus, args.workers)

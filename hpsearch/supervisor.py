@@ -19,14 +19,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from hpsearch import signals
 from hpsearch.config import STORAGE_ENV, StudyConfig
-from hpsearch.errors import HpsearchError, SupervisorGoneError, TrialFailureError, WorkerCrashError
+from hpsearch.errors import (HpsearchError, StorageError, StorageFailure, SupervisorGoneError, TrialFailureError,
+                             WorkerCrashError)
 from hpsearch.monitor import Monitor
 from hpsearch.results import records
 from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, enough_slots, threads_per_worker
@@ -174,11 +175,21 @@ class Supervisor:
     def _attach_study(self, statuses: dict[int, dict[str, Any]], monitor: Monitor) -> None:
         """Open the study once a worker has created it (it reached its trials)."""
         if self.study is None and any(s.get("phase") in ("trials", "done") for s in statuses.values()):
-            self.study = open_study(self.cfg)  # it exists: nothing is created
+            self.study = self._open(open_study)  # it exists: nothing is created
+        if self.study is not None and monitor.study is None:
             monitor.attach(self.study)
+
+    def _open(self, opener: Callable[[StudyConfig], optuna.Study | None]) -> optuna.Study | None:
+        """Open the study in mid-run: a storage that fails now failed during the run (exit 1, not bad input)."""
+        try:
+            return opener(self.cfg)
+        except StorageError as exc:
+            raise StorageFailure(str(exc)) from exc
 
     def _release_trials_of(self, proc: _Process) -> None:
         """Fail a dead worker's running trial at once and queue it to resume (no wait for the heartbeat grace)."""
+        if self.study is None:  # a worker can start a trial and die between two polls, before the study is opened
+            self.study = self._open(find_study)
         if self.study is None:
             return
         storage = storage_of(self.study)
@@ -238,7 +249,7 @@ class Supervisor:
         for proc in killed:
             try:
                 self._release_trials_of(proc)
-            except STORAGE_EXCEPTIONS as exc:  # the storage is what failed: the next run's stale check frees them
+            except (*STORAGE_EXCEPTIONS, StorageFailure) as exc:  # the storage failed: the next run's stale check frees them
                 log.warning("could not free the trial of worker %s: %s", proc.slot.label, type(exc).__name__)
 
     def run(self, monitor: Monitor) -> None:

@@ -122,3 +122,44 @@ def test_a_worker_stuck_before_its_first_trial_is_shown_with_its_log(write_study
     assert [name for name, _ in status["phases"]] == ["process", "starting", "loading data", "placing data",
                                                       "building the model", "importing torch._dynamo",
                                                       "opening the study", "trials", "done"]
+
+
+class _Died:
+    """A stand-in for a worker process that was killed."""
+
+    pid = 4243
+
+    def poll(self) -> int:
+        return -9
+
+
+def test_a_worker_dying_before_the_study_is_opened_still_gets_its_trial_freed(
+        write_study: Callable[..., Path], request: pytest.FixtureRequest) -> None:
+    from hpsearch.errors import WorkerCrashError
+    from hpsearch.results import records
+
+    sup = _supervisor(write_study, n_trials=4, slots=[Slot(0, None)])
+    sup.cfg = sup.cfg.model_copy(update={"workers": sup.cfg.workers.model_copy(update={"max_restarts": 0})})
+    storage = f"sqlite:///{sup.cfg.out_dir}/study.db"
+    optuna.delete_study(study_name="tiny", storage=storage)
+    study = optuna.create_study(study_name="tiny", direction="maximize", storage=storage)
+    sup.study = None  # the worker created the study and died before the supervisor's next poll
+    log_file = open(os.devnull, "ab")  # noqa: SIM115
+    request.addfinalizer(log_file.close)
+    proc = _Process(Slot(0, None), _Died(), log_file)  # type: ignore[arg-type]
+    trial = study.ask()
+    trial.set_user_attr(records.WORKER, proc.worker_id)
+    with pytest.raises(WorkerCrashError):
+        sup._check(proc)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {0: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.WAITING}  # freed, queued again
+
+
+def test_a_storage_that_stops_answering_before_the_study_is_opened_is_a_failure_of_the_run(
+        write_study: Callable[..., Path]) -> None:
+    from hpsearch.errors import StorageFailure
+
+    cfg = load_config(write_study(storage="postgresql+psycopg://nobody@127.0.0.1:1/gone"))  # nothing listens there
+    sup = Supervisor(cfg, None, [Slot(0, None)], [])
+    with pytest.raises(StorageFailure, match="storage: .*127.0.0.1:1/gone"):  # exit 1 (the run failed), not 2
+        sup._attach_study({0: {"phase": "trials"}}, monitor_module.Monitor(None, cfg, sup.slots, live=False))
