@@ -262,10 +262,17 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     return sum(1 for t in claimed if t.number < trial.number) >= n_trials
 
 
-def _hand_back(study: optuna.Study, trial: optuna.Trial, max_retries: int, reason: str = records.INTERRUPTED) -> None:
-    """Fail a trial cut short (stop signal, storage failure) and queue it again to resume, unless it ended already."""
-    if current_state(study, trial) == TrialState.RUNNING:
-        requeue(study, _fail(study, trial, reason), max_retries)
+def _hand_back(study: optuna.Study, trial: optuna.Trial, max_retries: int,
+               reason: str = records.INTERRUPTED) -> optuna.trial.FrozenTrial | None:
+    """Fail a trial cut short (stop signal, storage failure) and queue it again to resume, unless it ended already.
+
+    Returns the failed trial (None if it had ended).
+    """
+    if current_state(study, trial) != TrialState.RUNNING:
+        return None
+    failed = _fail(study, trial, reason)
+    requeue(study, failed, max_retries)
+    return failed
 
 
 def _hand_back_quietly(study: optuna.Study, trial: optuna.Trial, max_retries: int, reason: str) -> None:
@@ -310,12 +317,13 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
-def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries: int,
-           streak: FailureStreak) -> optuna.trial.FrozenTrial | None:
+def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries: int, streak: FailureStreak,
+           on_trial: Callable[..., None] | None = None) -> optuna.trial.FrozenTrial | None:
     """Ask for one trial and run it under a heartbeat; None when it was surplus.
 
     From `ask` to `tell` the trial is RUNNING in storage: whatever stops the worker in between
-    (stop signal, storage failure) hands it back, failed and queued again, before going on.
+    (stop signal, storage failure) hands it back, failed and queued again, before going on; a
+    stop signal's hand-back goes to `on_trial` with the trial that will resume it.
     """
     trial = _ask(study)
     try:
@@ -326,7 +334,9 @@ def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries
                 return None
             return _run_one(study, trial, objective, streak)
     except KeyboardInterrupt:
-        _hand_back(study, trial, max_retries)
+        failed = _hand_back(study, trial, max_retries)
+        if failed is not None and on_trial is not None:
+            on_trial(failed, records.retried_as(study.get_trials(deepcopy=False), failed.number))
         raise
     except STORAGE_EXCEPTIONS:
         _hand_back_quietly(study, trial, max_retries, "storage_failed")
@@ -354,7 +364,7 @@ class _WaitReport:
 
 
 def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None = None,
-               on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None, max_retries: int = 3,
+               on_trial: Callable[..., None] | None = None, max_retries: int = 3,
                poll_s: float = 1.0, stale_check_s: float = 10.0, grace_period: float = 40.0,
                max_failures: int = 5) -> WorkerOutcome:
     """Run trials until exactly `n_trials` finished trials exist study-wide (across all workers).
@@ -389,7 +399,7 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                     report.note(claimed)
                     signals.sleep(poll_s)
                     continue
-                frozen = _trial(study, objective, n_trials, max_retries, streak)
+                frozen = _trial(study, objective, n_trials, max_retries, streak, on_trial)
                 if frozen is None:
                     continue
                 if frozen.state == TrialState.FAIL:  # outside the except block: the traceback no longer pins memory
@@ -433,7 +443,7 @@ def open_and_enqueue(cfg: StudyConfig, sampler_seed: int | None = None) -> optun
     return study
 
 
-def work_in_this_process(cfg: StudyConfig, slot: Slot, on_trial: Callable[[optuna.trial.FrozenTrial], None],
+def work_in_this_process(cfg: StudyConfig, slot: Slot, on_trial: Callable[..., None],
                          sampler_seed: int | None = None, status: WorkerStatus | None = None,
                          probe: bool = False) -> tuple[WorkerOutcome, optuna.Study]:
     """One worker: load the data once, open the study, run trials to the study-wide total.

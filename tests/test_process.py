@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def test_sigint_marks_the_trial_failed_and_rerun_continues(write_study: Callable
         proc.communicate()
     assert proc.returncode == 130, err
     assert "finished 0 of 2 trials" in out
+    assert re.search(r"^trial 0 interrupted( after \d+ epochs?)?, resumes as trial 1 \(", err, re.M), err
     trials = optuna.load_study(study_name="tiny", storage=url).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
     assert trials[0].user_attrs["stop_reason"] == "interrupted"
