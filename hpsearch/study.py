@@ -364,8 +364,15 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
         damage = _damage(exc, url)
         if damage:
             raise StorageError(f"{source}: storage: '{shown}' {damage}") from None
-        raise StorageError(f"{source}: storage: cannot open '{shown}' ({_first_line(exc, url)}); check that the "
-                           f"database server is running and the URL is right") from None
+        raise StorageError(f"{source}: storage: cannot open '{shown}' ({_first_line(exc, url)}); {_open_hint(url)}") \
+            from None
+
+
+def _open_hint(url: str) -> str:
+    """What to check when a storage cannot be opened: a file's folder, or a server."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return "check that the file's folder exists (or can be created) and is writable, or fix the path in storage:"
+    return "check that the database server is running and the URL is right"
 
 
 def _first_line(exc: BaseException, url: str) -> str:

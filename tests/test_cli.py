@@ -179,6 +179,17 @@ def test_bad_file_exits_2_and_writes_nothing(write_study: Callable[..., Path],
     assert not DB.exists()
 
 
+def test_an_sqlite_file_whose_folder_cannot_exist_names_the_folder_not_a_server(
+        write_study: Callable[..., Path], workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "plain-file").write_text("not a folder")
+    path = write_study(storage="sqlite:///plain-file/study.db", n_trials=1)
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert "storage: cannot open 'sqlite:///plain-file/study.db'" in line
+    assert "check that the file's folder exists (or can be created) and is writable" in line
+    assert "server" not in line
+
+
 def test_unreachable_database_exits_2_without_echoing_password(write_study: Callable[..., Path],
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study(storage="postgresql+psycopg://user:s3cr3t@127.0.0.1:1/nowhere")
