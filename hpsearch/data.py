@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -383,8 +384,18 @@ def prepare_inputs(x: Any, inputs: Mapping[str, Any] | None) -> torch.Tensor:
                         f"or one sample of shape {shape}")
     if batch.dtype != torch.uint8:
         batch = batch.to(torch.float32)  # exact for the integer pixel values images are stored as
+        _warn_if_rescaled(batch, inputs)
     scale, shift = normaliser(inputs["mean"], inputs["std"], len(shape), batch.device)
     return normalise(batch, scale, shift)
+
+
+def _warn_if_rescaled(batch: torch.Tensor, inputs: Mapping[str, Any]) -> None:
+    """Warn when raw-unit inputs look scaled to 0..1 (ToTensor's habit): the model would see near-constant input."""
+    peak = float(batch.max()) if batch.numel() else 0.0
+    if 0.0 < peak <= 1.0 and max(inputs["mean"]) > 1.0:
+        warnings.warn(f"inputs lie in 0..{peak:.3g} but the training data's mean is {max(inputs['mean']):.4g} in its "
+                      f"raw units: pass raw values (e.g. uint8 pixels 0..255), not values scaled to 0..1",
+                      stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------

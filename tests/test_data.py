@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,17 @@ def test_prepare_inputs_normalises_raw_inputs_as_training_batches_do(digits: Arr
         prepare_inputs(raw.reshape(40, 64), record)
     with pytest.raises(DataError, match="no record of the input normalisation"):
         prepare_inputs(raw, None)
+
+
+def test_inputs_scaled_to_0_1_get_a_warning_raw_ones_none(digits: ArrayData) -> None:
+    record = DeviceData.place(digits, torch.device("cpu")).inputs
+    raw = digits.x[:20]
+    with pytest.warns(UserWarning, match=r"pass raw values .*not values scaled to 0\.\.1"):
+        prepare_inputs(raw.float() / 16, record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_inputs(raw.float(), record)  # raw units, as float
+        prepare_inputs(torch.zeros(2, 1, 8, 8), record)  # blank images are not a sign of scaling
 
 
 def test_custom_callable_errors(custom_module: str) -> None:
