@@ -317,7 +317,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
         out = args.out or str(Path(cfg.out_dir) / f"trials.{args.format}")
-        print(f"trials written to {export_trials(study, out, args.format)}")
+        written = export_trials(study, out, args.format)
+        per_epoch = written.with_name(f"{written.stem}_epochs.csv") if args.format == "csv" else None
+        print(f"trials written to {written}" + (f" and {per_epoch} (one row per epoch)" if per_epoch else ""))
     return 0
 
 

@@ -125,7 +125,7 @@ def _write_csv(trials: list[FrozenTrial], out: Path) -> Path:
     epochs_out = out.with_name(f"{out.stem}_epochs.csv")
     _write_trials_csv(trials, out)
     _write_epochs_csv(trials, epochs_out)
-    logger.info("wrote %s (one row per trial) and %s (one row per trial and epoch)", out, epochs_out)
+    logger.debug("wrote %s (one row per trial) and %s (one row per trial and epoch)", out, epochs_out)
     return out
 
 
@@ -147,7 +147,7 @@ def export_trials(study: optuna.Study, out: str | Path, fmt: str) -> Path:
     if fmt == "json":
         out.write_text(json.dumps([trial_record(t) for t in trials], indent=1, allow_nan=False) + "\n",
                        encoding="utf-8")
-        logger.info("wrote %d trials to %s", len(trials), out)
+        logger.debug("wrote %d trials to %s", len(trials), out)
         return out
     return _write_csv(trials, out)
 
@@ -333,5 +333,5 @@ def export_best(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
         rel=loader_path, params=dict(best.params), expects=_expects(records.inputs(best)),
     ), encoding="utf-8")
     paths["loader"] = loader_path
-    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    logger.debug("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
