@@ -189,10 +189,11 @@ def _nothing_to_run(cfg: StudyConfig, flags: str) -> bool:
 
     with guard_storage(cfg):
         study = find_study(cfg, create=False)
-        if study is None or finished_count(study) < cfg.n_trials:
+        finished = 0 if study is None else finished_count(study)
+        if study is None or finished < cfg.n_trials:
             return False
         log.info("nothing to run: study '%s' already has %d finished trials and n_trials is %d (the study's total)",
-                 cfg.name, finished_count(study), cfg.n_trials)
+                 cfg.name, finished, cfg.n_trials)
     _summary(study, cfg, flags)
     return True
 

@@ -114,9 +114,10 @@ class Monitor:
             return
         self.last = now
         trials = [] if self.study is None else self.study.get_trials(deepcopy=False)
+        resumed_as = records.successors(trials)
         for trial in trials:
             if trial.state.is_finished() and trial.number not in self.seen:
-                successor = records.retried_as(trials, trial.number)
+                successor = resumed_as.get(trial.number)
                 if successor is None and awaits_successor(trial, self.cfg.workers.max_retries) and not force:
                     continue  # queued again a moment after it failed: log it once its successor exists
                 self.seen.add(trial.number)

@@ -383,16 +383,17 @@ def _first_line(exc: BaseException, url: str) -> str:
     return message.replace("(Background on this error at: https://sqlalche.me/e/20/e3q8)", "").strip()[:300]
 
 
-def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None = None) -> optuna.Study:
+def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None = None,
+               storage: optuna.storages.RDBStorage | None = None) -> optuna.Study:
     """Create or continue the study named in `cfg`; refuse a same-named study of the other direction.
 
     Parallel workers pass their own `sampler_seed`: with the study seed in every process, they
-    would all draw the same random start-up points.
+    would all draw the same random start-up points. A reader may pass the `storage` it opened already.
     """
     missing = f"{cfg.source}: name: no study '{cfg.name}' in {redact_url(cfg.storage_url)}"
     if not create and _is_missing_file(cfg.storage_url):
         raise StorageError(f"{missing} (no such file); run `hpsearch run {cfg.source}` first or check storage:")
-    storage = make_storage(cfg.storage_url, cfg.source, cfg.workers, create=create)
+    storage = storage or make_storage(cfg.storage_url, cfg.source, cfg.workers, create=create)
     existing = _existing_direction(storage, cfg.name)
     if existing is None and not create:
         raise StorageError(f"{missing}; run `hpsearch run {cfg.source}` first or check storage:")
@@ -442,7 +443,8 @@ def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
     storage = make_storage(cfg.storage_url, cfg.source, cfg.workers, create=False)
     if _existing_direction(storage, cfg.name) is None:
         return None
-    return open_study(cfg, create=create)
+    # A writer needs a storage of its own (heartbeats, BEGIN IMMEDIATE); a reader goes on with this one.
+    return open_study(cfg, create=create, storage=None if create else storage)
 
 
 def _has_optuna_tables(url: str) -> bool:

@@ -116,8 +116,9 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     if record["number"] is not None:
         print_best(record)
     if show_failed:
+        resumed_as = records.successors(trials)
         for trial in trials:
             if trial.state == optuna.trial.TrialState.FAIL:
-                console.print(trial_line(trial, cfg.metric, records.retried_as(trials, trial.number)))
+                console.print(trial_line(trial, cfg.metric, resumed_as.get(trial.number)))
     console.print(f"storage: {redact_url(cfg.storage_url)}")
     console.print(f"dashboard: hpsearch dashboard {cfg.source}{flags}    report: hpsearch report {cfg.source}{flags}")

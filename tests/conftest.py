@@ -90,6 +90,15 @@ def empty_pg_url(pg_url: str) -> Any:
     pg.drop_database(name)
 
 
+def start_hpsearch(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """A real `python -m hpsearch ARGS` child in `cwd`, text pipes for stdout and stderr (a subprocess.Popen)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env or python_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def python_env(*paths: str | Path, **variables: str) -> dict[str, str]:
     """The environment for a real `python -m hpsearch` child: this checkout first on PYTHONPATH, then
     `paths`, then whatever PYTHONPATH already holds (where packages may be installed, as on the GPU machine)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,15 +13,9 @@ import optuna
 import pytest
 
 from torch_fixtures import DEVICES
-from conftest import python_env
+from conftest import start_hpsearch
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = python_env()
-    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _wait_for_running(url: str, proc: subprocess.Popen[str], timeout: float = 180.0) -> None:
@@ -47,7 +40,7 @@ def _wait_for_running(url: str, proc: subprocess.Popen[str], timeout: float = 18
 def test_sigint_marks_the_trial_failed_and_rerun_continues(write_study: Callable[..., Path], workdir: Path) -> None:
     path = write_study(n_trials=2, train={"epochs": 400, "batch_size": 16})
     url = "sqlite:///runs/tiny/study.db"
-    proc = _hpsearch("run", str(path), cwd=workdir)
+    proc = start_hpsearch("run", str(path), cwd=workdir)
     try:
         _wait_for_running(url, proc)
         proc.send_signal(signal.SIGINT)
@@ -64,7 +57,7 @@ def test_sigint_marks_the_trial_failed_and_rerun_continues(write_study: Callable
     assert trials[1].params == trials[0].params  # queued again, to resume from its checkpoint
     interrupted_at = len(trials[0].user_attrs["history"])
 
-    rerun = _hpsearch("run", str(path), "--epochs", "1", cwd=workdir)
+    rerun = start_hpsearch("run", str(path), "--epochs", "1", cwd=workdir)
     out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     study = optuna.load_study(study_name="tiny", storage=url)
@@ -76,7 +69,7 @@ def test_sigint_marks_the_trial_failed_and_rerun_continues(write_study: Callable
 
 def test_console_script_runs_a_study(write_study: Callable[..., Path], workdir: Path) -> None:
     path = write_study(n_trials=1, train={"epochs": 1, "batch_size": 64})
-    proc = _hpsearch("run", str(path), cwd=workdir)
+    proc = start_hpsearch("run", str(path), cwd=workdir)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "finished 1 of 1 trials" in out and "best trial #0" in out
@@ -89,7 +82,7 @@ def test_run_trains_on_the_device_and_saves_portable_checkpoints(write_study: Ca
 
     path = write_study(n_trials=2, device=device, model={"name": "seednet", "args": {"width": 8}},
                        train={"epochs": 2, "batch_size": 64, "augment": ["crop", "hflip"]})
-    proc = _hpsearch("run", str(path), cwd=workdir)
+    proc = start_hpsearch("run", str(path), cwd=workdir)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db")

@@ -33,7 +33,7 @@ from hpsearch.cli import main
 from hpsearch.config import load_config
 from hpsearch.errors import StorageError, StorageFailure
 from hpsearch.study import open_study, storage_failure
-from conftest import python_env
+from conftest import python_env, start_hpsearch
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
@@ -42,8 +42,7 @@ ENV = python_env(OMP_NUM_THREADS="1")  # tiny models on shared cores: no spinnin
 
 
 def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return start_hpsearch(*args, cwd=cwd, env=ENV)
 
 
 def _hpsearch_done(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

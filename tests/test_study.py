@@ -16,17 +16,11 @@ from optuna.trial import TrialState
 from hpsearch import study as study_module
 from hpsearch.cli import main
 from hpsearch.config import load_config
-from conftest import python_env
+from conftest import start_hpsearch
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "sqlite:///runs/tiny/study.db"
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
-
-
-def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = python_env()
-    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _study() -> optuna.Study:
@@ -86,7 +80,7 @@ def test_a_widened_range_is_not_a_change(write_study: Callable[..., Path]) -> No
 def test_a_run_with_other_settings_is_refused_while_a_trial_runs(write_study: Callable[..., Path], workdir: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study(n_trials=2, train={"epochs": 300, "batch_size": 16}, workers=FAST_HEARTBEAT)
-    first = _hpsearch("run", str(path), cwd=workdir)
+    first = start_hpsearch("run", str(path), cwd=workdir)
     try:
         deadline = time.monotonic() + 120
         while not (Path("runs/tiny/study.db").exists() and _running()):
@@ -126,7 +120,7 @@ def test_a_trial_without_heartbeat_is_failed_after_the_grace_period(write_study:
     subprocess.run([sys.executable, "-c", ASK_AND_DIE], cwd=workdir, check=True, timeout=60)
     stranded = _study().trials[1]
     assert stranded.state == TrialState.RUNNING and not stranded.user_attrs
-    proc = _hpsearch("run", str(path), "--n-trials", "2", "--workers", str(workers), cwd=workdir)
+    proc = start_hpsearch("run", str(path), "--n-trials", "2", "--workers", str(workers), cwd=workdir)
     _, err = proc.communicate(timeout=120)  # it used to wait forever on the stranded trial
     assert proc.returncode == 0, err
     study = _study()

@@ -65,6 +65,7 @@ def test_the_successor_is_the_next_link_of_the_retry_chain() -> None:
               _trial(12, TrialState.RUNNING, retries=[5, 9])]
     assert records.retried_as(trials, 5) == 9
     assert records.retried_as(trials, 9) == 12
+    assert records.successors(trials) == {5: 9, 9: 12}
     assert trial_line(trials[0], "m", 9).startswith("trial 5 worker died, resumes as trial 9")
 
 

@@ -18,7 +18,7 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
-from conftest import python_env
+from conftest import python_env, start_hpsearch
 from hpsearch import engine, supervisor
 from hpsearch.cli import main
 
@@ -29,14 +29,13 @@ LONG_TRAIN = {"epochs": 15, "batch_size": 16}
 LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux-only")
 
 
-def _hpsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = python_env()
-    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def _study() -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=URL)
+
+
+def _kill_worker_of(trial: optuna.trial.FrozenTrial) -> None:
+    """SIGKILL the worker process running `trial` (its `worker` attr is host:pid)."""
+    os.kill(int(trial.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
 
 
 def _wait_for(predicate: Callable[[list[optuna.trial.FrozenTrial]], Any], proc: subprocess.Popen[str],
@@ -80,10 +79,10 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.slow
 def test_sigkilled_worker_is_replaced_and_its_trial_resumes(write_study: Callable[..., Path], workdir: Path) -> None:
     path = write_study(n_trials=3, train=LONG_TRAIN, workers=FAST_HEARTBEAT)
-    proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
+    proc = start_hpsearch("run", str(path), "--workers", "2", cwd=workdir)
     try:
         victim = _wait_for(_running_with_epochs(2), proc)
-        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        _kill_worker_of(victim)
         out, err = proc.communicate(timeout=400)
     finally:
         proc.kill()
@@ -104,7 +103,7 @@ def test_sigkilled_worker_is_replaced_and_its_trial_resumes(write_study: Callabl
 def test_heartbeat_frees_the_trial_of_a_worker_killed_without_supervisor(write_study: Callable[..., Path],
                                                                          workdir: Path) -> None:
     path = write_study(n_trials=2, train=LONG_TRAIN, workers=FAST_HEARTBEAT)
-    lone = _hpsearch("worker", str(path), cwd=workdir)
+    lone = start_hpsearch("worker", str(path), cwd=workdir)
     try:
         victim = _wait_for(_running_with_epochs(2), lone)
         lone.send_signal(signal.SIGKILL)
@@ -124,7 +123,7 @@ def test_heartbeat_frees_the_trial_of_a_worker_killed_without_supervisor(write_s
 def test_sigint_to_supervisor_stops_all_workers_and_rerun_continues(write_study: Callable[..., Path],
                                                                    workdir: Path) -> None:
     path = write_study(n_trials=3, train={"epochs": 300, "batch_size": 16}, workers=FAST_HEARTBEAT)
-    proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
+    proc = start_hpsearch("run", str(path), "--workers", "2", cwd=workdir)
     try:
         _wait_for(lambda trials: sum(1 for t in trials if t.state == TrialState.RUNNING and
                                      t.user_attrs.get("history")) >= 2, proc)
@@ -158,7 +157,7 @@ def _gone(pid: int) -> bool:
 @LINUX_ONLY
 def test_sigkilled_supervisor_takes_its_workers_down_cleanly(write_study: Callable[..., Path], workdir: Path) -> None:
     path = write_study(n_trials=3, train={"epochs": 300, "batch_size": 16}, workers=FAST_HEARTBEAT)
-    proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
+    proc = start_hpsearch("run", str(path), "--workers", "2", cwd=workdir)
     pids: set[int] = set()
     try:
         busy = _wait_for(_all_running_with_epochs(2), proc)
@@ -220,7 +219,7 @@ def test_worker_whose_supervisor_is_already_gone_stops_at_once(write_study: Call
                                                                workdir: Path) -> None:
     path = write_study()
     not_its_parent = os.getppid()  # the worker's parent is this process: as if its supervisor had died
-    done = _hpsearch("worker", str(path), "--supervisor-pid", str(not_its_parent), cwd=workdir)
+    done = start_hpsearch("worker", str(path), "--supervisor-pid", str(not_its_parent), cwd=workdir)
     _, err = done.communicate(timeout=60)
     assert done.returncode == 130, err
     assert err.strip().splitlines()[-1] == (f"hpsearch: error: the supervisor (pid {not_its_parent}) that started "
@@ -260,7 +259,7 @@ def test_oom_twice_fails_the_trial_with_reason_oom(write_study: Callable[..., Pa
 @pytest.mark.slow
 def test_three_workers_on_sqlite_finish_exactly_n_trials(write_study: Callable[..., Path], workdir: Path) -> None:
     path = write_study(n_trials=7, sampler={"type": "tpe", "n_startup_trials": 3})
-    proc = _hpsearch("run", str(path), "--workers", "3", cwd=workdir)
+    proc = start_hpsearch("run", str(path), "--workers", "3", cwd=workdir)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     study = _study()
@@ -410,7 +409,7 @@ def test_every_stop_signal_is_honoured_within_10s_while_the_storage_is_busy(writ
                                              (signal.SIGTERM, 2), (signal.SIGINT, 2)]):
         before = len(_study().trials)
         extra = ["--workers", str(workers)] if workers > 1 else []
-        proc = _hpsearch("run", str(path), *extra, cwd=workdir)
+        proc = start_hpsearch("run", str(path), *extra, cwd=workdir)
         try:
             _wait_for(lambda trials: len(trials) > before + round_ % 2, proc)  # in a trial, or between two
             sent = time.monotonic()
@@ -490,7 +489,7 @@ def test_workers_beyond_any_bound_are_refused(write_study: Callable[..., Path],
 @pytest.mark.slow
 def test_no_more_workers_than_trials_left(write_study: Callable[..., Path], workdir: Path) -> None:
     path = write_study(n_trials=2, train={"epochs": 1, "batch_size": 64})
-    proc = _hpsearch("run", str(path), "--workers", "6", cwd=workdir)
+    proc = start_hpsearch("run", str(path), "--workers", "6", cwd=workdir)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert "starting 2 workers, not 6: only 2 trials are left to run" in err
@@ -500,10 +499,10 @@ def test_no_more_workers_than_trials_left(write_study: Callable[..., Path], work
 @pytest.mark.slow
 def test_a_worker_that_keeps_dying_ends_the_run_with_exit_1(write_study: Callable[..., Path], workdir: Path) -> None:
     path = write_study(n_trials=2, train=LONG_TRAIN, workers={**FAST_HEARTBEAT, "max_restarts": 0})
-    proc = _hpsearch("run", str(path), "--workers", "2", cwd=workdir)
+    proc = start_hpsearch("run", str(path), "--workers", "2", cwd=workdir)
     try:
         victim = _wait_for(_running_with_epochs(1), proc)
-        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        _kill_worker_of(victim)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()

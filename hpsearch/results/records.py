@@ -228,6 +228,11 @@ def finished(counts: Mapping[str, int]) -> int:
     return counts.get(TrialState.COMPLETE.name, 0) + counts.get(TrialState.PRUNED.name, 0)
 
 
+def successors(trials: Iterable[FrozenTrial]) -> dict[int, int]:
+    """Each retried trial's number mapped to the trial queued to resume it (the next link of its retry chain)."""
+    return {history[-1]: t.number for t in trials if (history := retry_history_of(t.system_attrs))}
+
+
 def retried_as(trials: Iterable[FrozenTrial], number: int) -> int | None:
     """The trial queued to resume trial `number` (its retry history ends with it), or None."""
     return next((t.number for t in trials if retry_history_of(t.system_attrs)[-1:] == [number]), None)
@@ -273,10 +278,13 @@ def run_sessions(trials: Iterable[FrozenTrial], gap_s: float = SESSION_GAP_S) ->
     or, for trials that name none, by the idle gaps of ``gap_s`` seconds between them."""
     timed = sorted((t for t in trials if t.datetime_start is not None), key=lambda t: t.datetime_start)
     named: dict[str, list[FrozenTrial]] = {}
+    unnamed: list[FrozenTrial] = []
     for t in timed:
-        if run_of(t) is not None:
-            named.setdefault(run_of(t), []).append(t)  # type: ignore[arg-type]
-    unnamed = [t for t in timed if run_of(t) is None]
+        run = run_of(t)
+        if run is None:
+            unnamed.append(t)
+        else:
+            named.setdefault(run, []).append(t)
     return sorted([*named.values(), *_gap_sessions(unnamed, gap_s)], key=lambda g: g[0].datetime_start)
 
 
