@@ -335,7 +335,12 @@ def console() -> None:
     interpreter's own teardown, about a second with torch loaded, is skipped: for a supervisor
     waiting on its workers, and for a test suite of real processes, that second is pure waiting.
     """
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `hpsearch validate x.yaml | head`: the reader left early, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        code = 0
     from hpsearch.study import dispose_storages
 
     dispose_storages()  # database connections are closed properly, not cut

@@ -67,6 +67,14 @@ def test_sigint_marks_the_trial_failed_and_rerun_continues(write_study: Callable
     assert resumed.user_attrs["resumed_from"]["epoch"] >= max(1, interrupted_at - 1)
 
 
+def test_output_piped_into_a_reader_that_leaves_early_is_no_error(workdir: Path) -> None:
+    proc = start_hpsearch("validate", str(ROOT / "studies" / "quickstart.yaml"), cwd=workdir)
+    proc.stdout.close()  # as `| head -1` does once it has its line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
 def test_console_script_runs_a_study(write_study: Callable[..., Path], workdir: Path) -> None:
     path = write_study(n_trials=1, train={"epochs": 1, "batch_size": 64})
     proc = start_hpsearch("run", str(path), cwd=workdir)
