@@ -156,7 +156,8 @@ def _writes(flag: str, other: tuple[str, str | None] | None = None) -> Iterator[
         where = exc.filename or "the output file"
         if other is not None and other[1] and Path(where).absolute().is_relative_to(Path(other[1]).absolute()):
             flag = other[0]
-        raise ConfigError(f"{flag}: {where} cannot be written ({exc.strerror or exc}); "
+        why = "a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or exc  # from mkdir
+        raise ConfigError(f"{flag}: {where} cannot be written ({why}); "
                           f"choose another {flag} (a folder you can write)") from None
 
 
