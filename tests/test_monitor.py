@@ -71,7 +71,8 @@ def test_plain_mode_logs_the_trials_that_finished_before_it_attached(caplog: pyt
         monitor.update(force=True)
         _finished(study, 2)
         monitor.update(force=True)
-    assert [line.split(":")[0] for line in caplog.messages if line.startswith("trial ")] == [f"trial {n} completed" for n in range(6)]
+    assert [line.split(":")[0] for line in caplog.messages if line.startswith("trial ")] == \
+        [f"trial {n} completed" for n in range(6)]
 
 
 def test_plain_mode_leaves_the_trials_of_earlier_runs_to_the_summary(caplog: pytest.LogCaptureFixture) -> None:
@@ -82,4 +83,5 @@ def test_plain_mode_leaves_the_trials_of_earlier_runs_to_the_summary(caplog: pyt
     with caplog.at_level(logging.INFO, logger="hpsearch"):
         _finished(study, 1)
         monitor.update(force=True)
-    assert [line.split(":")[0] for line in caplog.messages if line.startswith("trial ")] == ["trial 3 completed"]
+    assert [line.split(":")[0] for line in caplog.messages if line.startswith("trial ")] == \
+        ["trial 3 completed"]

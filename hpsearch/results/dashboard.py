@@ -17,9 +17,9 @@ worker's wall time (24.7 s -> 50 s). This module instead
   created, and reads are short deferred transactions (a reader never takes the write lock); keeps
   optuna-dashboard's own short-lived trial cache;
 - never shows the storage password (logs and errors print the redacted URL);
-- serves the study's artifact folder (``artifacts`` in the output folder the study recorded), so each trial's page lists its
-  whole per-epoch history (``history.json``) and best weights for download: the page cuts the
-  ``history`` user attr at 1,024 characters, about six epochs.
+- serves the study's artifact folder (``artifacts`` in the output folder the study recorded), so
+  each trial's page lists its whole per-epoch history (``history.json``) and best weights for
+  download: the page cuts the ``history`` user attr at 1,024 characters, about six epochs.
 
 WAL needs a local filesystem (not NFS); where switching fails (a read-only folder), a warning is
 logged and the dashboard runs in the old mode.

@@ -274,11 +274,13 @@ def test_outputs_that_cannot_be_written_are_one_line_naming_the_flag(
     assert line.startswith("hpsearch: error: --out: plain-file cannot be written (a file, not a folder)")
     assert line.endswith("choose another --out (a folder you can write)")
     assert main(["best", str(path), "--export", "plain-file/best"]) == 2
-    assert _one_line_error(capsys).startswith("hpsearch: error: --export: plain-file/best cannot be written (Not a directory)")
+    line = _one_line_error(capsys)
+    assert line.startswith("hpsearch: error: --export: plain-file/best cannot be written (Not a directory)")
     assert main(["report", str(path), "--out", "plain-file/report.html"]) == 2
     assert _one_line_error(capsys).startswith("hpsearch: error: --out: plain-file cannot be written")
     assert main(["report", str(path), "--png", "plain-file/png"]) == 2
-    assert _one_line_error(capsys).startswith("hpsearch: error: --png: plain-file/png cannot be written (Not a directory)")
+    line = _one_line_error(capsys)
+    assert line.startswith("hpsearch: error: --png: plain-file/png cannot be written (Not a directory)")
 
 
 def test_export_into_a_read_only_study_folder_names_out(write_study: Callable[..., Path], workdir: Path,
