@@ -37,4 +37,4 @@ test-fast: dev
 	$(BIN)/python -m pytest -m "not slow and not postgres and not browser"
 
 clean:
-	rm -rf runs report.html
+	rm -rf runs best report.html

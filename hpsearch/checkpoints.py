@@ -8,6 +8,7 @@ thread, so the next epoch starts at once.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -28,6 +29,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename).
 
     The file gets the usual permissions (0666 less the umask), so teammates sharing ``runs/`` can read it.
+    A refused write (disk full, quota) raises the file system's OSError, never torch's errno-less RuntimeError.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,13 +37,49 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mkstemp would make it 0600
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            sink = _Sink(f)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError as exc:  # torch reports a failed write as "unexpected pos": find the real cause
+                raise _refusal(sink, path.parent) or exc
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class _Sink:
+    """The file torch.save writes to, keeping the OSError of a refused write that torch turns into a RuntimeError."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _refusal(sink: _Sink, folder: Path) -> OSError | None:
+    """The file system's refusal behind a failed torch.save: the write's own OSError, or a full disk found now."""
+    if sink.error is not None:
+        return sink.error
+    try:
+        sink.file.flush()  # what torch's writer left in the buffer: a full disk refuses it with ENOSPC
+        stat = os.statvfs(folder)
+    except OSError as exc:
+        return exc
+    if stat.f_bavail == 0:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 trials kept failing; 2 bad input (one line on stderr); 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,8 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import yaml
 
@@ -142,6 +144,23 @@ def _setup_logging(debug: bool) -> None:
     optuna.logging.enable_propagation()
 
 
+@contextlib.contextmanager
+def _writes(flag: str, other: tuple[str, str | None] | None = None) -> Iterator[None]:
+    """A file a verb cannot write is bad input: one line naming the path and the flag that chooses another.
+
+    `other` is a second flag and its folder: a path under that folder is named by that flag.
+    """
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or "the output file"
+        if other is not None and other[1] and Path(where).absolute().is_relative_to(Path(other[1]).absolute()):
+            flag = other[0]
+        why = "a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or exc  # from mkdir
+        raise ConfigError(f"{flag}: {where} cannot be written ({why}); "
+                          f"choose another {flag} (a folder you can write)") from None
+
+
 # --------------------------------------------------------------------------- verbs
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -169,7 +188,16 @@ def _storage_flag(args: argparse.Namespace, cfg: StudyConfig) -> str:
     return f" --storage {shlex.quote(redact_url(cfg.storage_url))}"
 
 
-def _summary(study: Any, cfg: StudyConfig, flags: str) -> None:
+def _hints(args: argparse.Namespace, cfg: StudyConfig) -> Any:
+    """How the commands a summary suggests are spelled: the program as invoked, and each flag that moved the study."""
+    from hpsearch import summary
+
+    in_file = load_config(args.study_file)  # what a plain rerun of the file asks for (n_trials, output_dir)
+    return summary.Hints(prog=summary.invoked_as(), storage=_storage_flag(args, cfg), file_n_trials=in_file.n_trials,
+                         file_out_dir=in_file.out_dir)
+
+
+def _summary(study: Any, cfg: StudyConfig, hints: Any) -> None:
     from hpsearch import summary
     from hpsearch.study import guard_storage
 
@@ -177,10 +205,10 @@ def _summary(study: Any, cfg: StudyConfig, flags: str) -> None:
         log.info("the study '%s' was not created: no worker got as far as opening it", cfg.name)
         return
     with guard_storage(cfg, running=True):
-        summary.print_summary(study, cfg, flags=flags)
+        summary.print_summary(study, cfg, hints=hints)
 
 
-def _nothing_to_run(cfg: StudyConfig, flags: str) -> bool:
+def _nothing_to_run(cfg: StudyConfig, hints: Any) -> bool:
     """True (after saying so and how to add trials) when the study already has its n_trials finished trials.
 
     Read-only: no worker starts and nothing is written, not even this run's target.
@@ -194,7 +222,7 @@ def _nothing_to_run(cfg: StudyConfig, flags: str) -> bool:
             return False
         log.info("nothing to run: study '%s' already has %d finished trials and n_trials is %d (the study's total)",
                  cfg.name, finished, cfg.n_trials)
-    _summary(study, cfg, flags)
+    _summary(study, cfg, hints)
     return True
 
 
@@ -205,9 +233,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args.study_file, args)
     check_output_dir(cfg)
-    flags = _storage_flag(args, cfg)
+    hints = _hints(args, cfg)
     os.environ[RUN_ENV] = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}:{secrets.token_hex(3)}"  # workers inherit it
-    if _nothing_to_run(cfg, flags):
+    if _nothing_to_run(cfg, hints):
         return 0
     slots, auto = plan_slots(cfg, args.gpus, args.workers)
     if len(slots) == 1 and not auto:
@@ -219,7 +247,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from hpsearch.supervisor import supervise, worker_argv
 
         outcome, study = supervise(cfg, slots, auto, worker_argv(args.study_file, args))
-    _summary(study, cfg, flags)
+    _summary(study, cfg, hints)
     return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
@@ -257,7 +285,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args.study_file, args)
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
-        summary.print_summary(study, cfg, show_failed=args.failed, flags=_storage_flag(args, cfg))
+        summary.print_summary(study, cfg, show_failed=args.failed, hints=_hints(args, cfg))
     return 0
 
 
@@ -272,7 +300,8 @@ def cmd_best(args: argparse.Namespace) -> int:
         if args.export:
             from hpsearch.results.export import export_best, predict_usage
 
-            paths = export_best(study, args.export)
+            with _writes("--export"):
+                paths = export_best(study, args.export)
             record["exported"] = {k: str(v) for k, v in paths.items()}
             if "loader" in paths:
                 record["predict"] = predict_usage(study)
@@ -292,7 +321,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         cfg = _config(path, args)
         with guard_storage(cfg):
             studies.append(open_study(cfg, create=False))
-    out = write_report(studies, args.out, png_dir=args.png)
+    with _writes("--out", other=("--png", args.png)):
+        out = write_report(studies, args.out, png_dir=args.png)
     print(f"report written to {out}")  # the one line a user needs; write_report logs the details at debug
     return 0
 
@@ -309,18 +339,19 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hpsearch.results.export import export_trials
     from hpsearch.study import guard_storage, open_study
+    from hpsearch.summary import shown_path, study_output_dir
 
     cfg = _config(args.study_file, args)
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
-        out = args.out or str(Path(cfg.out_dir) / f"trials.{args.format}")
-        written = export_trials(study, out, args.format)
+        out = args.out or str(Path(study_output_dir(study, cfg)) / f"trials.{args.format}")
+        with _writes("--out"):
+            written = export_trials(study, out, args.format)
         per_epoch = written.with_name(f"{written.stem}_epochs.csv") if args.format == "csv" else None
-        print(f"trials written to {written}" + (f" and {per_epoch} (one row per epoch)" if per_epoch else ""))
+        print(f"trials written to {shown_path(written)}"
+              + (f" and {shown_path(per_epoch)} (one row per epoch)" if per_epoch else ""))
     return 0
 
 

@@ -342,11 +342,14 @@ def inputs_record(data: ArrayData) -> dict[str, Any]:
     """What a prediction needs to know of the inputs, as plain data (stored in every best checkpoint).
 
     ``mean``/``std`` per channel in raw units, ``input_shape`` of one sample, ``dtype`` of the raw
-    inputs (uint8 images or float32 features), ``num_classes`` and ``class_names``.
+    inputs (uint8 images or float32 features), ``num_classes``, ``class_names``, and ``min``/``max``:
+    the range of the training inputs, against which :func:`prepare_inputs` checks what it is given.
     """
+    empty = data.x.numel() == 0
     return {"mean": list(data.mean), "std": list(data.std), "input_shape": list(data.input_shape),
             "dtype": str(data.x.dtype).removeprefix("torch."), "num_classes": data.num_classes,
-            "class_names": list(data.class_names)}
+            "class_names": list(data.class_names), "min": None if empty else float(data.x.min()),
+            "max": None if empty else float(data.x.max())}
 
 
 def normaliser(mean: Sequence[float], std: Sequence[float], sample_ndim: int,
@@ -385,6 +388,7 @@ def prepare_inputs(x: Any, inputs: Mapping[str, Any] | None) -> torch.Tensor:
     if batch.dtype != torch.uint8:
         batch = batch.to(torch.float32)  # exact for the integer pixel values images are stored as
         _warn_if_rescaled(batch, inputs)
+    _warn_if_out_of_range(batch, inputs)
     scale, shift = normaliser(inputs["mean"], inputs["std"], len(shape), batch.device)
     return normalise(batch, scale, shift)
 
@@ -396,6 +400,22 @@ def _warn_if_rescaled(batch: torch.Tensor, inputs: Mapping[str, Any]) -> None:
         warnings.warn(f"inputs lie in 0..{peak:.3g} but the training data's mean is {max(inputs['mean']):.4g} in its "
                       f"raw units: pass raw values (e.g. uint8 pixels 0..255), not values scaled to 0..1",
                       stacklevel=3)
+
+
+def _warn_if_out_of_range(batch: torch.Tensor, inputs: Mapping[str, Any]) -> None:
+    """Warn when inputs reach far beyond the training data's range (pixels 0..255 for data in 0..16, say).
+
+    Far: by more than half the training range. A record without the range (older hpsearch) warns nothing.
+    """
+    low, high = inputs.get("min"), inputs.get("max")
+    if low is None or high is None or not batch.numel():
+        return
+    margin = (float(high) - float(low)) / 2
+    seen_low, seen_high = float(batch.min()), float(batch.max())
+    if seen_low < float(low) - margin or seen_high > float(high) + margin:
+        warnings.warn(f"inputs lie in {seen_low:.4g}..{seen_high:.4g}, far outside the training data's range "
+                      f"{float(low):.4g}..{float(high):.4g} (raw units): predictions on them are unreliable; pass "
+                      f"inputs in the units the model was trained on", stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------

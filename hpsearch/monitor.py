@@ -78,7 +78,8 @@ class Monitor:
         self.statuses: dict[int, dict[str, Any]] = {}
         self.phases: dict[int, str] = {}
         self.live_mode = sys.stderr.isatty() if live is None else live
-        if study is not None:
+        if study is not None:  # trials finished before this run are the summary's, not the log's
+            self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
             self.attach(study)
         self.log_trial = trial_logger(cfg)
         self.last = 0.0
@@ -88,9 +89,12 @@ class Monitor:
             self.live.start()
 
     def attach(self, study: optuna.Study) -> None:
-        """Start reading `study` (a new study exists only once a worker has created it)."""
+        """Start reading `study` (a new study exists only once a worker has created it).
+
+        Every trial of a study created during this run is this run's: those finished before the
+        monitor attached are logged at the next update too.
+        """
         self.study = study
-        self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def _render(self, trials: Sequence[FrozenTrial]) -> Any:
         table = Table(title=f"{self.cfg.name}: {self.cfg.metric}")

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -34,13 +40,18 @@ def trial_line(trial: optuna.trial.FrozenTrial, metric: str, successor: int | No
     after = "" if epochs is None else f" after {epochs} epoch{'' if epochs == 1 else 's'}"
     if records.is_handed_back(trial):
         then = f"resumes as trial {successor}" if successor is not None else "not queued again (max_retries reached)"
-        return f"trial {trial.number} {reason.replace('_', ' ')}{after}, {then} ({format_params(trial.params)})"
+        return f"trial {trial.number} {reason.replace('_', ' ')}{after}, {then}{_params_note(trial)}"
     if trial.state == optuna.trial.TrialState.FAIL:
         error = records.error(trial)
         cause = error.strip().splitlines()[-1] if error and error.strip() else reason
         return f"trial {trial.number} failed: {cause}"
     value = "-" if trial.value is None else f"{trial.value:.4f}"
-    return f"trial {trial.number} {reason}: {metric}={value}{after} ({format_params(trial.params)})"
+    return f"trial {trial.number} {reason}: {metric}={value}{after}{_params_note(trial)}"
+
+
+def _params_note(trial: optuna.trial.FrozenTrial) -> str:
+    """` (lr=0.003 ...)`, or nothing for a trial stopped before its parameters were drawn."""
+    return f" ({format_params(trial.params)})" if trial.params else ""
 
 
 def awaits_successor(trial: optuna.trial.FrozenTrial, max_retries: int) -> bool:
@@ -57,16 +68,87 @@ def trial_logger(cfg: StudyConfig) -> Callable[..., None]:
     return on_trial
 
 
-def progress_line(finished: int, target: int | None, cfg: StudyConfig, flags: str = "") -> str:
+def _on_path(name: str, path: str) -> bool:
+    """True when `name` typed in a shell runs `path` (compared unresolved: a venv's python links to the system's)."""
+    found = shutil.which(name)
+    return found is not None and os.path.abspath(found) == os.path.abspath(path)
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a user would type it here: relative below the current folder, else absolute."""
+    relative = os.path.relpath(os.path.abspath(path))
+    return relative if not relative.startswith("..") else os.path.abspath(path)
+
+
+def _typed(path: str) -> str:
+    return shlex.quote(shown_path(path))
+
+
+def invoked_as(argv0: str | None = None, executable: str | None = None) -> str:
+    """The hpsearch command as this process was started, so the hints it prints work as printed.
+
+    `hpsearch` when that name runs this script, else the script's path (`.venv/bin/hpsearch`, not
+    activated); `python -m hpsearch` (or `.venv/bin/python -m hpsearch`) when started that way.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    executable = sys.executable if executable is None else executable
+    script = Path(argv0)
+    if script.name == "__main__.py" and script.parent.name == "hpsearch":
+        python = next((name for name in ("python", "python3") if _on_path(name, executable)), None)
+        return f"{python or _typed(executable)} -m hpsearch"
+    if script.name == "hpsearch" and not _on_path("hpsearch", argv0):
+        return _typed(argv0)
+    return "hpsearch"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hints:
+    """How the commands a summary suggests are spelled, so that each one, typed as printed, finds this study.
+
+    `storage` is ` --storage URL` when the study is not in the file's storage; `file_n_trials` and
+    `file_out_dir` are what the study file itself says: a target or a folder that differs needs its flag.
+    """
+
+    prog: str = "hpsearch"
+    storage: str = ""
+    file_n_trials: int | None = None
+    file_out_dir: str | None = None
+    out_dir: str | None = None  # the study's own folder (see study_output_dir)
+
+    def output_flag(self) -> str:
+        """` --output-dir DIR` when the study's folder is not the one the file names (a run needs it)."""
+        if self.out_dir is None or self.file_out_dir is None:
+            return ""
+        if os.path.abspath(self.out_dir) == os.path.abspath(self.file_out_dir):
+            return ""
+        return f" --output-dir {_typed(self.out_dir)}"
+
+    def run(self, source: str) -> str:
+        return f"{self.prog} run {shlex.quote(source)}{self.storage}{self.output_flag()}"
+
+    def verb(self, verb: str, source: str) -> str:
+        """A reading verb: the storage finds the study, which names its own output folder."""
+        return f"{self.prog} {verb} {shlex.quote(source)}{self.storage}"
+
+
+def study_output_dir(study: optuna.Study, cfg: StudyConfig) -> str:
+    """The study's own output folder: the one it recorded when created (where it exists here), else cfg's."""
+    recorded = records.output_dir_of(study)
+    return recorded if recorded and Path(recorded).is_dir() else cfg.out_dir
+
+
+def progress_line(finished: int, target: int | None, cfg: StudyConfig, hints: Hints | None = None) -> str:
     """Finished trials against the last run's target, and how to go on (n_trials counts the study's total)."""
+    hints = hints or Hints()
     target = cfg.n_trials if target is None else target
-    run = f"hpsearch run {cfg.source}{flags}"
+    batch = cfg.n_trials if hints.file_n_trials is None else hints.file_n_trials  # what a plain rerun asks for
+    run = hints.run(cfg.source)
     if finished < target:
-        again = run if target == cfg.n_trials else f"{run} --n-trials {target}"
+        again = run if target == batch else f"{run} --n-trials {target}"
         return f"finished {finished} of {target} trials (the last run's n_trials); `{again}` goes on"
     done = f"finished {finished} of {target} trials" if finished == target else \
         f"finished {finished} trials (the last run asked for {target})"
-    return f"{done}; to add {cfg.n_trials} more: {run} --n-trials {finished + cfg.n_trials}"
+    return f"{done}; to add {batch} more: {run} --n-trials {finished + batch}"
 
 
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
@@ -98,11 +180,13 @@ def print_best(record: dict[str, Any]) -> None:
         console.print(f"  {record['predict']}", markup=False)
 
 
-def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False, flags: str = "") -> None:
+def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False,
+                  hints: Hints | None = None) -> None:
     """Trials by state, the finished count against the last run's target, the best trial and how to look further.
 
-    `flags` (such as ` --storage URL`) go into the commands it suggests, so they find the same study.
+    `hints` spell the commands it suggests (program, --storage, --n-trials, --output-dir) so they find the same study.
     """
+    hints = dataclasses.replace(hints or Hints(), out_dir=study_output_dir(study, cfg))
     console = Console(soft_wrap=True)
     trials = study.get_trials(deepcopy=False)
     counts = records.counts_by_state(trials)
@@ -111,14 +195,17 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
         table.add_column(state.lower(), justify="right")
     table.add_row(*(str(n) for n in counts.values()))
     console.print(table)
-    console.print(progress_line(records.finished(counts), records.target_of(study), cfg, flags))
+    console.print(progress_line(records.finished(counts), records.target_of(study), cfg, hints), markup=False)
     record = best_record(study, cfg)
     if record["number"] is not None:
         print_best(record)
     if show_failed:
         resumed_as = records.successors(trials)
-        for trial in trials:
-            if trial.state == optuna.trial.TrialState.FAIL:
-                console.print(trial_line(trial, cfg.metric, resumed_as.get(trial.number)))
-    console.print(f"storage: {redact_url(cfg.storage_url)}")
-    console.print(f"dashboard: hpsearch dashboard {cfg.source}{flags}    report: hpsearch report {cfg.source}{flags}")
+        failed = [trial for trial in trials if trial.state == optuna.trial.TrialState.FAIL]
+        for trial in failed:
+            console.print(trial_line(trial, cfg.metric, resumed_as.get(trial.number)), markup=False)
+        if not failed:
+            console.print("no trial failed")
+    console.print(f"storage: {redact_url(cfg.storage_url)}", markup=False)
+    console.print(f"dashboard: {hints.verb('dashboard', cfg.source)}    report: {hints.verb('report', cfg.source)}",
+                  markup=False)

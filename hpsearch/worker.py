@@ -299,7 +299,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective,
         if is_storage_exception(exc) or isinstance(exc, CheckpointError):  # no fault of the trial: the run stops
             raise
         reason = "oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else "error"
-        log.error("trial %d failed (%s): %s", trial.number, reason, _signature(exc))
+        log.debug("trial %d failed (%s): %s", trial.number, reason, _signature(exc))  # on_trial prints its line
         streak.add(_signature(exc))
         return _fail(study, trial, reason, traceback.format_exc())
     streak.clear()

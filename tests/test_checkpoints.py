@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
+import optuna
 import pytest
 import torch
+import yaml
 
+from conftest import TINY_STUDY, start_hpsearch
 from hpsearch import checkpoints
 from hpsearch.checkpoints import CheckpointWriter, host_copy, load_checkpoint, save_checkpoint
-from hpsearch.errors import HpsearchError
+from hpsearch.errors import CheckpointError, HpsearchError
+from hpsearch.results import records
 
 
 def test_checkpoint_errors(tmp_path: Path) -> None:
@@ -107,3 +114,63 @@ def test_submit_reports_an_earlier_write_error(tmp_path: Path) -> None:
             writer.submit({tmp_path / "ok.pt": {"epoch": 2}})
             time.sleep(0.01)
     writer.flush()
+
+
+# ------------------------------------------------------------------ a real full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs of this test's own (root only; skips where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_an_oserror_not_torchs_runtime_error(small_disk: Path) -> None:
+    big = {"w": torch.zeros(1_000_000)}  # 4 MB on a 3 MB disk
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(small_disk / "trial.pt", big)
+    assert raised.value.errno == errno.ENOSPC
+    assert list(small_disk.iterdir()) == []  # the temporary file is gone
+    writer = CheckpointWriter()
+    writer.submit({small_disk / "trial.pt": big})
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        writer.flush()
+
+
+def _run_on_full_disk(workdir: Path, out: Path, storage: str) -> tuple[int, str, optuna.Study]:
+    study = {**TINY_STUDY, "name": "full", "n_trials": 6, "output_dir": str(out), "storage": storage,
+             "model": {"name": "mlp", "args": {"width": 512, "depth": 2}},  # with adam's state > 3 MB a file
+             "train": {"epochs": 2, "batch_size": 64, "optimizer": "adam"}}
+    (workdir / "s.yaml").write_text(yaml.safe_dump(study))
+    proc = start_hpsearch("run", "s.yaml", cwd=workdir)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err, optuna.load_study(study_name="full", storage=storage)
+
+
+@pytest.mark.parametrize("database", ["another disk", "the same disk"])
+def test_a_full_output_disk_stops_the_run_and_queues_the_trial_to_resume(
+        small_disk: Path, tmp_path: Path, database: str) -> None:
+    db = small_disk / "study.db" if database == "the same disk" else tmp_path / "study.db"
+    code, err, study = _run_on_full_disk(tmp_path, small_disk / "out", f"sqlite:///{db}")
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert "cannot be written: the disk is full" in last and "free space, then rerun to continue" in last, err
+    if database == "another disk":
+        assert last.startswith(f"hpsearch: error: s.yaml: output_dir: '{small_disk / 'out'}' cannot be written")
+    assert "Traceback" not in err and "unexpected pos" not in err
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1  # the run stopped at the first refusal, not through a streak of failed trials
+    # the database on the full disk may refuse first: then the storage is named, never the trial's code
+    expected = ("checkpoint_failed",) if database == "another disk" else ("checkpoint_failed", "storage_failed")
+    assert records.stop_reason(failed[0]) in expected
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert [records.retry_history_of(t.system_attrs) for t in waiting] == [[failed[0].number]]  # queued to resume

@@ -201,7 +201,7 @@ def test_prepare_inputs_normalises_raw_inputs_as_training_batches_do(digits: Arr
     raw = digits.x[idx]
     record = placed.inputs
     assert record == {"mean": list(digits.mean), "std": list(digits.std), "input_shape": [1, 8, 8], "dtype": "uint8",
-                      "num_classes": 10, "class_names": list("0123456789")}
+                      "num_classes": 10, "class_names": list("0123456789"), "min": 0.0, "max": 16.0}
     assert torch.equal(prepare_inputs(raw, record), trained_on)  # bit for bit: one definition of the formula
     assert torch.equal(prepare_inputs(raw.double().numpy(), record), trained_on)  # numpy float pixels 0..16
     assert torch.equal(prepare_inputs(raw[:, 0], record), trained_on)  # (N, H, W) grey images
@@ -222,6 +222,21 @@ def test_inputs_scaled_to_0_1_get_a_warning_raw_ones_none(digits: ArrayData) -> 
         warnings.simplefilter("error")
         prepare_inputs(raw.float(), record)  # raw units, as float
         prepare_inputs(torch.zeros(2, 1, 8, 8), record)  # blank images are not a sign of scaling
+
+
+def test_inputs_far_outside_the_training_range_get_a_warning(digits: ArrayData) -> None:
+    record = DeviceData.place(digits, torch.device("cpu")).inputs  # digits: pixels 0..16
+    raw = digits.x[:20]
+    with pytest.warns(UserWarning, match=r"inputs lie in 0\.\.255, far outside the training data's range 0\.\.16"):
+        prepare_inputs((raw.int() * 255 // 16).to(torch.uint8), record)  # rescaled to 0..255 pixels
+    with pytest.warns(UserWarning, match="far outside"):
+        prepare_inputs(raw.float() - 100, record)
+    older = {k: v for k, v in record.items() if k not in ("min", "max")}  # saved before the range was recorded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_inputs(raw, record)
+        prepare_inputs(raw.float() + 4, record)  # a little beyond: not far
+        prepare_inputs((raw.int() * 255 // 16).to(torch.uint8), older)
 
 
 def test_custom_callable_errors(custom_module: str) -> None:

@@ -53,3 +53,35 @@ def test_a_handed_back_trial_is_logged_once_its_successor_exists(caplog: pytest.
         monitor.update()
     assert "trial 0 interrupted, resumes as trial 1" in caplog.text
     assert caplog.text.count("trial 0 ") == 1
+
+
+def _finished(study: optuna.Study, n: int) -> None:
+    for _ in range(n):
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5,
+                                                  user_attrs={records.STOP_REASON: "completed"}))
+
+
+def test_plain_mode_logs_the_trials_that_finished_before_it_attached(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = build_config({**TINY_STUDY, "train": {"epochs": 5, "batch_size": 32}})
+    monitor = Monitor(None, cfg, [Slot(0, None), Slot(1, None)], live=False)  # the study does not exist yet
+    study = optuna.create_study()
+    _finished(study, 4)  # the workers were quick: four trials ended before the supervisor opened the study
+    with caplog.at_level(logging.INFO, logger="hpsearch"):
+        monitor.attach(study)
+        monitor.update(force=True)
+        _finished(study, 2)
+        monitor.update(force=True)
+    assert [line.split(":")[0] for line in caplog.messages if line.startswith("trial ")] == \
+        [f"trial {n} completed" for n in range(6)]
+
+
+def test_plain_mode_leaves_the_trials_of_earlier_runs_to_the_summary(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = build_config({**TINY_STUDY, "train": {"epochs": 5, "batch_size": 32}})
+    study = optuna.create_study()
+    _finished(study, 3)  # an earlier run's
+    monitor = Monitor(study, cfg, [Slot(0, None)], live=False)
+    with caplog.at_level(logging.INFO, logger="hpsearch"):
+        _finished(study, 1)
+        monitor.update(force=True)
+    assert [line.split(":")[0] for line in caplog.messages if line.startswith("trial ")] == \
+        ["trial 3 completed"]

@@ -15,7 +15,7 @@ from conftest import TINY_STUDY
 from hpsearch.cli import main
 from hpsearch.config import build_config
 from hpsearch.results import records
-from hpsearch.summary import awaits_successor, progress_line, trial_line
+from hpsearch.summary import Hints, awaits_successor, invoked_as, progress_line, trial_line
 
 CFG = build_config({**TINY_STUDY, "n_trials": 20}, source="s.yaml")
 
@@ -44,9 +44,48 @@ def test_counts_against_a_target_raised_on_the_command_line_never_read_23_of_20(
 
 
 def test_a_finished_study_says_how_to_add_trials() -> None:
-    assert progress_line(26, 26, CFG, " --storage sqlite:///x.db") == (
+    assert progress_line(26, 26, CFG, Hints(storage=" --storage sqlite:///x.db")) == (
         "finished 26 of 26 trials; to add 20 more: hpsearch run s.yaml --storage sqlite:///x.db --n-trials 46")
     assert progress_line(3, 2, CFG).startswith("finished 3 trials (the last run asked for 2); to add 20 more")
+
+
+def test_a_target_set_on_the_command_line_stays_in_the_hint_that_goes_on() -> None:
+    raised = build_config({**TINY_STUDY, "n_trials": 120}, source="s.yaml")  # `--n-trials 120`; the file says 20
+    line = progress_line(37, 120, raised, Hints(file_n_trials=20))
+    assert line.endswith("`hpsearch run s.yaml --n-trials 120` goes on")
+    assert progress_line(120, 120, raised, Hints(file_n_trials=20)).endswith(
+        "to add 20 more: hpsearch run s.yaml --n-trials 140")
+
+
+def test_hints_name_the_output_folder_a_run_needs_and_the_program_as_typed() -> None:
+    hints = Hints(prog=".venv/bin/hpsearch", storage=" --storage postgresql://u:***@h/db", file_n_trials=20,
+                  file_out_dir="runs/tiny", out_dir="runs/tiny-pg")
+    assert progress_line(3, 20, CFG, hints) == (
+        "finished 3 of 20 trials (the last run's n_trials); "
+        "`.venv/bin/hpsearch run s.yaml --storage postgresql://u:***@h/db --output-dir runs/tiny-pg` goes on")
+    assert hints.verb("dashboard", "s.yaml") == ".venv/bin/hpsearch dashboard s.yaml --storage postgresql://u:***@h/db"
+    same = Hints(file_out_dir="runs/tiny", out_dir=str(Path("runs/tiny").absolute()))
+    assert same.run("s.yaml") == "hpsearch run s.yaml"
+
+
+def _executable(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_program_in_the_hints_is_the_one_the_user_typed(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = _executable(workdir / ".venv" / "bin" / "hpsearch")
+    python = _executable(workdir / ".venv" / "bin" / "python")
+    monkeypatch.setenv("PATH", str(workdir / "empty"))
+    assert invoked_as(script, python) == ".venv/bin/hpsearch"  # not activated: `hpsearch` alone is not found
+    main_py = str(workdir / "src" / "hpsearch" / "__main__.py")
+    assert invoked_as(main_py, python) == ".venv/bin/python -m hpsearch"
+    monkeypatch.setenv("PATH", str(workdir / ".venv" / "bin"))  # `. .venv/bin/activate`
+    assert invoked_as(script, python) == "hpsearch"
+    assert invoked_as(main_py, python) == "python -m hpsearch"
+    assert invoked_as("/usr/lib/python3/site-packages/pytest/__main__.py", python) == "hpsearch"
 
 
 # ------------------------------------------------------------------ trial lines
@@ -74,6 +113,15 @@ def test_a_trial_out_of_retries_says_it_is_not_queued_again() -> None:
     assert not awaits_successor(last, max_retries=1)
     assert awaits_successor(last, max_retries=2)
     assert "not queued again (max_retries reached)" in trial_line(last, "m", None)
+
+
+def test_a_trial_stopped_before_its_parameters_were_drawn_shows_no_empty_parentheses() -> None:
+    bare = _trial(3, TrialState.FAIL, "interrupted")
+    bare.params = {}
+    assert trial_line(bare, "m", 4) == "trial 3 interrupted, resumes as trial 4"
+    done = _trial(1, TrialState.COMPLETE, "completed")
+    done.params = {}
+    assert trial_line(done, "m") == "trial 1 completed: m=0.5000"
 
 
 def test_failed_and_finished_trials_read_as_before() -> None:
@@ -133,3 +181,55 @@ def test_each_run_is_its_own_session_in_the_report_even_seconds_apart(write_stud
     assert runs[0] != runs[1] == runs[2]
     assert str(runs[1]).split(":")[1] == str(os.getpid())  # the worker processes took the id of the run
     assert [s.n_trials for s in collect_study(study).summary.sessions] == [1, 2]
+
+
+def test_a_run_with_its_own_storage_and_folder_keeps_that_folder_in_every_verb(
+        write_study: Callable[..., Path], workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=1)
+    assert main(["run", str(path)]) == 0  # the file's own study, in runs/tiny
+    capsys.readouterr()
+    other = ["--storage", "sqlite:///other.db"]
+    assert main(["run", str(path), *other, "--output-dir", "runs/tiny-other"]) == 0
+    out = capsys.readouterr().out
+    run_hint = f"hpsearch run {path} --storage sqlite:///other.db --output-dir runs/tiny-other --n-trials 2"
+    assert run_hint in out
+    assert main(run_hint.split()[1:]) == 0  # followed as printed: it runs (without --output-dir it was refused)
+    capsys.readouterr()
+    assert main(["status", str(path), *other]) == 0  # status has no --output-dir: the study's record supplies it
+    assert f"--storage sqlite:///other.db --output-dir runs/tiny-other --n-trials 3" in capsys.readouterr().out
+    assert main(["export", str(path), *other]) == 0
+    assert capsys.readouterr().out.startswith("trials written to runs/tiny-other/trials.csv and ")
+    assert (workdir / "runs/tiny-other/trials.csv").is_file() and not (workdir / "runs/tiny/trials.csv").exists()
+
+
+def test_a_run_stopped_early_hints_at_the_target_it_was_given(write_study: Callable[..., Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=2)
+    assert main(["run", str(path), "--n-trials", "5", "--timeout", "0.001"]) == 0  # stops before its first trial
+    assert f"`hpsearch run {path} --n-trials 5` goes on" in capsys.readouterr().out
+
+
+def test_a_failed_trial_is_one_line_and_status_failed_says_when_none_failed(
+        write_study: Callable[..., Path], workdir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=1)
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(path), "--failed"]) == 0
+    assert "no trial failed" in capsys.readouterr().out
+    (workdir / "raising_model.py").write_text(
+        "def build(input_shape, num_classes, dropout=0.0):\n"
+        "    import torch\n"
+        "    class Raising(torch.nn.Linear):\n"
+        "        def forward(self, x):\n"
+        "            if self.training:\n"
+        "                raise ValueError('boom in user code')\n"
+        "            return super().forward(x.flatten(1))\n"
+        "    return Raising(64, 10)\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    broken = write_study("broken.yaml", name="broken", n_trials=10, model={"name": "raising_model:build"},
+                         workers={"max_consecutive_failures": 2})
+    assert main(["run", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("trial 0 failed") == 1, err
+    assert "trial 0 failed: ValueError: boom in user code" in err

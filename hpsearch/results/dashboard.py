@@ -17,9 +17,9 @@ worker's wall time (24.7 s -> 50 s). This module instead
   created, and reads are short deferred transactions (a reader never takes the write lock); keeps
   optuna-dashboard's own short-lived trial cache;
 - never shows the storage password (logs and errors print the redacted URL);
-- serves the study's artifact folder (``runs/<name>/artifacts``), so each trial's page lists its
-  whole per-epoch history (``history.json``) and best weights for download: the page cuts the
-  ``history`` user attr at 1,024 characters, about six epochs.
+- serves the study's artifact folder (``artifacts`` in the output folder the study recorded), so
+  each trial's page lists its whole per-epoch history (``history.json``) and best weights for
+  download: the page cuts the ``history`` user attr at 1,024 characters, about six epochs.
 
 WAL needs a local filesystem (not NFS); where switching fails (a read-only folder), a warning is
 logged and the dashboard runs in the old mode.
@@ -38,6 +38,7 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import HpsearchError, StorageError
+from hpsearch.results import records
 from hpsearch.study import artifact_store, check_url, make_storage, redact_url
 
 __all__ = ["serve_dashboard", "make_dashboard_server", "dashboard_storage", "sqlite_path"]
@@ -87,12 +88,15 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/dashboard/"
 
 
-def _require_study(storage: optuna.storages.RDBStorage, name: str, storage_url: str, source: str) -> None:
+def _require_study(storage: optuna.storages.RDBStorage, name: str, storage_url: str, source: str) -> str | None:
+    """Refuse a storage without study `name`; the output folder the study recorded, where it exists here."""
     try:
-        storage.get_study_id_from_name(name)
+        study_id = storage.get_study_id_from_name(name)
     except KeyError:
         raise StorageError(f"{source}: name: no study '{name}' in {redact_url(storage_url)}; run `hpsearch run "
                            f"{source}` first or check storage:") from None
+    recorded = storage.get_study_user_attrs(study_id).get(records.STUDY_OUTPUT_DIR)
+    return recorded if isinstance(recorded, str) and Path(recorded).is_dir() else None
 
 
 def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080, source: str = "<memory>",
@@ -100,8 +104,8 @@ def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int =
     """Build (but do not start) the dashboard's HTTP server; return it and its URL.
 
     ``port=0`` picks a free port (the URL has the real one); `source` (the study file) prefixes
-    errors; with `study_name`, a storage without that study is refused; with `out_dir` (the study's
-    output folder), the trials' artifacts there are listed and downloadable.
+    errors; with `study_name`, a storage without that study is refused and the trials' artifacts are served
+    from the output folder the study recorded (`out_dir` where it recorded none, or it is not on this machine).
     """
     try:
         import optuna_dashboard
@@ -109,7 +113,7 @@ def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int =
         raise HpsearchError(NOT_INSTALLED) from None
     storage = dashboard_storage(storage_url, source)
     if study_name is not None:
-        _require_study(storage, study_name, storage_url, source)
+        out_dir = _require_study(storage, study_name, storage_url, source) or out_dir
     store = None if out_dir is None else artifact_store(out_dir, create=False)  # a viewer creates no folder
     app = optuna_dashboard.wsgi(storage, artifact_store=store)
     try:

@@ -226,7 +226,7 @@ def class_names(weights: str | Path = WEIGHTS) -> list[str]:
 def predict(x: Any, model: torch.nn.Module | None = None, weights: str | Path = WEIGHTS) -> torch.Tensor:
     """Class indices (int64, one per sample) for raw inputs `x`: a tensor or numpy array of one sample
     or a batch, in the dataset's raw units (uint8 pixels 0..255 for images, the raw feature values
-    otherwise), normalised here exactly as in training."""
+    otherwise), normalised here exactly as in training; inputs far outside the training range get a warning."""
     if model is None:
         key = str(Path(weights).resolve())
         model = _MODELS[key] = _MODELS.get(key) or load_model(weights)

@@ -43,7 +43,7 @@ RESUMED_FROM = "resumed_from"  # {trial, epoch}
 RESUME_SKIPPED = "resume_skipped"  # {trial, reason}
 OOM_RETRY = "oom_retry"  # {batch_size, accum_steps}
 CUDA_GRAPHS = "cuda_graphs"  # "on" or "off (reason)"
-INPUTS = "inputs"  # what predict needs: {mean, std, input_shape, dtype, num_classes, class_names} (data.inputs_record)
+INPUTS = "inputs"  # what predict needs: {mean, std, input_shape, dtype, num_classes, class_names, min, max}
 
 # ------------------------------------------------------------------ inside one history record
 EPOCH = "epoch"  # 1-based

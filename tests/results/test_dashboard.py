@@ -268,3 +268,25 @@ def test_dashboard_verb_lists_and_downloads_every_epoch(write_study: Callable[..
         assert history == records.history(trial)  # every field of every epoch
         weights = _get_bytes(f"{where}/{artifacts[Path(records.checkpoint(trial)).name]}")
         assert weights == Path(records.checkpoint(trial)).read_bytes()
+
+
+def test_a_study_in_its_own_folder_serves_its_artifacts_from_there(write_study: Callable[..., Path],
+                                                                    workdir: Path) -> None:
+    path = write_study(n_trials=1)
+    assert main(["run", str(path), "--storage", "sqlite:///other.db", "--output-dir", "runs/tiny-other"]) == 0
+    trial = optuna.load_study(study_name="tiny", storage="sqlite:///other.db").trials[0]
+    # as the verb passes it: the folder the file names, which holds nothing of this study
+    server, url = dashboard.make_dashboard_server("sqlite:///other.db", port=0, source=str(path), study_name="tiny",
+                                                  out_dir="runs/tiny")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = url.removesuffix("/dashboard/")
+        study_id = _get(f"{base}/api/studies")["study_summaries"][0]["study_id"]
+        shown = _get(f"{base}/api/studies/{study_id}")["trials"][0]
+        artifacts = {a["filename"]: a["artifact_id"] for a in shown["artifacts"]}
+        history = _get(f"{base}/artifacts/{study_id}/{shown['trial_id']}/{artifacts[records.HISTORY_ARTIFACT]}")
+        assert history == records.history(trial)
+    finally:
+        server.shutdown()
+        server.server_close()

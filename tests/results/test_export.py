@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 import optuna
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 
 import study_fixtures as sf
+from hpsearch.cli import main
 from hpsearch.config import build_config
 from hpsearch.errors import HpsearchError
 from hpsearch.results.export import export_best, export_trials
@@ -237,3 +239,60 @@ def test_exported_predict_matches_the_trials_validation_accuracy(write_study, wo
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["correct"] / result["n"] == best.value  # the same weights, inputs, split: the same accuracy
     assert result["names"] == list("0123456789")
+
+
+@pytest.fixture
+def read_only_folder(workdir: Path) -> Iterator[Path]:
+    """A read-only file system at runs/tiny (root writes through permissions; skips where mounting is refused)."""
+    folder = workdir / "runs" / "tiny"
+    folder.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_outputs_that_cannot_be_written_are_one_line_naming_the_flag(
+        write_study: Callable[..., Path], workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=1)
+    assert main(["run", str(path)]) == 0
+    (workdir / "plain-file").write_text("not a folder")
+    capsys.readouterr()
+    assert main(["export", str(path), "--out", "plain-file/trials.csv"]) == 2
+    line = _one_line_error(capsys)
+    assert line.startswith("hpsearch: error: --out: plain-file cannot be written (a file, not a folder)")
+    assert line.endswith("choose another --out (a folder you can write)")
+    assert main(["best", str(path), "--export", "plain-file/best"]) == 2
+    line = _one_line_error(capsys)
+    assert line.startswith("hpsearch: error: --export: plain-file/best cannot be written (Not a directory)")
+    assert main(["report", str(path), "--out", "plain-file/report.html"]) == 2
+    assert _one_line_error(capsys).startswith("hpsearch: error: --out: plain-file cannot be written")
+    assert main(["report", str(path), "--png", "plain-file/png"]) == 2
+    line = _one_line_error(capsys)
+    assert line.startswith("hpsearch: error: --png: plain-file/png cannot be written (Not a directory)")
+
+
+def test_export_into_a_read_only_study_folder_names_out(write_study: Callable[..., Path], workdir: Path,
+                                                       read_only_folder: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=1, storage="sqlite:///elsewhere.db")
+    with pytest.raises(OSError):
+        (read_only_folder / "probe").write_text("")  # the file system refuses root too
+    study = optuna.create_study(study_name="tiny", storage="sqlite:///elsewhere.db", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    assert main(["export", str(path)]) == 2  # the default: runs/tiny/trials.csv
+    line = _one_line_error(capsys)
+    assert line.startswith("hpsearch: error: --out: runs/tiny/trials.csv cannot be written (Read-only file system)")
+    assert main(["best", str(path), "--export", "runs/tiny/best"]) == 2
+    assert "--export: runs/tiny/best cannot be written (Read-only file system)" in _one_line_error(capsys)
