@@ -5,9 +5,9 @@ OpenMP runtime (torch's bundled libgomp) reads its environment once, when it is 
 
 Why PASSIVE: by default libgomp's idle threads spin (about 3 ms) after each parallel region
 before they sleep. A training step is thousands of tiny regions, so every spare thread spins
-almost all the time; beside other busy processes, the spinners take the cores the thread doing
-the work needs, and a run slowed 16x (bench/contention.py, bench/RESULTS.md). Sleeping at once
-costs nothing measurable on an idle machine.
+almost all the time; beside other busy processes the spinners take the cores the thread doing
+the work needs, and the quickstart took 16x its idle time (358.7 s against 22.0 s beside two busy
+processes; bench/contention.py, bench/RESULTS.md). Sleeping at once costs nothing measurable idle.
 """
 
 from __future__ import annotations
