@@ -114,7 +114,7 @@ def test_a_worker_stuck_before_its_first_trial_is_shown_with_its_log(write_study
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """The workers stay in "loading data" until the supervisor has shown their logs and named the slow phase:
-    each step waits on the one before (a line in the log, a report made), never on a guess of how long start-up takes."""
+    each step waits on the one before (a line in the log, a report made), never on a guess of start-up time."""
     (workdir / "slow_data.py").write_text(SLOW_DATA)
     release = workdir / "release"
     monkeypatch.syspath_prepend(str(workdir))
