@@ -24,6 +24,7 @@ import yaml
 from hpsearch import __version__, signals
 from hpsearch.config import RUN_ENV, STORAGE_ENV, StudyConfig, load_config, with_overrides
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.threads import apply_wait_policy
 
 log = logging.getLogger("hpsearch")
 EXIT_BAD_INPUT = 2
@@ -366,6 +367,7 @@ def console() -> None:
     interpreter's own teardown, about a second with torch loaded, is skipped: for a supervisor
     waiting on its workers, and for a test suite of real processes, that second is pure waiting.
     """
+    apply_wait_policy()  # before anything loads torch: its OpenMP runtime reads the environment once, at load
     try:
         code = main()
         sys.stdout.flush()

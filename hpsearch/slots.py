@@ -373,11 +373,6 @@ def auto_trials_per_gpu(probe: MemoryProbe | None, cores: int, gpus: int,
                     f"headroom: {by_memory} fit); {cores} CPU cores for {gpus} GPU(s): {by_cores}; at most {cap}")
 
 
-def threads_per_worker(cores: int, workers: int) -> int:
-    """CPU threads for each of `workers` processes sharing `cores` (torch and OpenMP): at least one."""
-    return max(1, cores // max(1, workers))
-
-
 # --------------------------------------------------------------------------- the slots of a run
 
 def plan_slots(cfg: StudyConfig, gpus: str | None, workers: int | None) -> tuple[list[Slot], bool]:

@@ -30,10 +30,11 @@ from hpsearch.errors import (HpsearchError, StorageError, StorageFailure, Superv
                              WorkerCrashError)
 from hpsearch.monitor import Monitor
 from hpsearch.results import records
-from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, enough_slots, threads_per_worker
+from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, enough_slots
 from hpsearch.status import read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, find_study, finished_count, guard_storage, open_study, requeue,
                             storage_of, trial_id)
+from hpsearch.threads import planned_threads, usable_cores, worker_env
 
 log = logging.getLogger("hpsearch")
 STOP_GRACE_S = 8.0  # SIGINT, then SIGKILL after this: everything is down within 10 s
@@ -75,7 +76,7 @@ class Supervisor:
     @property
     def threads(self) -> int:
         """CPU threads per worker: the machine's cores shared by every planned worker, GPU ones too."""
-        return threads_per_worker(os.cpu_count() or 1, len(self.slots))
+        return planned_threads(usable_cores(), len(self.slots), os.environ)
 
     @property
     def log_dir(self) -> Path:
@@ -90,9 +91,8 @@ class Supervisor:
         # The storage URL travels in the environment: on the command line, `ps` would show its password.
         env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1", "HPSEARCH_SPAWNED_AT": repr(time.time()),
                STORAGE_ENV: self.cfg.storage_url}
-        if "OMP_NUM_THREADS" not in os.environ:
-            # Workers share the cores instead of oversubscribing them (each would start one thread per core).
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        # Workers share the cores instead of oversubscribing them, and idle OpenMP threads sleep instead of spinning.
+        env.update(worker_env(usable_cores(), len(self.slots), os.environ))
         self.status_path(slot).unlink(missing_ok=True)
         argv = [sys.executable, "-m", "hpsearch", "worker", *self.worker_argv, "--slot", str(slot.index),
                 "--supervisor-pid", str(os.getpid()), "--status-file", str(self.status_path(slot))]
@@ -126,7 +126,7 @@ class Supervisor:
             self.scaled.add(gpu)
             found = status.get("probe")
             gpus = len({slot.gpu for slot in self.slots})
-            count, why = auto_trials_per_gpu(MemoryProbe(**found) if found else None, os.cpu_count() or 1, gpus)
+            count, why = auto_trials_per_gpu(MemoryProbe(**found) if found else None, usable_cores(), gpus)
             room = self.cfg.n_trials - self._finished() - len(self.slots)
             extra = max(0, min(count - 1, room))
             log.info("GPU %d: trials_per_gpu auto chose %s%s", gpu, why,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
-STDLIB_ONLY = ("errors", "names", "signals", "status", "plugins", "__init__")
+STDLIB_ONLY = ("errors", "names", "signals", "status", "plugins", "threads", "__init__")
 TORCH_SIDE = ("data", "models", "engine", "steps", "checkpoints")
 LIGHT_SIDE = ("config", "space", "study", "slots", "summary", "monitor", "supervisor", "cli", "__main__")
 BRIDGES = ("objective", "worker")  # the only modules that hold both a trial and a model

@@ -422,7 +422,7 @@ def test_module_has_no_torch_at_import() -> None:
 
 # ---------------------------------------------------------------- trials_per_gpu: auto
 
-from hpsearch.slots import GIB, MemoryProbe, auto_trials_per_gpu, threads_per_worker  # noqa: E402
+from hpsearch.slots import GIB, MemoryProbe, auto_trials_per_gpu  # noqa: E402
 
 
 def _probe(peak_gib: float, fixed_gib: float, free_gib: float, total_gib: float) -> MemoryProbe:
@@ -448,8 +448,3 @@ def test_auto_trials_per_gpu_from_measured_numbers(probe: MemoryProbe, cores: in
 def test_auto_without_a_measurement_is_one_per_gpu() -> None:
     assert auto_trials_per_gpu(None, 16, 1) == (1, "1 per GPU (no memory measurement; set workers.trials_per_gpu "
                                                    "to choose)")
-
-
-def test_threads_are_shared_by_every_worker() -> None:
-    assert [threads_per_worker(16, n) for n in (1, 4, 8, 32)] == [16, 4, 2, 1]
-    assert threads_per_worker(1, 0) == 1

@@ -53,7 +53,7 @@ def test_the_probe_sizes_the_workers_on_its_gpu(write_study: Callable[..., Path]
     spawned: list[Slot] = []
     monkeypatch.setattr(sup, "_spawn", lambda slot, restarts=0, probe=False: spawned.append(slot) or _probing(
         sup, slot, request))
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(supervisor_module, "usable_cores", lambda: cores)
     sup._scale()
     assert spawned == []  # no measurement yet: wait
     probe = {"trial_peak": 10 * GIB, "worker_fixed": 1 * GIB, "free": 60 * GIB, "total": 80 * GIB, "batch_size": 256}
@@ -79,14 +79,21 @@ def test_workers_get_their_share_of_the_cores(write_study: Callable[..., Path], 
             seen.append(env)
 
     monkeypatch.setattr(supervisor_module.subprocess, "Popen", FakePopen)
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(supervisor_module, "usable_cores", lambda: 16)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
     sup._spawn(Slot(2, 1)).log_file.close()
     assert seen[0]["OMP_NUM_THREADS"] == seen[0]["MKL_NUM_THREADS"] == "4"  # GPU workers too, not only CPU ones
+    assert seen[0]["OMP_WAIT_POLICY"] == "PASSIVE"  # idle OpenMP threads sleep instead of spinning
     assert seen[0]["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own count wins, in the spawn and in the plan
+    sup._spawn(Slot(3, 1)).log_file.close()
+    assert seen[1]["OMP_NUM_THREADS"] == "3" and "MKL_NUM_THREADS" not in seen[1]
+    assert sup.threads == 3
 
 
 SLOW_DATA = '''
+import os
 import time
 import numpy as np
 
@@ -94,7 +101,9 @@ import numpy as np
 def digits_slowly(root=None):
     from sklearn.datasets import load_digits
     print("loading the slow dataset", flush=True)
-    time.sleep(10)
+    deadline = time.monotonic() + 300  # a safety net only: the test releases it once the supervisor has spoken
+    while not os.path.exists(os.environ["SLOW_DATA_RELEASE"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     bunch = load_digits()
     return bunch.images.astype(np.uint8), bunch.target
 '''
@@ -104,14 +113,34 @@ def digits_slowly(root=None):
 def test_a_worker_stuck_before_its_first_trial_is_shown_with_its_log(write_study: Callable[..., Path], workdir: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The workers stay in "loading data" until the supervisor has shown their logs and named the slow phase:
+    each step waits on the one before (a line in the log, a report made), never on a guess of start-up time."""
     (workdir / "slow_data.py").write_text(SLOW_DATA)
+    release = workdir / "release"
     monkeypatch.syspath_prepend(str(workdir))
     monkeypatch.setenv("PYTHONPATH", f"{Path(__file__).resolve().parent.parent}{os.pathsep}{workdir}")
-    monkeypatch.setattr(supervisor_module, "STALL_S", 7.0)
-    monkeypatch.setattr(monitor_module, "SLOW_PHASE_S", 3.0)
+    monkeypatch.setenv("SLOW_DATA_RELEASE", str(release))
+    monkeypatch.setattr(supervisor_module, "STALL_S", 1.0)
+    monkeypatch.setattr(monitor_module, "SLOW_PHASE_S", 1.0)
+    report_stalls, log_phases = Supervisor._report_stalls, monitor_module.Monitor._log_phases
+    reported: list[bool] = []
+
+    def once_every_log_has_its_line(self: Supervisor) -> None:  # the check fires only once there is a line to show
+        if all("loading the slow dataset" in Path(p.log_file.name).read_text() for p in self.procs.values()):
+            report_stalls(self)
+            reported.append(self.stalls_reported == set(self.procs))
+
+    def release_once_named(self: monitor_module.Monitor) -> None:
+        log_phases(self)
+        if any(reported) and self.phases.get(0) == "loading data":
+            release.touch()
+
+    monkeypatch.setattr(Supervisor, "_report_stalls", once_every_log_has_its_line)
+    monkeypatch.setattr(monitor_module.Monitor, "_log_phases", release_once_named)
     path = write_study(n_trials=2, data={"dataset": "slow_data:digits_slowly", "val_split": 0.25},
                        train={"epochs": 1, "batch_size": 64})
     assert main(["run", str(path), "--workers", "2"]) == 0
+    assert release.exists()  # released by the events, not by the safety net
     text = capsys.readouterr().err
     assert "has not reached a trial" in text and "(phase: loading data" in text
     assert "  | loading the slow dataset" in text  # the worker's own last lines
