@@ -124,12 +124,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _storage_override(args: argparse.Namespace) -> str | None:
+    """The storage URL replacing the file's: --storage, else $HPSEARCH_STORAGE; an empty one is refused.
+
+    An empty value is a variable that did not reach the shell (`--storage "$URL"`): silently using the
+    file's storage instead would start a study of its own, elsewhere.
+    """
+    flag = getattr(args, "storage", None)
+    if flag is not None:
+        if not flag.strip():
+            raise ConfigError("command line: --storage: the storage URL is empty (an unset variable?); give a URL "
+                              "such as sqlite:///runs/study.db, or leave the flag out to use the file's storage:")
+        return flag
+    value = os.environ.get(STORAGE_ENV)
+    if value is not None and not value.strip():
+        raise ConfigError(f"environment: {STORAGE_ENV}: the storage URL is empty; set it to a URL, or unset it "
+                          f"(`unset {STORAGE_ENV}`) to use the file's storage:")
+    return value
+
+
 def _config(path: str, args: argparse.Namespace) -> StudyConfig:
-    cfg = load_config(path)
-    overrides: dict[str, Any] = {"storage": getattr(args, "storage", None) or os.environ.get(STORAGE_ENV) or None}
-    for key in ("n_trials", "timeout", "epochs", "device", "output_dir"):
-        overrides[key] = getattr(args, key, None)
-    return with_overrides(cfg, **overrides)
+    from hpsearch.study import check_storage
+
+    storage = _storage_override(args)
+    overrides: dict[str, Any] = {key: getattr(args, key, None)
+                                 for key in ("n_trials", "timeout", "epochs", "device", "output_dir")}
+    cfg = with_overrides(load_config(path, storage=storage), **overrides)
+    check_storage(cfg.storage_url, cfg.source)  # before any verb parses it, opens it or creates a file
+    return cfg
 
 
 def _setup_logging(debug: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -99,17 +100,71 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+EXAMPLE_URLS = "sqlite:///runs/study.db or postgresql+psycopg://user:${DB_PASSWORD}@host/db"
+
+
 def check_url(url: str, source: str) -> None:
     """Refuse, without echoing it, a storage URL that SQLAlchemy cannot parse or that it would misread."""
-    example = "sqlite:///runs/study.db or postgresql+psycopg://user:${DB_PASSWORD}@host/db"
+    if not url.strip():
+        raise StorageError(f"{source}: storage: the storage URL is empty; use a URL such as {EXAMPLE_URLS}")
     try:
         parsed = make_url(url)
+        parsed.port  # noqa: B018 - a port that is no number fails only when read (ValueError)
     except Exception:  # noqa: BLE001 - ArgumentError, or ValueError for a bad port: the URL must not be echoed
-        raise StorageError(f"{source}: storage: the storage URL cannot be parsed; use a URL such as {example} "
+        raise StorageError(f"{source}: storage: the storage URL cannot be parsed; use a URL such as {EXAMPLE_URLS} "
                            f"(percent-encode special characters of the password, e.g. @ as %40)") from None
     if parsed.host and "@" in parsed.host:
         raise StorageError(f"{source}: storage: the password in {redact_url(url)} holds an unescaped '@'; "
                            f"percent-encode it as %40")
+
+
+# The package that provides each database driver module SQLAlchemy may import.
+_DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient",
+                    "pymysql": "PyMySQL", "pg8000": "pg8000", "asyncpg": "asyncpg", "mysql": "mysql-connector-python",
+                    "cx_Oracle": "cx_Oracle", "oracledb": "oracledb", "pyodbc": "pyodbc", "pymssql": "pymssql"}
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def driver_url(url: str) -> str:
+    """`url` as the engine opens it: plain `postgresql://` uses psycopg 3 where only that driver is installed.
+
+    SQLAlchemy's default PostgreSQL driver is psycopg2; `pip install 'hpsearch[postgres]'` installs psycopg 3.
+    """
+    if make_url(url).drivername == "postgresql" and not _importable("psycopg2") and _importable("psycopg"):
+        return re.sub(r"^[^:]+", "postgresql+psycopg", url, count=1)
+    return url
+
+
+def check_driver(url: str, source: str) -> None:
+    """Refuse, in one line naming the package to install, a URL whose database driver is not installed."""
+    shown = redact_url(url)
+    try:
+        make_url(driver_url(url)).get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise StorageError(f"{source}: storage: '{shown}' names a database SQLAlchemy does not know; use a URL such "
+                           f"as {EXAMPLE_URLS}") from None
+    except ImportError as exc:
+        module = (exc.name or "").split(".")[0] or make_url(url).get_driver_name()
+        fix = f"pip install {_DRIVER_PACKAGES.get(module, module)}"
+        if make_url(url).drivername in ("postgresql", "postgresql+psycopg"):
+            fix = "pip install 'hpsearch[postgres]' (psycopg 3, which postgresql:// then uses)"
+        elif make_url(url).get_backend_name() == "postgresql":
+            fix += ", or pip install 'hpsearch[postgres]' and write the URL as postgresql+psycopg://..."
+        raise StorageError(f"{source}: storage: '{shown}' needs the database driver '{module}', which is not "
+                           f"installed; {fix}") from None
+
+
+def check_storage(url: str, source: str) -> None:
+    """Every check a storage URL gets before anything parses it, connects or creates a file (exit 2 each)."""
+    check_url(url, source)
+    if _is_memory(url):
+        raise StorageError(f"{source}: storage: '{redact_url(url)}' lives inside one process, so workers, reruns "
+                           f"and `hpsearch status` could never see the study; use a file such as "
+                           f"sqlite:///runs/study.db") from None
+    check_driver(url, source)
 
 
 def artifact_dir(out_dir: str | Path) -> Path:
@@ -257,10 +312,15 @@ def dispose_storages() -> None:
         engine.dispose()
 
 
+def _optuna_url(url: str) -> str:
+    """`url` for Optuna's RDBStorage, which fills it as a str.format template: braces in a path stay literal."""
+    return driver_url(url).replace("{", "{{").replace("}", "}}")
+
+
 def _rdb_storage(url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+        storage = optuna.storages.RDBStorage(_optuna_url(url), engine_kwargs=_engine_kwargs(url), **heartbeat)
     _ENGINES.add(storage.engine)
     return storage
 
@@ -307,8 +367,8 @@ def _open_existing(url: str, source: str) -> optuna.storages.RDBStorage:
                            f"first or check storage:")
     try:
         # Readers accept any schema version, as optuna-dashboard itself does.
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=True,
-                                             skip_table_creation=True)
+        storage = optuna.storages.RDBStorage(_optuna_url(url), engine_kwargs=_engine_kwargs(url),
+                                             skip_compatibility_check=True, skip_table_creation=True)
         _ENGINES.add(storage.engine)
         return storage
     except optuna.exceptions.StorageInternalError as exc:
@@ -420,16 +480,8 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
 
 
 def _check_usable(url: str, source: str) -> None:
-    """Refuse, before any connection, a URL that cannot be parsed or that no other process could see."""
-    check_url(url, source)
-    try:
-        in_memory = _is_memory(url)
-    except (ArgumentError, ValueError):
-        return  # unparseable: the driver's own message follows
-    if in_memory:
-        raise StorageError(f"{source}: storage: '{redact_url(url)}' lives inside one process, so workers, reruns "
-                           f"and `hpsearch status` could never see the study; use a file such as "
-                           f"sqlite:///runs/study.db") from None
+    """Refuse, before any connection, what :func:`check_storage` refuses."""
+    check_storage(url, source)
 
 
 def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
@@ -449,7 +501,7 @@ def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
 
 def _has_optuna_tables(url: str) -> bool:
     """Whether the database holds Optuna's tables (a new, empty database holds no study)."""
-    engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    engine = sqlalchemy.create_engine(driver_url(url), **_engine_kwargs(url))
     try:
         return sqlalchemy.inspect(engine).has_table("studies")
     finally:
@@ -800,6 +852,14 @@ def storage_identity(url: str) -> str:
     return redact_url(url)  # the password masked: the same storage whatever the password
 
 
+def _same_database(recorded: Any, identity: str) -> bool:
+    """Whether two storage identities name one database, whichever driver each URL spells (postgresql+psycopg)."""
+    def plain(text: str) -> str:
+        return re.sub(r"^([A-Za-z0-9]+)\+[A-Za-z0-9_]+:", r"\1:", text, count=1)
+
+    return isinstance(recorded, str) and plain(recorded) == plain(identity)
+
+
 def _owner(cfg: StudyConfig) -> dict[str, Any] | None:
     try:
         return json.loads((Path(cfg.out_dir) / OWNER_FILE).read_text())
@@ -813,12 +873,13 @@ def check_output_dir(cfg: StudyConfig, study_id: int | None = None) -> None:
     Two such studies would overwrite each other's checkpoints (trial numbers repeat); the folder
     records its owner the first time a study runs there.
     """
+    check_url(cfg.storage_url, cfg.source)  # before the URL is parsed below: a bad one is one line, exit 2
     owner = _owner(cfg)
     if owner is None:
         return
     mine = storage_identity(cfg.storage_url)
     same_id = study_id is None or owner.get("study_id") in (None, study_id)
-    if owner.get("storage") == mine and owner.get("name") == cfg.name and same_id:
+    if _same_database(owner.get("storage"), mine) and owner.get("name") == cfg.name and same_id:
         return
     whose = f"study '{owner.get('name')}' in {owner.get('storage')} (study id {owner.get('study_id')})"
     this = f"this one is '{cfg.name}' in {redact_url(cfg.storage_url)}" + (f" (study id {study_id})" if study_id else "")
