@@ -18,6 +18,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -294,13 +295,18 @@ def _prepare_sqlite(url: str) -> None:
     try:
         with engine.connect() as conn:
             if existed:  # before anything writes: a damaged file must stay as it is (~0.2 s per 70 MB)
-                problems = " ".join(" ".join(row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(1)")).split())
-                if problems != "ok":
-                    raise _DamagedFile(re.sub(r"\*\*\* in database \w+ \*\*\* ", "", problems))
+                _quick_check(conn)
             # WAL lets readers (dashboard, status) run beside the writing workers; it persists in the file.
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     finally:
         engine.dispose()
+
+
+def _quick_check(conn: sqlalchemy.engine.Connection) -> None:
+    """Raise _DamagedFile with SQLite's own words when `PRAGMA quick_check` finds damage."""
+    problems = " ".join(" ".join(row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(1)")).split())
+    if problems != "ok":
+        raise _DamagedFile(re.sub(r"\*\*\* in database \w+ \*\*\* ", "", problems))
 
 
 _ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
@@ -408,9 +414,11 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
     try:
         if not create:
             return _open_existing(url, source)
-        storage = _open_rdb(url, heartbeat)
+        with _no_new_file_left(url):
+            storage = _open_rdb(url, heartbeat)
         if make_url(url).get_backend_name() == "sqlite":
             _begin_immediate(storage.engine)
+            _remember_file(storage.engine, url, source)
         return storage
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StorageError(f"{source}: storage: cannot use '{shown}' ({_first_line(exc, url)}); use a URL such as "
@@ -426,6 +434,35 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
             raise StorageError(f"{source}: storage: '{shown}' {damage}") from None
         raise StorageError(f"{source}: storage: cannot open '{shown}' ({_first_line(exc, url)}); {_open_hint(url)}") \
             from None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLite URL (None for another database, or one in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+@contextmanager
+def _no_new_file_left(url: str) -> Iterator[None]:
+    """An SQLite file the block created is removed again (with its -wal, -shm) if the block fails before any table."""
+    path = _sqlite_file(url)
+    fresh = path is not None and not path.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and path is not None and path.exists() and not _holds_tables(url):
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
+
+
+def _holds_tables(url: str) -> bool:
+    try:
+        return _has_optuna_tables(url)
+    except SQLAlchemyError:
+        return True  # unreadable: it is not ours to remove
 
 
 def _open_hint(url: str) -> str:
@@ -691,6 +728,59 @@ def guard_storage(cfg: StudyConfig, running: bool = False) -> Iterator[None]:
 def is_storage_exception(exc: BaseException) -> bool:
     """Whether `exc` came from the storage layer (the database), not from training code."""
     return isinstance(exc, STORAGE_EXCEPTIONS)
+
+
+@dataclass(frozen=True)
+class _OpenedFile:
+    """The SQLite file a writer opened: its device and inode, so a file deleted or replaced later is noticed."""
+
+    source: str
+    url: str
+    path: Path
+    device: int
+    inode: int
+
+
+_OPENED: weakref.WeakKeyDictionary[sqlalchemy.engine.Engine, _OpenedFile] = weakref.WeakKeyDictionary()
+
+
+def _remember_file(engine: sqlalchemy.engine.Engine, url: str, source: str) -> None:
+    path = _sqlite_file(url)
+    if path is not None:
+        stat = path.stat()
+        _OPENED[engine] = _OpenedFile(source, url, path.resolve(), stat.st_dev, stat.st_ino)
+
+
+def check_storage_file(study: optuna.Study, thorough: bool = False) -> None:
+    """Raise StorageFailure when the SQLite file this process writes was deleted or replaced since it opened it.
+
+    SQLite goes on writing to a deleted file's inode without an error: every later result would be
+    lost while the run reported success. Called at each trial boundary (one stat); `thorough` (the
+    end of a run) also runs `PRAGMA quick_check` on the file, which catches a file overwritten in place.
+    """
+    opened = _OPENED.get(_engine(storage_of(study)))
+    if opened is None:
+        return
+    shown = f"{opened.source}: storage: '{redact_url(opened.url)}'"
+    try:
+        stat = opened.path.stat()
+    except FileNotFoundError:
+        raise StorageFailure(f"{shown} was deleted during the run ({opened.path} is gone, with every trial it held); "
+                             f"nothing this run did since is saved: restore the file from a backup, or rerun to "
+                             f"start the study again") from None
+    if (stat.st_dev, stat.st_ino) != (opened.device, opened.inode):
+        raise StorageFailure(f"{shown} was replaced during the run (another file is at {opened.path} now); the "
+                             f"trials this run finished since then went to the old file and are lost: check what "
+                             f"replaced it, then rerun")
+    if thorough:
+        engine = sqlalchemy.create_engine(opened.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        try:  # a connection of its own: the pool's may hold the file's pages in its cache
+            with engine.connect() as conn:
+                _quick_check(conn)
+        except (_DamagedFile, SQLAlchemyError) as exc:
+            raise StorageFailure(f"{shown} {_damaged(_first_line(exc, opened.url), opened.url)}") from None
+        finally:
+            engine.dispose()
 
 
 # --------------------------------------------------------------------------- the adapter over Optuna internals
