@@ -223,10 +223,11 @@ def _nothing_to_run(cfg: StudyConfig, flags: str) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the study: in this process for one slot, under a supervisor for several."""
     from hpsearch.slots import plan_slots
-    from hpsearch.study import check_output_dir
+    from hpsearch.study import check_output_dir, check_writable
 
     cfg = _config(args.study_file, args)
     check_output_dir(cfg)
+    check_writable(cfg.storage_url, cfg.source)
     flags = _storage_flag(args, cfg)
     os.environ[RUN_ENV] = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}:{secrets.token_hex(3)}"  # workers inherit it
     if _nothing_to_run(cfg, flags):

@@ -26,7 +26,7 @@ from urllib.parse import quote, quote_plus
 import optuna
 import sqlalchemy
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, PendingRollbackError, SQLAlchemyError
 
 from hpsearch import __version__
 from hpsearch.config import StudyConfig, WorkersConfig
@@ -414,6 +414,7 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
     try:
         if not create:
             return _open_existing(url, source)
+        check_writable(url, source)
         with _no_new_file_left(url):
             storage = _open_rdb(url, heartbeat)
         if make_url(url).get_backend_name() == "sqlite":
@@ -536,8 +537,18 @@ def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
     return open_study(cfg, create=create, storage=None if create else storage)
 
 
+def check_writable(url: str, source: str) -> None:
+    """Refuse, before a run starts, an SQLite file that cannot be written (read-only file, folder or media)."""
+    path = _sqlite_file(url)
+    if path is not None and path.is_file() and _is_read_only(path):
+        raise StorageError(f"{source}: storage: '{redact_url(url)}' cannot be written: {_READ_ONLY_FIX}")
+
+
 def _has_optuna_tables(url: str) -> bool:
     """Whether the database holds Optuna's tables (a new, empty database holds no study)."""
+    path = _sqlite_file(url)
+    if path is not None and path.is_file() and _is_read_only(path):
+        url = _read_only_url(path)  # a WAL file on read-only media opens only this way
     engine = sqlalchemy.create_engine(driver_url(url), **_engine_kwargs(url))
     try:
         return sqlalchemy.inspect(engine).has_table("studies")
@@ -673,6 +684,9 @@ _GONE = ("connection refused", "server closed the connection", "terminating conn
          "connection to server", "connection is closed", "the connection is lost", "connection timeout expired",
          "ssl connection has been closed", "unable to open database file")
 
+_READ_ONLY = ("attempt to write a readonly database", "readonly database")
+_READ_ONLY_FIX = "the file or its folder is read-only: make both writable, or use another output_dir: or storage:"
+
 
 def _damage(exc: BaseException, url: str) -> str:
     """What a storage exception means, for the user: damaged file, full disk, server gone; '' otherwise."""
@@ -681,7 +695,12 @@ def _damage(exc: BaseException, url: str) -> str:
         return _damaged(_first_line(exc, url), url)
     if any(word in text for word in _FULL):
         return f"cannot be written: the disk is full ({_first_line(exc, url)}); free space, then rerun to continue"
+    if any(word in text for word in _READ_ONLY):
+        return f"cannot be written ({_first_line(exc, url)}); {_READ_ONLY_FIX}"
     if any(word in text for word in _GONE):
+        if _sqlite_file(url) is not None:
+            return (f"cannot be opened any more ({_first_line(exc, url)}); check that the file and its folder still "
+                    f"exist and are writable, then rerun to continue")
         return (f"stopped answering ({_first_line(exc, url)}); check that the database server is running, "
                 f"then rerun to continue")
     return ""
@@ -697,13 +716,34 @@ def _damaged(detail: str, url: str) -> str:
             f"`{salvage}` and point storage: at the new file")
 
 
+class _LibraryDumpToDebug(logging.Filter):
+    """Optuna's "Caught an error from sqlalchemy" warning (raw SQL and parameters, 6 lines) shows with --debug only.
+
+    The error itself reaches hpsearch, which reports it in one line of its own.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Caught an error from sqlalchemy"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("optuna").isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("optuna.storages._rdb.storage").addFilter(_LibraryDumpToDebug())
+
 STORAGE_EXCEPTIONS: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
 
 
 def storage_cause(exc: BaseException) -> BaseException:
-    """The database's own exception behind Optuna's StorageInternalError (whose text blames the data)."""
+    """The database's own exception behind Optuna's StorageInternalError (whose text blames the data).
+
+    SQLAlchemy's "Can't reconnect until invalid transaction is rolled back" follows a connection
+    the server cut: the cut (its __context__) is what happened.
+    """
     if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
-        return exc.__cause__
+        exc = exc.__cause__
+    if isinstance(exc, PendingRollbackError) and isinstance(exc.__context__, SQLAlchemyError):
+        return storage_cause(exc.__context__)
     return exc
 
 
