@@ -698,7 +698,7 @@ def _damage(exc: BaseException, url: str) -> str:
     if any(word in text for word in _READ_ONLY):
         return f"cannot be written ({_first_line(exc, url)}); {_READ_ONLY_FIX}"
     if any(word in text for word in _GONE):
-        if _sqlite_file(url) is not None:
+        if "unable to open database file" in text:  # SQLite's words: a file, not a server
             return (f"cannot be opened any more ({_first_line(exc, url)}); check that the file and its folder still "
                     f"exist and are writable, then rerun to continue")
         return (f"stopped answering ({_first_line(exc, url)}); check that the database server is running, "
