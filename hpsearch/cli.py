@@ -127,12 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _storage_override(args: argparse.Namespace) -> str | None:
+    """The storage URL replacing the file's: --storage, else $HPSEARCH_STORAGE; an empty one is refused.
+
+    An empty value is a variable that did not reach the shell (`--storage "$URL"`): silently using the
+    file's storage instead would start a study of its own, elsewhere.
+    """
+    flag = getattr(args, "storage", None)
+    if flag is not None:
+        if not flag.strip():
+            raise ConfigError("command line: --storage: the storage URL is empty (an unset variable?); give a URL "
+                              "such as sqlite:///runs/study.db, or leave the flag out to use the file's storage:")
+        return flag
+    value = os.environ.get(STORAGE_ENV)
+    if value is not None and not value.strip():
+        raise ConfigError(f"environment: {STORAGE_ENV}: the storage URL is empty; set it to a URL, or unset it "
+                          f"(`unset {STORAGE_ENV}`) to use the file's storage:")
+    return value
+
+
 def _config(path: str, args: argparse.Namespace) -> StudyConfig:
-    cfg = load_config(path)
-    overrides: dict[str, Any] = {"storage": getattr(args, "storage", None) or os.environ.get(STORAGE_ENV) or None}
-    for key in ("n_trials", "timeout", "epochs", "device", "output_dir"):
-        overrides[key] = getattr(args, key, None)
-    return with_overrides(cfg, **overrides)
+    from hpsearch.study import check_storage
+
+    storage = _storage_override(args)
+    overrides: dict[str, Any] = {key: getattr(args, key, None)
+                                 for key in ("n_trials", "timeout", "epochs", "device", "output_dir")}
+    cfg = with_overrides(load_config(path, storage=storage), **overrides)
+    check_storage(cfg.storage_url, cfg.source)  # before any verb parses it, opens it or creates a file
+    return cfg
 
 
 def _setup_logging(debug: bool) -> None:
@@ -193,7 +215,7 @@ def _hints(args: argparse.Namespace, cfg: StudyConfig) -> Any:
     """How the commands a summary suggests are spelled: the program as invoked, and each flag that moved the study."""
     from hpsearch import summary
 
-    in_file = load_config(args.study_file)  # what a plain rerun of the file asks for (n_trials, output_dir)
+    in_file = load_config(args.study_file, storage=cfg.storage_url)  # what a plain rerun of the file asks for (n_trials, output_dir)
     return summary.Hints(prog=summary.invoked_as(), storage=_storage_flag(args, cfg), file_n_trials=in_file.n_trials,
                          file_out_dir=in_file.out_dir)
 
@@ -230,10 +252,11 @@ def _nothing_to_run(cfg: StudyConfig, hints: Any) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the study: in this process for one slot, under a supervisor for several."""
     from hpsearch.slots import plan_slots
-    from hpsearch.study import check_output_dir
+    from hpsearch.study import check_output_dir, check_writable
 
     cfg = _config(args.study_file, args)
     check_output_dir(cfg)
+    check_writable(cfg.storage_url, cfg.source)
     hints = _hints(args, cfg)
     os.environ[RUN_ENV] = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}:{secrets.token_hex(3)}"  # workers inherit it
     if _nothing_to_run(cfg, hints):

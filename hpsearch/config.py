@@ -808,10 +808,17 @@ def build_config(raw: dict[str, Any], source: str = "<memory>") -> StudyConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read and validate a study file; every problem becomes one ConfigError line."""
+def load_config(path: str | Path, storage: str | None = None) -> StudyConfig:
+    """Read and validate a study file; every problem becomes one ConfigError line.
+
+    `storage` (--storage, $HPSEARCH_STORAGE) replaces the file's storage: before it is expanded: a
+    ${VAR} in the URL it replaces is never needed.
+    """
     path = Path(path)
-    return build_config(_read_yaml(path), source=str(path))
+    raw = _read_yaml(path)
+    if storage is not None:
+        raw["storage"] = storage
+    return build_config(raw, source=str(path))
 
 
 def with_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -24,7 +26,7 @@ from urllib.parse import quote, quote_plus
 import optuna
 import sqlalchemy
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, PendingRollbackError, SQLAlchemyError
 
 from hpsearch import __version__
 from hpsearch.config import StudyConfig, WorkersConfig
@@ -99,17 +101,71 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+EXAMPLE_URLS = "sqlite:///runs/study.db or postgresql+psycopg://user:${DB_PASSWORD}@host/db"
+
+
 def check_url(url: str, source: str) -> None:
     """Refuse, without echoing it, a storage URL that SQLAlchemy cannot parse or that it would misread."""
-    example = "sqlite:///runs/study.db or postgresql+psycopg://user:${DB_PASSWORD}@host/db"
+    if not url.strip():
+        raise StorageError(f"{source}: storage: the storage URL is empty; use a URL such as {EXAMPLE_URLS}")
     try:
         parsed = make_url(url)
+        parsed.port  # noqa: B018 - a port that is no number fails only when read (ValueError)
     except Exception:  # noqa: BLE001 - ArgumentError, or ValueError for a bad port: the URL must not be echoed
-        raise StorageError(f"{source}: storage: the storage URL cannot be parsed; use a URL such as {example} "
+        raise StorageError(f"{source}: storage: the storage URL cannot be parsed; use a URL such as {EXAMPLE_URLS} "
                            f"(percent-encode special characters of the password, e.g. @ as %40)") from None
     if parsed.host and "@" in parsed.host:
         raise StorageError(f"{source}: storage: the password in {redact_url(url)} holds an unescaped '@'; "
                            f"percent-encode it as %40")
+
+
+# The package that provides each database driver module SQLAlchemy may import.
+_DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient",
+                    "pymysql": "PyMySQL", "pg8000": "pg8000", "asyncpg": "asyncpg", "mysql": "mysql-connector-python",
+                    "cx_Oracle": "cx_Oracle", "oracledb": "oracledb", "pyodbc": "pyodbc", "pymssql": "pymssql"}
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def driver_url(url: str) -> str:
+    """`url` as the engine opens it: plain `postgresql://` uses psycopg 3 where only that driver is installed.
+
+    SQLAlchemy's default PostgreSQL driver is psycopg2; `pip install 'hpsearch[postgres]'` installs psycopg 3.
+    """
+    if make_url(url).drivername == "postgresql" and not _importable("psycopg2") and _importable("psycopg"):
+        return re.sub(r"^[^:]+", "postgresql+psycopg", url, count=1)
+    return url
+
+
+def check_driver(url: str, source: str) -> None:
+    """Refuse, in one line naming the package to install, a URL whose database driver is not installed."""
+    shown = redact_url(url)
+    try:
+        make_url(driver_url(url)).get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise StorageError(f"{source}: storage: '{shown}' names a database SQLAlchemy does not know; use a URL such "
+                           f"as {EXAMPLE_URLS}") from None
+    except ImportError as exc:
+        module = (exc.name or "").split(".")[0] or make_url(url).get_driver_name()
+        fix = f"pip install {_DRIVER_PACKAGES.get(module, module)}"
+        if make_url(url).drivername in ("postgresql", "postgresql+psycopg"):
+            fix = "pip install 'hpsearch[postgres]' (psycopg 3, which postgresql:// then uses)"
+        elif make_url(url).get_backend_name() == "postgresql":
+            fix += ", or pip install 'hpsearch[postgres]' and write the URL as postgresql+psycopg://..."
+        raise StorageError(f"{source}: storage: '{shown}' needs the database driver '{module}', which is not "
+                           f"installed; {fix}") from None
+
+
+def check_storage(url: str, source: str) -> None:
+    """Every check a storage URL gets before anything parses it, connects or creates a file (exit 2 each)."""
+    check_url(url, source)
+    if _is_memory(url):
+        raise StorageError(f"{source}: storage: '{redact_url(url)}' lives inside one process, so workers, reruns "
+                           f"and `hpsearch status` could never see the study; use a file such as "
+                           f"sqlite:///runs/study.db") from None
+    check_driver(url, source)
 
 
 def artifact_dir(out_dir: str | Path) -> Path:
@@ -239,13 +295,18 @@ def _prepare_sqlite(url: str) -> None:
     try:
         with engine.connect() as conn:
             if existed:  # before anything writes: a damaged file must stay as it is (~0.2 s per 70 MB)
-                problems = " ".join(" ".join(row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(1)")).split())
-                if problems != "ok":
-                    raise _DamagedFile(re.sub(r"\*\*\* in database \w+ \*\*\* ", "", problems))
+                _quick_check(conn)
             # WAL lets readers (dashboard, status) run beside the writing workers; it persists in the file.
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     finally:
         engine.dispose()
+
+
+def _quick_check(conn: sqlalchemy.engine.Connection) -> None:
+    """Raise _DamagedFile with SQLite's own words when `PRAGMA quick_check` finds damage."""
+    problems = " ".join(" ".join(row[0] for row in conn.exec_driver_sql("PRAGMA quick_check(1)")).split())
+    if problems != "ok":
+        raise _DamagedFile(re.sub(r"\*\*\* in database \w+ \*\*\* ", "", problems))
 
 
 _ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
@@ -257,10 +318,15 @@ def dispose_storages() -> None:
         engine.dispose()
 
 
+def _optuna_url(url: str) -> str:
+    """`url` for Optuna's RDBStorage, which fills it as a str.format template: braces in a path stay literal."""
+    return driver_url(url).replace("{", "{{").replace("}", "}}")
+
+
 def _rdb_storage(url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+        storage = optuna.storages.RDBStorage(_optuna_url(url), engine_kwargs=_engine_kwargs(url), **heartbeat)
     _ENGINES.add(storage.engine)
     return storage
 
@@ -307,8 +373,8 @@ def _open_existing(url: str, source: str) -> optuna.storages.RDBStorage:
                            f"first or check storage:")
     try:
         # Readers accept any schema version, as optuna-dashboard itself does.
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=True,
-                                             skip_table_creation=True)
+        storage = optuna.storages.RDBStorage(_optuna_url(url), engine_kwargs=_engine_kwargs(url),
+                                             skip_compatibility_check=True, skip_table_creation=True)
         _ENGINES.add(storage.engine)
         return storage
     except optuna.exceptions.StorageInternalError as exc:
@@ -348,9 +414,12 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
     try:
         if not create:
             return _open_existing(url, source)
-        storage = _open_rdb(url, heartbeat)
+        check_writable(url, source)
+        with _no_new_file_left(url):
+            storage = _open_rdb(url, heartbeat)
         if make_url(url).get_backend_name() == "sqlite":
             _begin_immediate(storage.engine)
+            _remember_file(storage.engine, url, source)
         return storage
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StorageError(f"{source}: storage: cannot use '{shown}' ({_first_line(exc, url)}); use a URL such as "
@@ -366,6 +435,35 @@ def make_storage(url: str, source: str = "<memory>", workers: WorkersConfig | No
             raise StorageError(f"{source}: storage: '{shown}' {damage}") from None
         raise StorageError(f"{source}: storage: cannot open '{shown}' ({_first_line(exc, url)}); {_open_hint(url)}") \
             from None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLite URL (None for another database, or one in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+@contextmanager
+def _no_new_file_left(url: str) -> Iterator[None]:
+    """An SQLite file the block created is removed again (with its -wal, -shm) if the block fails before any table."""
+    path = _sqlite_file(url)
+    fresh = path is not None and not path.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and path is not None and path.exists() and not _holds_tables(url):
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
+
+
+def _holds_tables(url: str) -> bool:
+    try:
+        return _has_optuna_tables(url)
+    except SQLAlchemyError:
+        return True  # unreadable: it is not ours to remove
 
 
 def _open_hint(url: str) -> str:
@@ -420,16 +518,8 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
 
 
 def _check_usable(url: str, source: str) -> None:
-    """Refuse, before any connection, a URL that cannot be parsed or that no other process could see."""
-    check_url(url, source)
-    try:
-        in_memory = _is_memory(url)
-    except (ArgumentError, ValueError):
-        return  # unparseable: the driver's own message follows
-    if in_memory:
-        raise StorageError(f"{source}: storage: '{redact_url(url)}' lives inside one process, so workers, reruns "
-                           f"and `hpsearch status` could never see the study; use a file such as "
-                           f"sqlite:///runs/study.db") from None
+    """Refuse, before any connection, what :func:`check_storage` refuses."""
+    check_storage(url, source)
 
 
 def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
@@ -447,9 +537,19 @@ def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
     return open_study(cfg, create=create, storage=None if create else storage)
 
 
+def check_writable(url: str, source: str) -> None:
+    """Refuse, before a run starts, an SQLite file that cannot be written (read-only file, folder or media)."""
+    path = _sqlite_file(url)
+    if path is not None and path.is_file() and _is_read_only(path):
+        raise StorageError(f"{source}: storage: '{redact_url(url)}' cannot be written: {_READ_ONLY_FIX}")
+
+
 def _has_optuna_tables(url: str) -> bool:
     """Whether the database holds Optuna's tables (a new, empty database holds no study)."""
-    engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    path = _sqlite_file(url)
+    if path is not None and path.is_file() and _is_read_only(path):
+        url = _read_only_url(path)  # a WAL file on read-only media opens only this way
+    engine = sqlalchemy.create_engine(driver_url(url), **_engine_kwargs(url))
     try:
         return sqlalchemy.inspect(engine).has_table("studies")
     finally:
@@ -584,6 +684,9 @@ _GONE = ("connection refused", "server closed the connection", "terminating conn
          "connection to server", "connection is closed", "the connection is lost", "connection timeout expired",
          "ssl connection has been closed", "unable to open database file")
 
+_READ_ONLY = ("attempt to write a readonly database", "readonly database")
+_READ_ONLY_FIX = "the file or its folder is read-only: make both writable, or use another output_dir: or storage:"
+
 
 def _damage(exc: BaseException, url: str) -> str:
     """What a storage exception means, for the user: damaged file, full disk, server gone; '' otherwise."""
@@ -592,7 +695,12 @@ def _damage(exc: BaseException, url: str) -> str:
         return _damaged(_first_line(exc, url), url)
     if any(word in text for word in _FULL):
         return f"cannot be written: the disk is full ({_first_line(exc, url)}); free space, then rerun to continue"
+    if any(word in text for word in _READ_ONLY):
+        return f"cannot be written ({_first_line(exc, url)}); {_READ_ONLY_FIX}"
     if any(word in text for word in _GONE):
+        if "unable to open database file" in text:  # SQLite's words: a file, not a server
+            return (f"cannot be opened any more ({_first_line(exc, url)}); check that the file and its folder still "
+                    f"exist and are writable, then rerun to continue")
         return (f"stopped answering ({_first_line(exc, url)}); check that the database server is running, "
                 f"then rerun to continue")
     return ""
@@ -608,13 +716,34 @@ def _damaged(detail: str, url: str) -> str:
             f"`{salvage}` and point storage: at the new file")
 
 
+class _LibraryDumpToDebug(logging.Filter):
+    """Optuna's "Caught an error from sqlalchemy" warning (raw SQL and parameters, 6 lines) shows with --debug only.
+
+    The error itself reaches hpsearch, which reports it in one line of its own.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Caught an error from sqlalchemy"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("optuna").isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("optuna.storages._rdb.storage").addFilter(_LibraryDumpToDebug())
+
 STORAGE_EXCEPTIONS: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
 
 
 def storage_cause(exc: BaseException) -> BaseException:
-    """The database's own exception behind Optuna's StorageInternalError (whose text blames the data)."""
+    """The database's own exception behind Optuna's StorageInternalError (whose text blames the data).
+
+    SQLAlchemy's "Can't reconnect until invalid transaction is rolled back" follows a connection
+    the server cut: the cut (its __context__) is what happened.
+    """
     if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
-        return exc.__cause__
+        exc = exc.__cause__
+    if isinstance(exc, PendingRollbackError) and isinstance(exc.__context__, SQLAlchemyError):
+        return storage_cause(exc.__context__)
     return exc
 
 
@@ -639,6 +768,59 @@ def guard_storage(cfg: StudyConfig, running: bool = False) -> Iterator[None]:
 def is_storage_exception(exc: BaseException) -> bool:
     """Whether `exc` came from the storage layer (the database), not from training code."""
     return isinstance(exc, STORAGE_EXCEPTIONS)
+
+
+@dataclass(frozen=True)
+class _OpenedFile:
+    """The SQLite file a writer opened: its device and inode, so a file deleted or replaced later is noticed."""
+
+    source: str
+    url: str
+    path: Path
+    device: int
+    inode: int
+
+
+_OPENED: weakref.WeakKeyDictionary[sqlalchemy.engine.Engine, _OpenedFile] = weakref.WeakKeyDictionary()
+
+
+def _remember_file(engine: sqlalchemy.engine.Engine, url: str, source: str) -> None:
+    path = _sqlite_file(url)
+    if path is not None:
+        stat = path.stat()
+        _OPENED[engine] = _OpenedFile(source, url, path.resolve(), stat.st_dev, stat.st_ino)
+
+
+def check_storage_file(study: optuna.Study, thorough: bool = False) -> None:
+    """Raise StorageFailure when the SQLite file this process writes was deleted or replaced since it opened it.
+
+    SQLite goes on writing to a deleted file's inode without an error: every later result would be
+    lost while the run reported success. Called at each trial boundary (one stat); `thorough` (the
+    end of a run) also runs `PRAGMA quick_check` on the file, which catches a file overwritten in place.
+    """
+    opened = _OPENED.get(_engine(storage_of(study)))
+    if opened is None:
+        return
+    shown = f"{opened.source}: storage: '{redact_url(opened.url)}'"
+    try:
+        stat = opened.path.stat()
+    except FileNotFoundError:
+        raise StorageFailure(f"{shown} was deleted during the run ({opened.path} is gone, with every trial it held); "
+                             f"nothing this run did since is saved: restore the file from a backup, or rerun to "
+                             f"start the study again") from None
+    if (stat.st_dev, stat.st_ino) != (opened.device, opened.inode):
+        raise StorageFailure(f"{shown} was replaced during the run (another file is at {opened.path} now); the "
+                             f"trials this run finished since then went to the old file and are lost: check what "
+                             f"replaced it, then rerun")
+    if thorough:
+        engine = sqlalchemy.create_engine(opened.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        try:  # a connection of its own: the pool's may hold the file's pages in its cache
+            with engine.connect() as conn:
+                _quick_check(conn)
+        except (_DamagedFile, SQLAlchemyError) as exc:
+            raise StorageFailure(f"{shown} {_damaged(_first_line(exc, opened.url), opened.url)}") from None
+        finally:
+            engine.dispose()
 
 
 # --------------------------------------------------------------------------- the adapter over Optuna internals
@@ -800,6 +982,14 @@ def storage_identity(url: str) -> str:
     return redact_url(url)  # the password masked: the same storage whatever the password
 
 
+def _same_database(recorded: Any, identity: str) -> bool:
+    """Whether two storage identities name one database, whichever driver each URL spells (postgresql+psycopg)."""
+    def plain(text: str) -> str:
+        return re.sub(r"^([A-Za-z0-9]+)\+[A-Za-z0-9_]+:", r"\1:", text, count=1)
+
+    return isinstance(recorded, str) and plain(recorded) == plain(identity)
+
+
 def _owner(cfg: StudyConfig) -> dict[str, Any] | None:
     try:
         return json.loads((Path(cfg.out_dir) / OWNER_FILE).read_text())
@@ -813,12 +1003,13 @@ def check_output_dir(cfg: StudyConfig, study_id: int | None = None) -> None:
     Two such studies would overwrite each other's checkpoints (trial numbers repeat); the folder
     records its owner the first time a study runs there.
     """
+    check_url(cfg.storage_url, cfg.source)  # before the URL is parsed below: a bad one is one line, exit 2
     owner = _owner(cfg)
     if owner is None:
         return
     mine = storage_identity(cfg.storage_url)
     same_id = study_id is None or owner.get("study_id") in (None, study_id)
-    if owner.get("storage") == mine and owner.get("name") == cfg.name and same_id:
+    if _same_database(owner.get("storage"), mine) and owner.get("name") == cfg.name and same_id:
         return
     whose = f"study '{owner.get('name')}' in {owner.get('storage')} (study id {owner.get('study_id')})"
     this = f"this one is '{cfg.name}' in {redact_url(cfg.storage_url)}" + (f" (study id {study_id})" if study_id else "")

@@ -32,8 +32,8 @@ from hpsearch.monitor import Monitor
 from hpsearch.results import records
 from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, enough_slots
 from hpsearch.status import read_status
-from hpsearch.study import (STORAGE_EXCEPTIONS, find_study, finished_count, guard_storage, open_study, requeue,
-                            storage_of, trial_id)
+from hpsearch.study import (STORAGE_EXCEPTIONS, check_storage_file, find_study, finished_count, guard_storage,
+                            open_study, requeue, storage_of, trial_id)
 from hpsearch.threads import planned_threads, usable_cores, worker_env
 
 log = logging.getLogger("hpsearch")
@@ -302,6 +302,8 @@ def supervise(cfg: StudyConfig, slots: list[Slot], auto_scale: bool,
             supervisor.run(Monitor(study, cfg, supervisor.slots))
         except KeyboardInterrupt:
             return SupervisedOutcome(interrupted=True), supervisor.study
+        if supervisor.study is not None:
+            check_storage_file(supervisor.study, thorough=True)  # the file the workers wrote is still the one opened
     return SupervisedOutcome(), supervisor.study
 
 

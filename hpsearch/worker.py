@@ -37,9 +37,9 @@ from hpsearch.plugins import import_callable
 from hpsearch.results import records
 from hpsearch.slots import MemoryProbe, Slot
 from hpsearch.status import WorkerStatus, process_start_time, read_status
-from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, claim_output_dir, current_state, fail_stale_trials,
-                            finished_count, guard_storage, is_storage_exception, open_study, requeue, settings_id,
-                            storage_cause)
+from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, check_storage_file, claim_output_dir, current_state,
+                            fail_stale_trials, finished_count, guard_storage, is_storage_exception, open_study,
+                            requeue, settings_id, storage_cause)
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error this many trials in a row stops the worker
@@ -400,6 +400,7 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                     signals.sleep(poll_s)
                     continue
                 frozen = _trial(study, objective, n_trials, max_retries, streak, on_trial)
+                check_storage_file(study)  # before the trial is reported as saved
                 if frozen is None:
                     continue
                 if frozen.state == TrialState.FAIL:  # outside the except block: the traceback no longer pins memory
@@ -474,6 +475,7 @@ def work_in_this_process(cfg: StudyConfig, slot: Slot, on_trial: Callable[..., N
                              cfg.timeout, on_trial=on_trial, max_retries=workers.max_retries,
                              stale_check_s=workers.heartbeat_interval, grace_period=workers.grace_period,
                              max_failures=workers.max_consecutive_failures)
+        check_storage_file(study, thorough=True)  # nothing is reported as saved that the file does not hold
     status.phase("done")
     return outcome, study
 

@@ -386,3 +386,43 @@ def test_postgres_stopped_mid_run_ends_in_one_line_and_the_rerun_finishes(
             assert main(["status", str(path)]) == 0
             assert main(["run", str(path), "--epochs", "1"]) == 0
         _assert_finished_consistently(storage, n_trials, cut_short)
+
+
+# --------------------------------------------------------------------------- a connection the server cuts
+
+@pytest.mark.postgres
+def test_a_cut_connection_is_one_line_of_ours_without_the_library_dump(
+        write_study: Callable[..., Path], empty_pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The server terminates the connection (pg_terminate_backend) under Optuna's trial query, as a DBA or a
+    failover does: Optuna logs the raw SQL and parameters and retries on the broken transaction, which
+    SQLAlchemy refuses ("Can't reconnect until invalid transaction is rolled back")."""
+    from hpsearch.cli import _setup_logging
+
+    cfg = load_config(write_study(storage=empty_pg_url))
+    _setup_logging(debug=False)
+    study = open_study(cfg)
+    engine = study_module._engine(study_module.storage_of(study))
+    armed = [True]
+
+    @sqlalchemy.event.listens_for(engine, "before_cursor_execute")
+    def cut(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if armed[0] and statement.lstrip().startswith("SELECT") and "FROM trials" in statement:
+            armed[0] = False
+            admin, _ = pg.admin_connection()
+            with admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (cursor.connection.info.backend_pid,))
+
+    capsys.readouterr()
+    try:
+        with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
+            study.get_trials()
+        assert not armed[0]  # the connection was cut for real
+        assert "Caught an error" not in capsys.readouterr().err  # the 6-line dump waits for --debug
+        message = str(storage_failure(caught.value, cfg, running=True))
+        shown = re.escape(empty_pg_url)
+        assert re.fullmatch(rf"\S+: storage: '{shown}' stopped answering \(terminating connection due to "
+                            rf"administrator command\); check that the database server is running, then rerun to "
+                            rf"continue", message), message
+    finally:
+        engine.dispose()
+        study_module.dispose_storages()
