@@ -926,13 +926,14 @@ def _describe(annotation: Any, plural: bool = False) -> str:
 def _non_finite(value: Any, path: str = "", clean: set[int] | None = None) -> tuple[str, float] | None:
     """The key path and value of the first NaN or infinity anywhere in `value`, or None.
 
-    A list or mapping shared through YAML aliases is walked once (`clean`: the ids of those already found clean).
+    A list or mapping shared through YAML aliases is walked once (`clean`: the ids of those already visited).
     """
     if isinstance(value, float) and not math.isfinite(value):
         return path or "(top level)", value
     clean = set() if clean is None else clean
     if id(value) in clean:
         return None
+    clean.add(id(value))  # before its items: the first NaN ends the walk, so a visited value is a clean one
     if isinstance(value, dict):
         items: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
     elif isinstance(value, list):
@@ -943,7 +944,6 @@ def _non_finite(value: Any, path: str = "", clean: set[int] | None = None) -> tu
         found = _non_finite(item, where, clean)
         if found is not None:
             return found
-    clean.add(id(value))
     return None
 
 
