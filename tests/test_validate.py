@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Union, get_args, get_origin
 import pytest
 import yaml
 
-from conftest import TINY_STUDY, start_hpsearch
+from conftest import TINY_STUDY, python_env, start_hpsearch
 from hpsearch import config
 from hpsearch.cli import main
 
@@ -99,7 +99,10 @@ def test_ctrl_c_while_the_study_file_is_read_stops_at_once(workdir: Path, verb: 
     """The file is a pipe whose writer never finishes: the load blocks until the signal ends it."""
     fifo = workdir / "study.yaml"
     os.mkfifo(fifo)
-    proc = start_hpsearch(verb, str(fifo), cwd=workdir)
+    # As from a terminal: a runner started in the background (`cmd &`) would hand the child SIGINT ignored.
+    proc = subprocess.Popen([sys.executable, "-m", "hpsearch", verb, str(fifo)], cwd=workdir, env=python_env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     writer = None
     try:
         while writer is None:  # opening the write end succeeds once the child has opened the read end
