@@ -16,14 +16,17 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from hpsearch import names
+from hpsearch import names, signals
 from hpsearch.errors import ConfigError
 
 
 class Strict(BaseModel):
-    """Base for every section: unknown keys, NaN and infinities are errors, defaults are validated too."""
+    """Base for every section: unknown keys, NaN and infinities are errors, defaults are validated too.
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
+    Strict types: true is not the number 1, 2.0 is not an integer and "64" is not a number.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False, strict=True)
 
 
 # The builtin models' arguments and their rule: a positive integer (None: the model's own default).
@@ -40,6 +43,7 @@ Scalar = Union[bool, int, float, str]
 CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 MAX_STUDY_BYTES = 2 * 1024 * 1024  # parsing is the cost: PyYAML builds a Python object per value
 MAX_ENQUEUE = 10_000
+MAX_ALIAS_VALUES = 100_000  # values that aliases may add: far above sharing a list, far below a YAML bomb
 STORAGE_ENV = "HPSEARCH_STORAGE"  # overrides storage: like --storage, without showing a password in `ps`
 RUN_ENV = "HPSEARCH_RUN"  # the id of the `hpsearch run` a worker belongs to (set by run for its workers)
 
@@ -612,7 +616,20 @@ def _check_direction(cfg: StudyConfig) -> None:
                                        f"{natural}d); set direction: {natural} or drop it")
 
 
+def _check_braces(cfg: StudyConfig) -> None:
+    """No '{' or '}' in output_dir or an SQLite path: Optuna fills a storage URL as a str.format template."""
+    why = "Optuna reads braces in a storage URL as a template"
+    if cfg.output_dir is not None and _BRACES.search(cfg.output_dir):
+        raise _error(cfg, "output_dir", f"{_shown(cfg.output_dir)} holds '{{' or '}}', which a folder of a study may "
+                                        f"not ({why}, and the default database lies in this folder); rename it, "
+                                        f"e.g. {_shown(_BRACES.sub('', cfg.output_dir))}")
+    if cfg.storage is not None and cfg.storage.startswith("sqlite") and _BRACES.search(cfg.storage):
+        raise _error(cfg, "storage", f"{_shown(cfg.storage)} holds '{{' or '}}', which an SQLite path may not "
+                                     f"({why}); rename the file or folder, e.g. {_shown(_BRACES.sub('', cfg.storage))}")
+
+
 def _check_cross_fields(cfg: StudyConfig) -> None:
+    _check_braces(cfg)
     _check_direction(cfg)
     _check_model_args(cfg)
     _check_space(cfg)
@@ -633,6 +650,7 @@ def _error(cfg_or_source: Any, where: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {where}: {message}")
 
 
+_BRACES = re.compile(r"[{}]")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -656,8 +674,68 @@ class _DuplicateKey(yaml.YAMLError):
 _SafeBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _AliasBomb(yaml.YAMLError):
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(why)
+        self.line, self.why = line, why
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse a node graph whose aliases expand to over MAX_ALIAS_VALUES values more than it holds, or a cycle.
+
+    Counted once per node on the composed graph, before anything is built: nine anchors nested nine
+    deep are 400 bytes that expand to 387 million values, which every later step would walk.
+    """
+    distinct = _distinct_nodes(root)
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > distinct + MAX_ALIAS_VALUES:
+                raise _AliasBomb(node.start_mark.line + 1, f"YAML aliases expand to over {MAX_ALIAS_VALUES:,} values")
+            continue
+        if key in sizes:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                raise _AliasBomb(node.start_mark.line + 1, "a YAML alias refers to a value that contains it")
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _distinct_nodes(root: yaml.Node) -> int:
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(_children(node))
+    return len(seen)
+
+
 class _StudyLoader(_SafeBase):  # type: ignore[misc, valid-type]
-    """safe_load's loader (plain values only, no !!python tags) that refuses a key given twice in one mapping."""
+    """safe_load's loader (plain values only, no !!python tags) that refuses a key given twice in one mapping
+    and aliases that expand without bound."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_aliases(node)
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -706,6 +784,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raw = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - _StudyLoader is a SafeLoader
     except _DuplicateKey as exc:
         raise ConfigError(f"{source}: line {exc.line}: duplicate key {_shown(exc.key)}; keep one") from None
+    except _AliasBomb as exc:
+        raise ConfigError(f"{source}: line {exc.line}: {exc.why}; study files may use anchors and aliases, "
+                          f"but not nest them this deep or inside themselves; write the values out") from None
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(f"{source}: line {_line(exc)}: unsupported YAML tag ({exc.problem}); "
                           f"study files hold plain values only") from None
@@ -727,11 +808,15 @@ def _line(exc: yaml.YAMLError) -> str:
 
 def _pydantic_message(source: str, exc: ValidationError) -> ConfigError:
     err = exc.errors()[0]
-    loc = _key_path(err["loc"])
+    walk = _walk(err["loc"])
+    loc = walk.keys
     where = ".".join(loc) or "(top level)"
     kind = err["type"]
+    value = err.get("input")
     if kind == "extra_forbidden":
-        return _error(source, where, f"unknown key '{loc[-1]}'; remove it or check the spelling")
+        fields = [name for name in (walk.owner.model_fields if walk.owner else ()) if name != "source"]
+        return _error(source, where, f"unknown key '{loc[-1]}'{_did_you_mean(loc[-1], fields)}; remove it or "
+                                     f"check the spelling")
     if kind == "missing":
         return _error(source, where, "required key is missing; add it")
     if kind == "union_tag_invalid":
@@ -739,32 +824,116 @@ def _pydantic_message(source: str, exc: ValidationError) -> ConfigError:
         return _error(source, f"{where}.type", f"unknown type '{ctx.get('tag')}'; use one of {ctx.get('expected_tags')}")
     if kind == "union_tag_not_found":
         return _error(source, f"{where}.type", "type is missing; add type:")
+    if kind in ("int_type", "float_type") and isinstance(value, bool):
+        return _error(source, where, f"{str(value).lower()} is not a number; write {_TYPES[kind]}")
+    if walk.union is not None:
+        where = ".".join(loc[:walk.union_depth])
+        return _error(source, where, f"must be {_describe(walk.union)}; change the value")
     message = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
     shown = "" if isinstance(value, (dict, list)) or kind == "value_error" else f" (got {_shown(value)})"
     return _error(source, where, f"{message}{shown}")
 
 
-_UNION_TAGS = {"float", "int", "categorical"}
+class _Walk:
+    """A pydantic error location read against the schema: the keys a user wrote, without union member labels."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.owner: type[BaseModel] | None = None  # the section holding the last key
+        self.union: Any = None  # the innermost plain (not discriminated) union the error went through
+        self.union_depth = 0
 
 
-def _key_path(loc: tuple[Any, ...]) -> list[str]:
-    """Pydantic's location minus the discriminator tags it inserts (space.lr.float.low -> space.lr.low)."""
-    parts = [str(part) for part in loc]
-    keep: list[str] = []
-    for index, part in enumerate(parts):
-        parent = parts[index - 1] if index else ""
-        in_space = index == 2 and parts[0] == "space" and part in _UNION_TAGS
-        in_section = index == 1 and parent in ("sampler", "pruner")
-        if not (in_space or in_section):
-            keep.append(part)
-    return keep
+def _unwrap(annotation: Any) -> Any:
+    """`annotation` without Annotated[...] and Optional[...]."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation):
+            members = [arg for arg in get_args(annotation) if arg is not type(None)]
+            annotation = members[0] if len(members) == 1 else Union[tuple(members)]
+        else:
+            return annotation
 
 
-def _non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
-    """The key path and value of the first NaN or infinity anywhere in `value`, or None."""
+def _member(union: Any, label: str) -> Any:
+    """The member of `union` that pydantic labels `label` in an error location (a type tag or a type's name)."""
+    for member in get_args(union):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            tag = member.model_fields.get("type")
+            if label == member.__name__ or (tag is not None and label in get_args(tag.annotation)):
+                return member
+        origin = get_origin(member)
+        name = getattr(origin or member, "__name__", None) or getattr(origin, "_name", "") or ""
+        if label == name or label.startswith(f"{name.lower()}["):
+            return member
+    return None
+
+
+def _walk(loc: tuple[Any, ...]) -> _Walk:
+    walk, annotation = _Walk(), StudyConfig
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            walk.owner = annotation
+            walk.keys.append(str(part))
+            field = annotation.model_fields.get(str(part))
+            annotation = None if field is None else field.annotation
+        elif get_origin(annotation) in (Union, types.UnionType):
+            member = _member(annotation, str(part))
+            plain = not (isinstance(member, type) and issubclass(member, BaseModel))
+            if plain:
+                walk.union, walk.union_depth = annotation, len(walk.keys)
+            annotation = member
+        elif get_origin(annotation) in (dict, list):
+            walk.keys.append(str(part))
+            annotation = get_args(annotation)[-1]
+        else:
+            walk.keys.append(str(part))
+            annotation = None
+    return walk
+
+
+def _either(words: Any) -> str:
+    unique = list(dict.fromkeys(words))
+    return ", ".join(unique[:-1]) + f" or {unique[-1]}" if len(unique) > 1 else unique[0]
+
+
+def _words(member: Any, plural: bool) -> list[str]:
+    literal = get_origin(member) is Literal
+    return [repr(value) for value in get_args(member)] if literal else [_describe(member, plural)]
+
+
+_NOUNS = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
+          float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _describe(annotation: Any, plural: bool = False) -> str:
+    """What values `annotation` takes, in words: "'all', 'none' or a list of integers"."""
+    annotation = _unwrap(annotation)
+    if get_origin(annotation) in (Union, types.UnionType):
+        return _either(word for member in get_args(annotation) for word in _words(member, plural))
+    if get_origin(annotation) is Literal:
+        return _either(_words(annotation, plural))
+    if get_origin(annotation) is list:
+        return f"lists of {_describe(get_args(annotation)[0], True)}" if plural else \
+            f"a list of {_describe(get_args(annotation)[0], True)}"
+    if annotation in _NOUNS:
+        return _NOUNS[annotation][plural]
+    return "mappings" if plural else "a mapping"
+
+
+def _non_finite(value: Any, path: str = "", clean: set[int] | None = None) -> tuple[str, float] | None:
+    """The key path and value of the first NaN or infinity anywhere in `value`, or None.
+
+    A list or mapping shared through YAML aliases is walked once (`clean`: the ids of those already visited).
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return path or "(top level)", value
+    clean = set() if clean is None else clean
+    if id(value) in clean:
+        return None
+    clean.add(id(value))  # before its items: the first NaN ends the walk, so a visited value is a clean one
     if isinstance(value, dict):
         items: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
     elif isinstance(value, list):
@@ -772,7 +941,7 @@ def _non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
     else:
         return None
     for where, item in items:
-        found = _non_finite(item, where)
+        found = _non_finite(item, where, clean)
         if found is not None:
             return found
     return None
@@ -795,7 +964,7 @@ def build_config(raw: dict[str, Any], source: str = "<memory>") -> StudyConfig:
     """Validate an already-parsed study mapping; raise ConfigError naming the key path."""
     _check_raw(raw, source)
     raw = dict(raw)
-    for key in ("storage",):
+    for key in ("storage", "output_dir"):
         if isinstance(raw.get(key), str):
             raw[key] = _expand_env(raw[key], source, key)
     if isinstance(raw.get("data"), dict) and isinstance(raw["data"].get("root"), str):
@@ -815,10 +984,11 @@ def load_config(path: str | Path, storage: str | None = None) -> StudyConfig:
     ${VAR} in the URL it replaces is never needed.
     """
     path = Path(path)
-    raw = _read_yaml(path)
-    if storage is not None:
-        raw["storage"] = storage
-    return build_config(raw, source=str(path))
+    with signals.interruptible():  # under `run` a stop signal is only recorded: here it ends the loading at once
+        raw = _read_yaml(path)
+        if storage is not None:
+            raw["storage"] = storage  # before ${VAR} expansion: the file's storage is not used, nor its variables
+        return build_config(raw, source=str(path))
 
 
 def with_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:
@@ -831,4 +1001,5 @@ def with_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:
             raw.setdefault("train", {})["epochs"] = value
         else:
             raw[key] = value
-    return build_config(raw, source=cfg.source)
+    with signals.interruptible():
+        return build_config(raw, source=cfg.source)

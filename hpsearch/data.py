@@ -8,6 +8,7 @@ it does not fit.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -294,6 +295,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _load_custom(spec: str, root: str | Path | None) -> ArrayData:
     factory = import_callable(spec, "dataset", DataError)
+    if not _takes_root(factory):
+        raise DataError(f"dataset '{spec}' must accept the keyword argument root (hpsearch calls it with "
+                        f"root=data.root); add a parameter such as root=None")
     try:
         result = factory(root=root)
     except Exception as exc:
@@ -314,6 +318,15 @@ def _load_custom(spec: str, root: str | Path | None) -> ArrayData:
         f"dataset '{spec}' returned {type(result).__name__}; return an ArrayData, a tuple (x, y) "
         f"of arrays, or a torch Dataset"
     )
+
+
+def _takes_root(factory: Any) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True  # no inspectable signature (a C function): the call itself will tell
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD or (p.name == "root" and p.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)) for p in parameters)
 
 
 def _materialise(ds: Any, class_names: Sequence[str] | None = None) -> ArrayData:

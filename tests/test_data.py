@@ -164,6 +164,12 @@ def wrong(root=None):
 
 def broken(root=None):
     raise ValueError("bad folder " + str(root))
+
+def no_root():
+    return np.eye(4, dtype=np.float32), np.arange(4) % 2
+
+def any_keywords(**kwargs):
+    return np.eye(4, dtype=np.float32), np.arange(4) % 2
 """
 
 
@@ -248,6 +254,13 @@ def test_custom_callable_errors(custom_module: str) -> None:
         load_dataset(f"{custom_module}:missing")
     with pytest.raises(DataError, match="cannot import module 'no_such_module_hps'"):
         load_dataset("no_such_module_hps:make")
+
+
+def test_custom_callable_without_root_is_told_to_accept_it(custom_module: str) -> None:
+    with pytest.raises(DataError, match=r"dataset 'my_data:no_root' must accept the keyword argument root .*"
+                                        r"add a parameter such as root=None"):
+        load_dataset(f"{custom_module}:no_root")
+    assert load_dataset(f"{custom_module}:any_keywords").num_classes == 2  # **kwargs takes root too
 
 
 # ---------------------------------------------------------------- splits

@@ -1,6 +1,6 @@
 """The import directions of DESIGN.md, for every module of the package.
 
-The torch side never sees Optuna or the schema; the light side never loads torch (so `validate`,
+The torch side never sees Optuna or the schema; the light side never loads torch (so `validate --config-only`,
 `status` and `report` start fast); a few modules are standard library only. A new module must be
 placed in one of these groups, or this test fails.
 """
@@ -74,7 +74,7 @@ def test_results_never_import_torch_even_lazily(module: str) -> None:
     assert not bad, f"hpsearch/{module.replace('.', '/')}.py imports {bad}"
 
 
-# __main__ runs the command when imported: test_validate_does_not_load_torch covers the entry point.
+# __main__ runs the command when imported: test_validate_config_only_does_not_load_torch covers the entry point.
 @pytest.mark.parametrize("module", [m for m in _modules() if _group(m) == "light" and m != "__main__"])
 def test_light_side_never_loads_torch(module: str) -> None:
     code = f"import sys, importlib; importlib.import_module('hpsearch.{module}'); print('torch' in sys.modules)"
@@ -83,9 +83,9 @@ def test_light_side_never_loads_torch(module: str) -> None:
     assert result.stdout.strip() == "False", f"importing hpsearch.{module} loads torch"
 
 
-def test_validate_does_not_load_torch() -> None:
+def test_validate_config_only_does_not_load_torch() -> None:  # plain validate builds the model, as run does
     code = ("import sys; from hpsearch.cli import main; "
-            "rc = main(['validate', 'studies/quickstart.yaml']); print('torch' in sys.modules, rc)")
+            "rc = main(['validate', '--config-only', 'studies/quickstart.yaml']); print('torch' in sys.modules, rc)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
                             check=True)
     assert result.stdout.strip().splitlines()[-1] == "False 0"
