@@ -755,6 +755,13 @@ class _StudyLoader(_SafeBase):  # type: ignore[misc, valid-type]
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.2 reads 1e-3 as a float; PyYAML's YAML 1.1 rules need a dot (1.0e-3) and read '1e-3' as a string,
+# which strict numbers would then refuse. Exponent forms only: a plain 10 stays an int.
+_StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def _read_text(path: Path) -> str:
     source = str(path)
     try:

@@ -204,6 +204,19 @@ def test_no_number_in_the_schema_takes_a_boolean(cls: type[config.Strict], name:
     assert any(err["loc"][0] == name for err in caught.value.errors()), caught.value.errors()
 
 
+def test_exponent_numbers_without_a_dot_are_floats_as_in_yaml_1_2(tmp_path: Path) -> None:
+    """`lr: 1e-3` is a float (PyYAML's YAML 1.1 would read a string, which strict numbers refuse); 10 stays an int."""
+    path = tmp_path / "study.yaml"
+    text = ("name: tiny\ntimeout: 2e3\ndata: {dataset: digits}\n"
+            "train: {epochs: 10, batch_size: 64, lr: 1e-3}\nspace: {dropout: {type: float, low: 0.0, high: 0.3}}\n")
+    path.write_text(text)
+    cfg = config.load_config(path)
+    assert (cfg.train.lr, cfg.timeout, cfg.train.epochs) == (1e-3, 2000.0, 10)
+    path.write_text(text.replace("lr: 1e-3", "lr: '1e-3'"))  # quoted: a string, as written
+    with pytest.raises(config.ConfigError, match="train.lr"):
+        config.load_config(path)
+
+
 def test_n_trials_true_is_refused(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(HOSTILE / "n_trials_true.yaml")]) == 2
     assert capsys.readouterr().err.strip().endswith("n_trials_true.yaml: n_trials: true is not a number; "
