@@ -14,7 +14,7 @@ best-known - delta; best-known is the best final value any strategy reached on t
 seed (the seed also draws the validation split, so values are comparable only within a seed).
 A run that never gets there costs all the epochs it spent and is flagged not reached. Runs are
 interleaved (seed, then task, then strategies in an order rotated per seed). Each run appends one
-JSON line to --out; the summary prints a Markdown table and writes a plotly figure (best-so-far
+JSON line to --out; a run already there (same seed, task, strategy, trials) is skipped unless --redo; the summary prints a Markdown table and writes a plotly figure (best-so-far
 against cumulative epochs, every seed faint, the median over seeds bold).
 """
 
@@ -292,6 +292,18 @@ def _list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The runs recorded in a JSON-lines file (header lines left out; none when the file is not there)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if "task" in row]
+
+
+def _key(row: Mapping[str, Any]) -> tuple[int, str, str, int]:
+    return row["seed"], row["task"], row["strategy"], row["trials"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default="quickstart,seednet,tabular")
@@ -303,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: random and tpe-asha, seed 0, 6 trials, "
                                                              "3 epochs, results beside the real ones (*.quick.*)")
     parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.jsonl")
+    parser.add_argument("--redo", action="store_true", help="rerun runs already in --out (default: skip them)")
     parser.add_argument("--summarise-only", action="store_true", help="no runs: table and figure from --out")
     args = parser.parse_args(argv)
     tasks, names, seeds = _list(args.tasks), _list(args.strategies), [int(s) for s in _list(args.seeds)]
@@ -322,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                              "jobs": args.jobs, "argv": sys.argv[1:]}}
         with args.out.open("a") as out:
             out.write(json.dumps(header) + "\n")
-        todo = plan(tasks, names, seeds)
+        done = set() if args.redo else {_key(r) for r in _rows(args.out)}
+        todo = [item for item in plan(tasks, names, seeds) if (*item, args.trials) not in done]
 
         def run(item: tuple[int, str, str]) -> None:
             seed, task, name = item
@@ -335,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             list(pool.map(run, todo))
-    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "task" in r and r["task"] in tasks and r["strategy"] in names and r["seed"] in seeds]
+    rows = [r for r in _rows(args.out) if r["task"] in tasks and r["strategy"] in names and r["seed"] in seeds]
     latest = {(r["task"], r["strategy"], r["seed"]): r for r in rows}  # a rerun of a subset replaces those runs
     table = summarise(list(latest.values()), order=[(task, name) for task in tasks for name in names])
     text = markdown(table)
