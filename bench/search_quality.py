@@ -231,11 +231,12 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
-    lines = ["| task (δ) | strategy | epochs to target, per seed | median | ratio to random, per seed | median ratio "
+    lines = ["| task (δ) | strategy | epochs to target, per seed (* not reached) | median | ratio to random, per seed | median ratio "
              "| final best, median (Δ vs random) | epochs spent | s to target | run wall s |",
              "|---|---|---|---:|---|---:|---|---:|---:|---:|"]
     for row in table:
-        costs = ", ".join(f"{c}{'' if ok else '*'}" for c, ok in zip(row["cost"], row["reached"], strict=True))
+        costs = ", ".join(f"s{seed}: {c}{'' if ok else '*'}"
+                          for seed, c, ok in zip(row["seeds"], row["cost"], row["reached"], strict=True))
         ratio = "—" if row["median_ratio"] is None else f"{row['median_ratio']:.2f}"
         delta = row["median_final_vs_random"]
         final = f"{row['median_final_best']:.4f}" + ("" if delta is None else f" ({delta:+.4f})")
@@ -315,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: random and tpe-asha, seed 0, 6 trials, "
                                                              "3 epochs, results beside the real ones (*.quick.*)")
     parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.jsonl")
+    parser.add_argument("--delta", default="", help="override delta per task, e.g. quickstart=0.01,tabular=0.02 "
+                                                    "(the summary only; the runs do not depend on it)")
     parser.add_argument("--redo", action="store_true", help="rerun runs already in --out (default: skip them)")
     parser.add_argument("--summarise-only", action="store_true", help="no runs: table and figure from --out")
     args = parser.parse_args(argv)
@@ -351,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(run, todo))
     rows = [r for r in _rows(args.out) if r["task"] in tasks and r["strategy"] in names and r["seed"] in seeds]
     latest = {(r["task"], r["strategy"], r["seed"]): r for r in rows}  # a rerun of a subset replaces those runs
-    table = summarise(list(latest.values()), order=[(task, name) for task in tasks for name in names])
+    deltas = {**DELTAS, **{k: float(v) for k, v in (part.split("=") for part in _list(args.delta))}}
+    table = summarise(list(latest.values()), deltas, order=[(task, name) for task in tasks for name in names])
     text = markdown(table)
     print(text)
     args.out.with_suffix(".md").write_text(text + "\n")
