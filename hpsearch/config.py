@@ -116,7 +116,14 @@ class TpeSampler(Strict):
     type: Literal["tpe"]
     n_startup_trials: int = Field(10, ge=0)
     multivariate: bool = True
+    group: bool = False  # multivariate per group of parameters that occur together (conditional spaces)
     constant_liar: bool = True
+
+    @model_validator(mode="after")
+    def _group_needs_multivariate(self) -> TpeSampler:
+        if self.group and not self.multivariate:
+            raise ValueError("group: true needs multivariate: true; set both or drop group")
+        return self
 
 
 class RandomSampler(Strict):

@@ -198,7 +198,8 @@ def make_sampler(cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.B
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if s.type == "tpe":
             return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
-                                              constant_liar=s.constant_liar, seed=seed)
+                                              group=s.group, constant_liar=s.constant_liar,
+                                              seed=seed)
         if s.type == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if s.type == "cmaes":

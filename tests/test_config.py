@@ -33,6 +33,11 @@ def test_defaults_are_filled_in() -> None:
     assert resolved["sampler"]["type"] == "tpe" and resolved["pruner"]["type"] == "median"
 
 
+def test_tpe_group_is_off_unless_asked_and_parses() -> None:
+    assert build_config(_raw(sampler={"type": "tpe"})).sampler.group is False
+    assert build_config(_raw(sampler={"type": "tpe", "group": True})).sampler.group is True
+
+
 def test_val_loss_minimizes_by_default() -> None:
     assert build_config(_raw(metric="val_loss")).resolved_direction == "minimize"
 
@@ -64,6 +69,8 @@ BAD_FILES = [
     ("unknown param type", _raw(space=_space(lr={"type": "double", "low": 0.1, "high": 1})), r"space.lr.type: unknown type 'double'"),
     ("unknown sampler", _raw(sampler={"type": "bayes"}), r"sampler.type: unknown type 'bayes'"),
     ("unknown pruner", _raw(pruner={"type": "asha"}), r"pruner.type: unknown type 'asha'"),
+    ("tpe group without multivariate", _raw(sampler={"type": "tpe", "multivariate": False, "group": True}),
+     r"sampler: group: true needs multivariate: true"),
     ("unknown dataset", _raw(data={"dataset": "cifar"}), r"data.dataset: unknown dataset 'cifar' \(did you mean 'cifar10'\?\)"),
     ("unknown model", _raw(model={"name": "resnet"}), r"model.name: unknown model 'resnet'"),
     ("unknown metric", _raw(metric="accuracy"), r"metric: unknown metric 'accuracy'"),

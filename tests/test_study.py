@@ -215,6 +215,15 @@ def test_every_sampler_builds_and_proposes_points_inside_the_space(sampler: dict
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
 
 
+@pytest.mark.parametrize("group", [False, True])
+def test_tpe_sampler_gets_the_files_multivariate_group_and_constant_liar(group: bool) -> None:
+    cfg = _search_config({"type": "tpe", "n_startup_trials": 3, "group": group, "constant_liar": False}, {"type": "none"})
+    sampler = study_module.make_sampler(cfg)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert (sampler._multivariate, sampler._group, sampler._constant_liar) == (True, group, False)
+    assert sampler._n_startup_trials == 3
+
+
 @pytest.mark.parametrize("pruner", PRUNERS, ids=[p["type"] for p in PRUNERS])
 def test_every_pruner_builds_and_decides_on_reported_epochs(pruner: dict[str, Any]) -> None:
     cfg = _search_config({"type": "random"}, pruner)
