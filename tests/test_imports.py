@@ -34,7 +34,7 @@ def _modules() -> list[str]:
 def _group(module: str) -> str:
     top = module.split(".")[0]
     for name, members in (("stdlib", STDLIB_ONLY), ("torch", TORCH_SIDE), ("light", LIGHT_SIDE), ("bridge", BRIDGES)):
-        if module in members:
+        if module in members or top in members:  # a package (config/, study/, data/) is placed as a whole
             return name
     return "light" if top in LIGHT_PACKAGES else "unplaced"
 

@@ -48,7 +48,7 @@ def test_a_missing_study_on_postgresql_creates_no_tables(write_study: Callable[.
     path = write_study()
     for verb in READ_VERBS:
         assert main([verb[0], str(path), "--storage", empty_pg_url, *verb[1:]]) == 2
-    assert not study_module._has_optuna_tables(empty_pg_url)
+    assert not study_module.storage._has_optuna_tables(empty_pg_url)
     study_module.dispose_storages()
 
 

@@ -341,7 +341,7 @@ def _engines_disposed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     real = study_module.make_storage
     with monkeypatch.context() as patch:
-        patch.setattr(study_module, "make_storage", make_storage)
+        patch.setattr(study_module.opening, "make_storage", make_storage)  # where open_study calls it
         try:
             yield
         finally:
@@ -401,7 +401,7 @@ def test_a_cut_connection_is_one_line_of_ours_without_the_library_dump(
     cfg = load_config(write_study(storage=empty_pg_url))
     _setup_logging(debug=False)
     study = open_study(cfg)
-    engine = study_module._engine(study_module.storage_of(study))
+    engine = study_module.adapter._engine(study_module.storage_of(study))
     armed = [True]
 
     @sqlalchemy.event.listens_for(engine, "before_cursor_execute")

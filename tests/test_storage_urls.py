@@ -39,11 +39,22 @@ def _tree(root: Path) -> set[str]:
 
 # --------------------------------------------------------------------------- braces in an SQLite path
 
-def test_braces_in_an_sqlite_path_are_taken_literally(write_study: Callable[..., Path], workdir: Path) -> None:
+def test_braces_in_an_sqlite_path_are_refused_before_anything_is_written(write_study: Callable[..., Path],
+                                                                         workdir: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study(**ONE_TRIAL)
     url = "sqlite:///runs/x/a{b}{SCHEMA_VERSION}.db"  # Optuna fills a URL as a str.format template
+    assert main(["run", str(path), "--storage", url]) == 2
+    assert "holds '{' or '}'" in _one_line(capsys)
+    assert not (workdir / "runs").exists()
+
+
+@pytest.mark.postgres
+def test_braces_in_a_postgresql_password_are_taken_literally(write_study: Callable[..., Path], pg_url: str) -> None:
+    """A password may hold braces: the URL reaches Optuna's template filling escaped (trust auth accepts any)."""
+    path = write_study(**ONE_TRIAL, name="braces")
+    url = sqlalchemy.engine.make_url(pg_url).set(password="p{w}{SCHEMA_VERSION}").render_as_string(hide_password=False)
     assert main(["run", str(path), "--storage", url]) == 0
-    assert (workdir / "runs/x/a{b}{SCHEMA_VERSION}.db").is_file()
     assert main(["status", str(path), "--storage", url]) == 0
     study_module.dispose_storages()
 
@@ -56,7 +67,7 @@ def test_a_new_study_file_whose_opening_fails_is_removed(write_study: Callable[.
     def failing(url: str, heartbeat: dict[str, object]) -> None:
         raise sqlalchemy.exc.OperationalError("CREATE TABLE studies ...", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(study_module, "_rdb_storage", failing)  # after _prepare_sqlite created the file
+    monkeypatch.setattr(study_module.storage, "_rdb_storage", failing)  # after _prepare_sqlite created the file
     assert main(["run", str(path)]) == 2
     assert "storage: 'sqlite:///runs/tiny/study.db'" in _one_line(capsys)
     assert not list((workdir / "runs" / "tiny").glob("study.db*"))  # no empty study.db left behind
@@ -83,7 +94,7 @@ def test_a_missing_driver_is_one_line_naming_the_package(verb: list[str], url: s
 
 def test_plain_postgresql_uses_psycopg_3_when_psycopg2_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     installed = {"psycopg"}
-    monkeypatch.setattr(study_module, "_importable", lambda module: module in installed)
+    monkeypatch.setattr(study_module.urls, "_importable", lambda module: module in installed)
     assert study_module.driver_url("postgresql://u:p%40ss@h:5432/db") == "postgresql+psycopg://u:p%40ss@h:5432/db"
     assert study_module.driver_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"  # asked for
     study_module.check_driver("postgresql://u@h/db", "s.yaml")  # psycopg 3 imports: no error
@@ -95,7 +106,7 @@ def test_plain_postgresql_without_any_driver_says_what_to_install(write_study: C
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study()
-    monkeypatch.setattr(study_module, "_importable", lambda module: False)  # psycopg 3 "not installed"
+    monkeypatch.setattr(study_module.urls, "_importable", lambda module: False)  # psycopg 3 "not installed"
     pytest.importorskip("sqlalchemy.dialects.postgresql.psycopg2")
     try:
         import psycopg2  # noqa: F401

@@ -171,7 +171,7 @@ def test_the_optuna_internals_the_adapter_relies_on_are_still_there(write_study:
     assert study_module.retry_history(trial) == []
     with study_module.Heartbeat(study, trial):
         time.sleep(0.1)
-    assert study_module._without_heartbeat(study_module.storage_of(study), [study_module.trial_id(trial)]) == set()
+    assert study_module.adapter._without_heartbeat(study_module.storage_of(study), [study_module.trial_id(trial)]) == set()
     assert study_module.storage_of(study)._get_stale_trial_ids(study._study_id) == []
     study.tell(trial, 0.5)
     trial = _ask(study)
@@ -262,7 +262,7 @@ def test_a_study_of_the_same_name_in_another_storage_cannot_take_over_its_files(
     assert line.startswith(f"hpsearch: error: {path}: output_dir: runs/tiny holds the checkpoints and logs of study "
                            f"'tiny' in sqlite:///"), line
     assert "set output_dir: (or --output-dir) to a folder of its own" in line
-    assert not study_module._has_optuna_tables(empty_pg_url)  # refused before the other storage was touched
+    assert not study_module.storage._has_optuna_tables(empty_pg_url)  # refused before the other storage was touched
     assert main(["run", str(path), "--storage", empty_pg_url, "--output-dir", "runs/tiny-pg"]) == 0
     assert {p.name: p.read_bytes() for p in Path("runs/tiny/checkpoints").glob("*.pt")} == checkpoints  # untouched
     assert len(list(Path("runs/tiny-pg/checkpoints").glob("*.pt"))) >= 1

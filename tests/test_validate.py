@@ -17,10 +17,12 @@ from typing import Annotated, Any, Callable, Union, get_args, get_origin
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from conftest import TINY_STUDY, python_env, start_hpsearch
 from hpsearch import config
 from hpsearch.cli import main
+from hpsearch.errors import ConfigError
 
 HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
 
@@ -84,12 +86,12 @@ def test_non_finite_check_walks_a_shared_list_once() -> None:
     shared: list[Any] = [1.0] * 10
     for _ in range(6):
         shared = [shared] * 10  # 10**7 values if walked through every reference
-    assert config._non_finite({"a": shared}) is None
-    found = config._non_finite({"a": shared, "b": [float("inf")]})
+    assert config.loading._non_finite({"a": shared}) is None
+    found = config.loading._non_finite({"a": shared, "b": [float("inf")]})
     assert found == ("b[0]", float("inf"))
     looped: list[Any] = [1.0]
     looped.append(looped)  # what `a: &a [1.0, *a]` builds, if it got past the loader
-    assert config._non_finite({"a": looped}) is None
+    assert config.loading._non_finite({"a": looped}) is None
 
 
 # ---------------------------------------------------------------- Ctrl-C while loading
@@ -199,7 +201,7 @@ def test_the_schema_walk_finds_the_numbers() -> None:
 @pytest.mark.parametrize(("cls", "name", "probe"), NUMERIC_FIELDS,
                          ids=[f"{cls.__name__}.{name}" for cls, name, _ in NUMERIC_FIELDS])
 def test_no_number_in_the_schema_takes_a_boolean(cls: type[config.Strict], name: str, probe: Any) -> None:
-    with pytest.raises(config.ValidationError) as caught:
+    with pytest.raises(ValidationError) as caught:
         cls.model_validate({name: probe})
     assert any(err["loc"][0] == name for err in caught.value.errors()), caught.value.errors()
 
@@ -213,7 +215,7 @@ def test_exponent_numbers_without_a_dot_are_floats_as_in_yaml_1_2(tmp_path: Path
     cfg = config.load_config(path)
     assert (cfg.train.lr, cfg.timeout, cfg.train.epochs) == (1e-3, 2000.0, 10)
     path.write_text(text.replace("lr: 1e-3", "lr: '1e-3'"))  # quoted: a string, as written
-    with pytest.raises(config.ConfigError, match="train.lr"):
+    with pytest.raises(ConfigError, match="train.lr"):
         config.load_config(path)
 
 
@@ -221,7 +223,7 @@ def test_n_trials_true_is_refused(workdir: Path, capsys: pytest.CaptureFixture[s
     assert main(["validate", str(HOSTILE / "n_trials_true.yaml")]) == 2
     assert capsys.readouterr().err.strip().endswith("n_trials_true.yaml: n_trials: true is not a number; "
                                                     "write an integer")
-    with pytest.raises(config.ConfigError, match=r"train.epochs: Input should be a valid integer \(got 2.0\)"):
+    with pytest.raises(ConfigError, match=r"train.epochs: Input should be a valid integer \(got 2.0\)"):
         config.build_config({**TINY_STUDY, "train": {"epochs": 2.0, "batch_size": 64}})
 
 
@@ -248,7 +250,7 @@ def test_n_trials_true_is_refused(workdir: Path, capsys: pytest.CaptureFixture[s
     ({"zzz": 1}, "zzz: unknown key 'zzz'; remove it"),
 ])
 def test_unknown_keys_get_a_did_you_mean_at_every_level(changes: dict[str, Any], expected: str) -> None:
-    with pytest.raises(config.ConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         config.build_config({**TINY_STUDY, **changes}, "s.yaml")
     assert str(caught.value).startswith(f"s.yaml: {expected}")
 
@@ -265,7 +267,7 @@ def test_epoch_typo_file(capsys: pytest.CaptureFixture[str]) -> None:
     ({"workers": {"gpus": [0, True]}}, "workers.gpus: must be 'all', 'none' or a list of integers; change the value"),
 ])
 def test_a_value_no_member_of_a_union_takes_is_named_in_words(changes: dict[str, Any], expected: str) -> None:
-    with pytest.raises(config.ConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         config.build_config({**TINY_STUDY, **changes}, "s.yaml")
     assert str(caught.value) == f"s.yaml: {expected}"
 

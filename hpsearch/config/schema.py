@@ -1,0 +1,397 @@
+"""Pydantic models of the study file: every key, its type, its default and its own bounds."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from hpsearch import names
+from hpsearch.config.messages import _did_you_mean
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys, NaN and infinities are errors, defaults are validated too.
+
+    Strict types: true is not the number 1, 2.0 is not an integer and "64" is not a number.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False, strict=True)
+
+# The builtin models' arguments and their rule: a positive integer (None: the model's own default).
+BUILTIN_MODEL_ARGS: dict[str, type[Strict]] = {
+    name: create_model(f"{name.capitalize()}Args", __base__=Strict,
+                       **{arg: (Optional[int], Field(None, ge=1)) for arg in args})  # type: ignore[call-overload]
+    for name, args in names.MODELS.items()
+}
+
+BUILTIN_MODELS = names.MODELS
+
+BUILTIN_DATASETS = names.DATASETS
+
+METRICS = names.METRICS
+
+TRAIN_PARAMS = names.TRAIN_PARAMS
+
+Scalar = Union[bool, int, float, str]
+
+CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+MAX_STUDY_BYTES = 2 * 1024 * 1024  # parsing is the cost: PyYAML builds a Python object per value
+
+MAX_ENQUEUE = 10_000
+
+MAX_ALIAS_VALUES = 100_000  # values that aliases may add: far above sharing a list, far below a YAML bomb
+
+STORAGE_ENV = "HPSEARCH_STORAGE"  # overrides storage: like --storage, without showing a password in `ps`
+
+RUN_ENV = "HPSEARCH_RUN"  # the id of the `hpsearch run` a worker belongs to (set by run for its workers)
+
+
+# --------------------------------------------------------------------------- search space
+
+class _Param(Strict):
+    when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, None if self.step == 1 else self.step)
+        if self.step < 1:
+            raise ValueError(f"step must be >= 1 (got {self.step})")
+        return self
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Scalar]
+
+    @field_validator("choices")
+    @classmethod
+    def _non_empty_unique(cls, choices: list[Scalar]) -> list[Scalar]:
+        if not choices:
+            raise ValueError("choices is empty; list at least one value")
+        if len({repr(c) for c in choices}) != len(choices):
+            raise ValueError(f"choices has duplicates: {choices}")
+        return choices
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if low > high:
+        raise ValueError(f"low ({low}) is greater than high ({high}); swap them")
+    if log and low <= 0:
+        raise ValueError(f"log: true needs low > 0 (got low={low}); use a positive low such as 1e-6 or set log: false")
+    if log and step is not None:
+        raise ValueError("step and log: true cannot be combined; drop one")
+    if step is not None and step <= 0:
+        raise ValueError(f"step must be > 0 (got {step})")
+
+ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- sections
+
+class TpeSampler(Strict):
+    type: Literal["tpe"]
+    n_startup_trials: int = Field(10, ge=0)
+    multivariate: bool = True
+    group: bool = False  # multivariate per group of parameters that occur together (conditional spaces)
+    constant_liar: bool = True
+
+    @model_validator(mode="after")
+    def _group_needs_multivariate(self) -> TpeSampler:
+        if self.group and not self.multivariate:
+            raise ValueError("group: true needs multivariate: true; set both or drop group")
+        return self
+
+
+class RandomSampler(Strict):
+    type: Literal["random"]
+
+
+class CmaesSampler(Strict):
+    type: Literal["cmaes"]
+    n_startup_trials: int = Field(1, ge=0)
+    sigma0: float | None = Field(None, gt=0)
+
+
+class GpSampler(Strict):
+    type: Literal["gp"]
+    n_startup_trials: int = Field(10, ge=0)
+
+
+class QmcSampler(Strict):
+    type: Literal["qmc"]
+    qmc_type: Literal["sobol", "halton"] = "sobol"
+    scramble: bool = True
+
+
+class GridSampler(Strict):
+    type: Literal["grid"]
+
+SamplerConfig = Annotated[
+    Union[TpeSampler, RandomSampler, CmaesSampler, GpSampler, QmcSampler, GridSampler],
+    Field(discriminator="type"),
+]
+
+
+class MedianPruner(Strict):
+    type: Literal["median"]
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(2, ge=0)
+    interval_steps: int = Field(1, ge=1)
+
+
+class PercentilePruner(Strict):
+    type: Literal["percentile"]
+    percentile: float = Field(25.0, ge=0, le=100)
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(2, ge=0)
+    interval_steps: int = Field(1, ge=1)
+
+
+class SuccessiveHalvingPruner(Strict):
+    type: Literal["successive_halving"]
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class HyperbandPruner(Strict):
+    type: Literal["hyperband"]
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class PatientPruner(Strict):
+    type: Literal["patient"]
+    patience: int = Field(2, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    wrapped: Literal["median", "none"] = "median"
+
+
+class ThresholdPruner(Strict):
+    type: Literal["threshold"]
+    lower: float | None = None
+    upper: float | None = None
+    n_warmup_steps: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ThresholdPruner:
+        if self.lower is None and self.upper is None:
+            raise ValueError("threshold pruner needs lower or upper (or both)")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) is greater than upper ({self.upper})")
+        return self
+
+
+class NoPruner(Strict):
+    type: Literal["none"]
+
+PrunerConfig = Annotated[
+    Union[MedianPruner, PercentilePruner, SuccessiveHalvingPruner, HyperbandPruner, PatientPruner,
+          ThresholdPruner, NoPruner],
+    Field(discriminator="type"),
+]
+
+
+def _builtin_or_callable(name: str, kind: str, builtins: Any, callable_word: str) -> str:
+    """A builtin name, or user code as 'package.module:callable'; anything else is a clear error."""
+    if name not in builtins and not CALLABLE_RE.match(name):
+        raise ValueError(f"unknown {kind} '{name}'{_did_you_mean(name, builtins)}; use one of "
+                         f"{', '.join(builtins)} or 'package.module:{callable_word}'")
+    return name
+
+
+class DataConfig(Strict):
+    dataset: str = "digits"
+    root: str = "./data"
+    download: bool = False
+    val_split: float | None = Field(None, gt=0, lt=1)
+    cv_folds: int | None = Field(None, ge=2, le=20)
+    image_size: int | None = Field(None, ge=8, le=1024)
+    memory_fraction: float = Field(0.5, gt=0, le=0.95)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        return _builtin_or_callable(name, "dataset", BUILTIN_DATASETS, "callable")
+
+    @model_validator(mode="after")
+    def _one_split(self) -> DataConfig:
+        if self.val_split is not None and self.cv_folds is not None:
+            raise ValueError("val_split and cv_folds are both set; keep one (hold-out or k-fold)")
+        return self
+
+    @property
+    def split(self) -> dict[str, Any]:
+        """The split actually used: hold-out 0.2 unless the file asks for k-fold."""
+        if self.cv_folds is not None:
+            return {"val_split": None, "cv_folds": self.cv_folds}
+        return {"val_split": self.val_split if self.val_split is not None else 0.2, "cv_folds": None}
+
+
+class ModelConfig(Strict):
+    name: str = "mlp"
+    args: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return _builtin_or_callable(name, "model", BUILTIN_MODELS, "factory")
+
+    @model_validator(mode="after")
+    def _known_args(self) -> ModelConfig:
+        for key in self.args:
+            _check_model_kwarg(self.name, key)
+        return self
+
+    @property
+    def is_custom(self) -> bool:
+        return self.name not in BUILTIN_MODELS
+
+
+class EarlyStoppingConfig(Strict):
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1, le=100_000)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    optimizer: Literal[names.OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal[names.SCHEDULERS] = "none"  # type: ignore[valid-type]
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float | None = Field(None, gt=0, le=1)  # None: 0.1 for step, 0.9 per epoch for exponential
+    accum_steps: int = Field(1, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weighting: bool = False
+    augment: list[Literal[names.AUGMENTATIONS]] = Field(default_factory=list)  # type: ignore[valid-type]
+    amp: Literal[names.AMP_MODES] = "auto"  # type: ignore[valid-type]
+    cuda_graphs: Literal[names.GRAPH_MODES] = "auto"  # type: ignore[valid-type]  # one CUDA graph per step (CUDA only)
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: bool = True
+    resume_checkpoints: bool = True  # per-epoch state so a trial whose worker died resumes, not restarts
+
+
+class WorkersConfig(Strict):
+    n: int | None = Field(None, ge=1, le=1024)
+    gpus: Union[Literal["all", "none"], list[int]] = "all"
+    # auto: sized from the first worker's memory probe, the GPU's free memory and the CPU cores
+    trials_per_gpu: Union[int, str] = "auto"
+    heartbeat_interval: int = Field(10, ge=1, le=3600)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(40, ge=2, le=86400)       # a trial silent this long is failed and retried
+    max_retries: int = Field(3, ge=0, le=100)           # retries of a trial whose worker died
+    max_restarts: int = Field(5, ge=0, le=1000)         # replacements of a dead worker per slot
+    max_consecutive_failures: int = Field(5, ge=1, le=10_000)  # trials failing in a row that stop the study
+
+    @model_validator(mode="after")
+    def _grace_exceeds_heartbeat(self) -> WorkersConfig:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval "
+                             f"({self.heartbeat_interval}); raise it to at least {2 * self.heartbeat_interval}")
+        return self
+
+    @field_validator("trials_per_gpu", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+            return value
+        raise ValueError(f"trials_per_gpu must be auto or a whole number from 1 to 64 (got {value!r})")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _parse_gpu_list(cls, gpus: Any) -> Any:
+        if isinstance(gpus, str) and gpus not in ("all", "none"):
+            try:
+                return [int(part) for part in gpus.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"gpus must be 'all', 'none' or a list like [0, 1] (got '{gpus}')") from None
+        if isinstance(gpus, int) and not isinstance(gpus, bool):
+            return [gpus]
+        return gpus
+
+
+class StudyConfig(Strict):
+    """The whole study file, resolved; `source` is the file it came from."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    storage: str | None = None
+    output_dir: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+    metric: str = "val_accuracy"
+    n_trials: int = Field(20, ge=1, le=1_000_000)
+    timeout: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0, lt=2**31)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    sampler: SamplerConfig = Field(default_factory=lambda: TpeSampler(type="tpe"))
+    pruner: PrunerConfig = Field(default_factory=lambda: MedianPruner(type="median"))
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    enqueue: list[dict[str, Scalar]] = Field(default_factory=list, max_length=MAX_ENQUEUE)
+    source: str = Field("<memory>", exclude=True)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric '{metric}'{_did_you_mean(metric, METRICS)}; use one of {', '.join(METRICS)}")
+        return metric
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or METRICS[self.metric]
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out_dir) / 'study.db'}"
+
+    @property
+    def out_dir(self) -> str:
+        return self.output_dir or str(Path("runs") / self.name)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting with its default filled in, as plain data (what `validate` prints)."""
+        data = self.model_dump(mode="json")
+        data.update(direction=self.resolved_direction, storage=self.storage_url, output_dir=self.out_dir)
+        data["data"].update(self.data.split)
+        return data
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+def _check_model_kwarg(model: str, key: str) -> None:
+    known = BUILTIN_MODELS.get(model)
+    if known is not None and key not in known:
+        raise ValueError(f"model '{model}' takes no argument '{key}'{_did_you_mean(key, known)}"
+                         f" (it accepts: {', '.join(known) or 'none'})")

@@ -1,0 +1,191 @@
+"""The one adapter over Optuna internals: storage handle, trial ids, heartbeats, stale trials, hand-back.
+
+Every use of Optuna's private API is here, so an Optuna upgrade that changes it breaks here (tests/test_study.py)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from typing import Any
+
+import optuna
+import sqlalchemy
+
+from hpsearch.results import records
+from hpsearch.study.failures import storage_cause
+from hpsearch.study.urls import _first_line
+
+log = logging.getLogger("hpsearch")
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: int) -> None:
+    """Queue a failed (died or interrupted) trial again with the same parameters; it resumes from its checkpoint."""
+    history = records.retry_history_of(trial.system_attrs) + [trial.number]
+    if len(history) > max_retries:
+        return
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs=records.retry_attrs(history),
+    ))
+
+
+def _existing_direction(storage: optuna.storages.RDBStorage, name: str) -> str | None:
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return storage.get_study_directions(study_id)[0].name.lower()
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Finished trials (complete or pruned): the unit of the study-wide `n_trials` total."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+# --------------------------------------------------------------------------- the adapter over Optuna internals
+# Every use of Optuna's private API (storage handle, trial ids, the heartbeat table) is below, so an
+# Optuna upgrade that changes it breaks here, and tests/test_study.py says so.
+
+def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The study's storage object."""
+    return study._storage  # type: ignore[return-value]
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The study's system attributes (Optuna 5 no longer offers them on Study)."""
+    return dict(storage_of(study).get_study_system_attrs(study._study_id))
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The storage's id of a trial (not its number)."""
+    return trial._trial_id
+
+
+def current_state(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.TrialState:
+    """The trial's state as the storage has it now."""
+    return storage_of(study).get_trial(trial_id(trial)).state
+
+
+def retry_history(trial: optuna.Trial) -> list[int]:
+    """Numbers of the failed trials this one retries, oldest first ([] for a fresh trial)."""
+    return records.retry_history_of(trial.storage.get_trial_system_attrs(trial_id(trial)))
+
+
+class Heartbeat:
+    """A running trial's heartbeat thread: beats at once, then every interval, until the block ends.
+
+    A storage error in the thread is logged once (the main thread meets the same storage soon and
+    reports it); it never prints a thread traceback.
+    """
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self.storage = storage_of(study)
+        self.url = _engine(self.storage).url.render_as_string(hide_password=False)  # for scrubbing messages
+        self.trial_id = trial_id(trial)
+        self.interval = self.storage.get_heartbeat_interval()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.trial_id}", daemon=True)
+
+    def _beat(self) -> None:
+        failed = False
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                failed = False
+            except Exception as exc:  # noqa: BLE001 - any storage error: report once, keep trying
+                if not failed:
+                    log.warning("heartbeat of trial id %d failed: %s", self.trial_id,
+                                _first_line(storage_cause(exc), self.url))
+                failed = True
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def fail_stale_trials(study: optuna.Study, grace_period: float, max_retries: int) -> list[int]:
+    """Fail (and queue again) running trials whose worker is gone; return their numbers.
+
+    Stale: the last heartbeat is older than the grace period (Optuna's rule), or there is no
+    heartbeat at all and the trial started longer ago than the grace period (its worker died
+    between `ask` and its first heartbeat, which Optuna's rule never catches). Start times are the
+    workers' local clocks, so hosts should agree on the time to within the grace period.
+    """
+    storage = storage_of(study)
+    if storage.get_heartbeat_interval() is None:
+        return []
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    now = datetime.datetime.now()
+    old = [t for t in running if t.datetime_start is not None
+           and (now - t.datetime_start).total_seconds() > grace_period and trial_id(t) not in stale]
+    without = _without_heartbeat(storage, [trial_id(t) for t in old])
+    stale |= without
+    failed = []
+    for trial in running:
+        tid = trial_id(trial)
+        if tid not in stale:
+            continue
+        try:
+            storage.set_trial_user_attr(tid, records.STOP_REASON, "worker_lost")
+            if not storage.set_trial_state_values(tid, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # its worker finished it after all, or another worker got there first
+        log.warning("trial %d lost its worker (%s); queued again to resume", trial.number,
+                    "it never sent a heartbeat" if tid in without else "no heartbeat")
+        requeue(study, storage.get_trial(tid), max_retries)
+        failed.append(trial.number)
+    return failed
+
+
+def stored_distributions(study: optuna.Study) -> dict[str, list[optuna.distributions.BaseDistribution]]:
+    """Every distinct distribution the study's trials recorded, per parameter (one query, not every trial)."""
+    from optuna.storages._rdb import models
+
+    params, trials = models.TrialParamModel.__table__, models.TrialModel.__table__
+    query = (sqlalchemy.select(params.c.param_name, params.c.distribution_json).distinct()
+             .join(trials, trials.c.trial_id == params.c.trial_id).where(trials.c.study_id == study._study_id))
+    found: dict[str, list[optuna.distributions.BaseDistribution]] = {}
+    with _engine(storage_of(study)).connect() as conn:
+        for name, text in conn.execute(query):
+            found.setdefault(name, []).append(optuna.distributions.json_to_distribution(text))
+    return found
+
+
+def _engine(storage: optuna.storages.BaseStorage) -> sqlalchemy.engine.Engine:
+    return getattr(storage, "_backend", storage).engine  # a Study wraps its RDBStorage in a cache
+
+
+def _trial_count(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """How many trials the study holds, by one count query (not by loading them)."""
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    study_id = storage.get_study_id_from_name(name)
+    with _engine(storage).connect() as conn:
+        query = sqlalchemy.select(sqlalchemy.func.count()).select_from(trials).where(trials.c.study_id == study_id)
+        return int(conn.execute(query).scalar_one())
+
+
+def _without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int]) -> set[int]:
+    if not trial_ids:
+        return set()
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    with _engine(storage).connect() as conn:
+        beating = set(conn.execute(sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))
+                      .scalars())
+    return set(trial_ids) - beating
