@@ -63,6 +63,7 @@ def strategies(dim: int) -> dict[str, dict[str, Any]]:
         "tpe-median": {"sampler": _tpe(dim), "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1}},
         "tpe-asha": {"sampler": _tpe(dim), "pruner": ASHA},
         "tpe2d-asha": {"sampler": _tpe(2 * dim), "pruner": ASHA},
+        "tpe-asha2": {"sampler": _tpe(dim), "pruner": {**ASHA, "min_resource": 2}},
         "tpe-hyperband": {"sampler": _tpe(dim), "pruner": {"type": "hyperband", "min_resource": 1,
                                                            "reduction_factor": 3}},
         "random-asha": {"sampler": {"type": "random"}, "pruner": ASHA},
@@ -247,7 +248,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def figure(rows: list[dict[str, Any]], path: Path) -> None:
+def figure(rows: list[dict[str, Any]], path: Path, png: bool = False) -> None:
     """Best-so-far against cumulative epochs: one panel per task, one colour per strategy, seeds faint, median bold."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
@@ -256,6 +257,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     names = list(dict.fromkeys(r["strategy"] for r in rows))
     fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks)
+    legend: set[str] = set()
     for col, task in enumerate(tasks, start=1):
         for index, name in enumerate(names):
             colour = qualitative.Plotly[index % len(qualitative.Plotly)]
@@ -268,13 +270,17 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
             grid = sorted({x for curve in curves for x, _ in curve})
             median = [_median([_at(curve, x) for curve in curves]) for x in grid]
             fig.add_trace(go.Scatter(x=grid, y=median, mode="lines", name=name, legendgroup=name,
-                                     line={"color": colour, "width": 2.5, "shape": "hv"}, showlegend=col == 1),
-                          row=1, col=col)
+                                     line={"color": colour, "width": 2.5, "shape": "hv"},
+                                     showlegend=bool(curves) and name not in legend), row=1, col=col)
+            if curves:
+                legend.add(name)
         fig.update_xaxes(title_text="cumulative training epochs", row=1, col=col)
     fig.update_yaxes(title_text="best val_accuracy so far (median over seeds)", row=1, col=1)
     fig.update_layout(title="Search quality: best-so-far against training epochs", height=520, width=560 * len(tasks))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs="cdn")  # ~10 kB instead of 4.6 MB of plotly.js in the repository
+    fig.write_html(path, include_plotlyjs="cdn")  # ~40 kB instead of 4.6 MB of plotly.js in the repository
+    if png:
+        fig.write_image(path.with_suffix(".png"))  # viewable offline (kaleido + Chromium)
 
 
 def _at(curve: list[tuple[int, float | None]], x: int) -> float | None:
@@ -318,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.jsonl")
     parser.add_argument("--delta", default="", help="override delta per task, e.g. quickstart=0.01,tabular=0.02 "
                                                     "(the summary only; the runs do not depend on it)")
+    parser.add_argument("--png", action="store_true", help="also write the figure as PNG (needs kaleido)")
     parser.add_argument("--redo", action="store_true", help="rerun runs already in --out (default: skip them)")
     parser.add_argument("--summarise-only", action="store_true", help="no runs: table and figure from --out")
     args = parser.parse_args(argv)
@@ -360,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.out.with_suffix(".md").write_text(text + "\n")
     args.out.with_name(args.out.stem + "_summary.json").write_text(json.dumps(table, indent=1) + "\n")
-    figure(list(latest.values()), args.out.with_suffix(".html"))
+    figure(list(latest.values()), args.out.with_suffix(".html"), png=args.png)
     return 0
 
 
