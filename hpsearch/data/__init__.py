@@ -1,0 +1,35 @@
+"""Datasets, stratified splits, the inputs record and device-resident batches.
+
+Every dataset is loaded once into an :class:`ArrayData` (uint8 NCHW images or float features on
+the CPU; `datasets`). :class:`DeviceData` then keeps it on the training device and produces shuffled,
+augmented, normalised batches from it (airbench style), or streams it through a DataLoader when
+it does not fit (`batches`). `inputs` holds the one normalisation and what a prediction needs to know;
+`splits` the seeded hold-out and k-fold splits.
+"""
+
+from __future__ import annotations
+
+from hpsearch.data.datasets import ArrayData, DATASET_NAMES, DEFAULT_ROOT, channel_stats, from_arrays, load_dataset
+from hpsearch.data.inputs import inputs_record, normalise, normaliser, prepare_inputs
+from hpsearch.data.splits import split_folds
+from hpsearch.data.batches import AUGMENTATIONS, DeviceData, apply_augment, augment_table, crop_padding, pinned
+
+__all__ = [
+    "AUGMENTATIONS",
+    "ArrayData",
+    "DATASET_NAMES",
+    "DEFAULT_ROOT",
+    "DeviceData",
+    "apply_augment",
+    "augment_table",
+    "channel_stats",
+    "crop_padding",
+    "from_arrays",
+    "inputs_record",
+    "load_dataset",
+    "normalise",
+    "normaliser",
+    "pinned",
+    "prepare_inputs",
+    "split_folds",
+]
