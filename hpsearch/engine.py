@@ -1,8 +1,8 @@
-"""The shared train/validate core: optimizer, LR schedule, epochs, checkpoints. Knows nothing of Optuna.
+"""The shared train/validate core: `Trainer`, the epoch loops, early stopping and one small function per
+CUDA-only switch (autocast dtype, loss scaling, channels_last, cuDNN). Knows nothing of Optuna.
 
-What ``lr`` means: the peak learning rate of one optimizer step, for the effective batch
-``batch_size * accum_steps``. It is not rescaled when the batch size changes; schedules only
-multiply it by a factor in [0, 1].
+The settings (`settings`), the optimizer and LR schedule (`optim`), the steps (`steps`) and checkpoint
+files (`checkpoints`) have their own modules; the names they define that callers use are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hpsearch import names
 from hpsearch.checkpoints import load_checkpoint, save_checkpoint  # re-exported: their documented home
 from hpsearch.data import DeviceData
 from hpsearch.errors import ConfigError, DeviceError
-from hpsearch.steps import GRAPH_MODES, EvalStep, TrainStep, graphs_wanted
+from hpsearch.optim import build_optimizer, lr_at
+from hpsearch.settings import TrainSettings
+from hpsearch.steps import EvalStep, TrainStep, plan_graphs
 
 __all__ = [
     "EarlyStopping",
@@ -43,75 +43,6 @@ __all__ = [
     "tune_backend",
 ]
 
-OPTIMIZERS = names.OPTIMIZERS
-SCHEDULERS = names.SCHEDULERS
-AMP_MODES = names.AMP_MODES
-ONECYCLE_PCT_START = 0.3
-ONECYCLE_DIV_FACTOR = 25.0  # start at lr / 25, as torch.optim.lr_scheduler.OneCycleLR
-ONECYCLE_FINAL_DIV_FACTOR = 1e4  # end at lr / 25 / 1e4
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything that shapes one training run (one trial on one split).
-
-    ``lr`` is the peak per-step LR for the effective batch ``batch_size * accum_steps``.
-    ``weight_decay`` applies only to parameters with ndim >= 2 (weights, not biases or norms).
-    ``warmup_epochs`` is a linear warmup used by none/step/cosine/exponential (onecycle has its
-    own 30 % warmup). ``gamma`` is the step-decay factor every ``step_size`` epochs (default 0.1)
-    or the per-epoch factor of ``exponential`` (default 0.9); None picks that default.
-    ``amp`` only acts on CUDA; the CPU always trains in fp32.
-    """
-
-    epochs: int
-    lr: float
-    batch_size: int
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    scheduler: str = "none"
-    warmup_epochs: float = 0.0
-    step_size: int = 10
-    gamma: float | None = None
-    accum_steps: int = 1
-    label_smoothing: float = 0.0
-    class_weights: tuple[float, ...] | None = None
-    augment: tuple[str, ...] = ()
-    amp: str = "auto"
-    channels_last: bool = True
-    cuda_graphs: str = "auto"
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),
-            (self.scheduler in SCHEDULERS, "scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}"),
-            (self.amp in AMP_MODES, "amp", self.amp, f"one of {', '.join(AMP_MODES)}"),
-            (self.cuda_graphs in GRAPH_MODES, "cuda_graphs", self.cuda_graphs, f"one of {', '.join(GRAPH_MODES)}"),
-            (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
-            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
-            (self.accum_steps >= 1, "accum_steps", self.accum_steps, "at least 1"),
-            (self.step_size >= 1, "step_size", self.step_size, "at least 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number"),
-            (self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0"),
-            (self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, ">= 0"),
-            (0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "in [0, 1)"),
-            (self.gamma is None or self.gamma > 0, "gamma", self.gamma, "a positive number"),
-        ]
-        for ok, key, value, want in checks:
-            if not ok:
-                raise ConfigError(f"train.{key} = {value!r} is invalid; it must be {want}")
-        object.__setattr__(self, "augment", tuple(self.augment))
-        if self.class_weights is not None:
-            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
-
-    @property
-    def decay_factor(self) -> float:
-        """``gamma`` with its per-scheduler default filled in."""
-        if self.gamma is not None:
-            return self.gamma
-        return 0.9 if self.scheduler == "exponential" else 0.1
-
 
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy and torch (all devices)."""
@@ -127,63 +58,8 @@ def class_weights_for(y: Tensor, num_classes: int) -> tuple[float, ...]:
     return tuple(weights.tolist())
 
 
-def lr_at(step: int, total_steps: int, settings: TrainSettings, steps_per_epoch: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based) out of ``total_steps``: a pure function."""
-    peak = settings.lr
-    if settings.scheduler == "onecycle":
-        return _onecycle(step, total_steps, peak)
-    warmup = round(settings.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if settings.scheduler == "cosine":
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if settings.scheduler == "step":
-        return peak * settings.decay_factor ** (step // (settings.step_size * steps_per_epoch))
-    if settings.scheduler == "exponential":
-        return peak * settings.decay_factor ** ((step - warmup) / steps_per_epoch)
-    return peak
-
-
-def _onecycle(step: int, total_steps: int, peak: float) -> float:
-    start = peak / ONECYCLE_DIV_FACTOR
-    end = start / ONECYCLE_FINAL_DIV_FACTOR
-    up = max(1, int(ONECYCLE_PCT_START * total_steps))
-    if step < up:
-        return start + (peak - start) * step / up
-    progress = min(1.0, (step - up) / max(1, total_steps - 1 - up))
-    return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: nn.Module, settings: TrainSettings, lr: float | Tensor | None = None,
-                    capturable: bool = False) -> torch.optim.Optimizer:
-    """Optimizer with two groups: weight decay on params with ndim >= 2, none on biases and norms.
-
-    ``lr`` (default ``settings.lr``) may be a 1-element device tensor that the training step
-    updates in place; ``capturable`` makes Adam/AdamW's step safe to capture in a CUDA graph.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": settings.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    lr = settings.lr if lr is None else lr
-    # Fused kernels on every device: one launch for all parameters on CUDA, fewer dispatches per
-    # step on the CPU too (ops per step and the quickstart's speedup: bench/RESULTS.md).
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=settings.momentum,
-                               nesterov=settings.nesterov and settings.momentum > 0, fused=True)
-    cls = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
-    return cls(groups, lr=lr, fused=True, capturable=capturable)
-
-
 def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """Autocast dtype for ``device``: None (fp32) on the CPU or with ``off``; bf16 or fp16 on CUDA."""
-    if amp not in AMP_MODES:
-        raise ConfigError(f"train.amp = {amp!r} is invalid; use one of {', '.join(AMP_MODES)}")
+    """Autocast dtype for ``device`` and a ``TrainSettings.amp`` mode: None (fp32) on the CPU or with ``off``."""
     if torch.device(device).type != "cuda" or amp == "off":
         return None
     if amp == "fp16":
@@ -305,7 +181,8 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(batches / settings.accum_steps))
         self.total_steps = settings.epochs * self.steps_per_epoch
         self.epoch = 0
-        graphed, self._graphs_off = graphs_wanted(settings.cuda_graphs, self.device, self.drop_last)
+        self.graph_plan = plan_graphs(settings.cuda_graphs, self.device, self.drop_last)
+        graphed = self.graph_plan.capture
         self.lr = torch.full((1,), settings.lr, dtype=torch.float32, device=self.device)  # graph-ready steps set it
         self.optimizer = build_optimizer(self.model, settings, lr=self.lr if graphed else None, capturable=graphed)
         weight = None
@@ -313,23 +190,27 @@ class Trainer:
             weight = torch.tensor(settings.class_weights, dtype=torch.float32, device=self.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
         self.eval_loss_fn = nn.CrossEntropyLoss()
-        required = settings.cuda_graphs == "on"
         self.train_static = self._static(settings.batch_size) if graphed else None
         self.train_step = TrainStep(self.model, self.optimizer, loss_fn=self.loss_fn, amp=self.amp, scaler=self.scaler,
                                     lr=self.lr, steps_per_epoch=self.steps_per_epoch,
-                                    accum_steps=settings.accum_steps, static=self.train_static, required=required)
+                                    accum_steps=settings.accum_steps, static=self.train_static, plan=self.graph_plan)
         # Inference keeps no activations for backward, so twice the batch fits.
         self.val_batch = 2 * settings.batch_size
         self.val_static = self._static(self.val_batch) if graphed and int(self.val_idx.shape[0]) >= self.val_batch else None
         self.eval_step = EvalStep(self.model, loss_fn=self.eval_loss_fn, amp=self.amp, device=self.device,
-                                  static=self.val_static, required=required)
+                                  static=self.val_static, plan=self.graph_plan)
 
     @property
     def graphs(self) -> str:
-        """'on' while the steps replay as CUDA graphs, else 'off (reason)'."""
-        if self.train_static is None:
-            return self._graphs_off
-        return self.train_step.graphs
+        """'on' while the steps replay as CUDA graphs, else 'off (reason)': the plan's, or a capture failure's.
+
+        A validation step that cannot be captured says so too ('off (validation: reason)'); it runs eagerly.
+        """
+        if self.train_step.failed is not None:
+            return f"off ({self.train_step.failed})"
+        if self.eval_step.failed is not None:
+            return f"off (validation: {self.eval_step.failed})"
+        return self.graph_plan.status
 
     def _static(self, batch_size: int) -> tuple[Tensor, Tensor]:
         """Input buffers at fixed addresses for CUDA graphs; the batch producer writes into them."""

@@ -13,10 +13,7 @@ from hpsearch import names
 from hpsearch.errors import ModelError
 from hpsearch.plugins import import_callable
 
-__all__ = ["MODEL_KWARGS", "MODEL_NAMES", "build_model"]
-
-MODEL_NAMES = tuple(names.MODELS)
-MODEL_KWARGS = names.MODELS
+__all__ = ["build_model"]
 
 
 def build_model(
@@ -24,8 +21,8 @@ def build_model(
 ) -> nn.Module:
     """Build model ``name`` for inputs of ``input_shape`` (one sample) and ``num_classes`` outputs.
 
-    ``name`` is a builtin from :data:`MODEL_NAMES` (extra keyword arguments listed in
-    :data:`MODEL_KWARGS`) or ``"package.module:callable"``, called as
+    ``name`` is a builtin from :data:`hpsearch.names.MODELS` (its extra keyword arguments
+    listed there) or ``"package.module:callable"``, called as
     ``factory(input_shape=..., num_classes=..., dropout=..., **kwargs)``.
     Raises :class:`ModelError` with a one-line message on any failure.
     """
@@ -35,9 +32,9 @@ def build_model(
     if num_classes < 2:
         raise ModelError(f"model '{name}': num_classes must be at least 2, got {num_classes}")
     if name in _BUILDERS:
-        unknown = sorted(set(kwargs) - set(MODEL_KWARGS[name]))
+        unknown = sorted(set(kwargs) - set(names.MODELS[name]))
         if unknown:
-            accepted = ", ".join(MODEL_KWARGS[name]) or "no extra arguments"
+            accepted = ", ".join(names.MODELS[name]) or "no extra arguments"
             raise ModelError(f"model '{name}' got unknown argument(s) {', '.join(unknown)}; it accepts: {accepted}")
         for key, value in kwargs.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -45,7 +42,7 @@ def build_model(
         return _BUILDERS[name](input_shape, num_classes, dropout, **kwargs)
     if ":" in name:
         return _build_custom(name, input_shape, num_classes, dropout, kwargs)
-    raise ModelError(f"model '{name}' is unknown; use one of {', '.join(MODEL_NAMES)} or 'package.module:callable'")
+    raise ModelError(f"model '{name}' is unknown; use one of {', '.join(names.MODELS)} or 'package.module:callable'")
 
 
 def _image_shape(name: str, input_shape: tuple[int, ...], smallest: int) -> tuple[int, int, int]:

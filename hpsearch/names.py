@@ -1,7 +1,7 @@
 """The names both sides of the torch boundary accept, defined once.
 
-The study file's schema (config.py, no torch) offers these names and the torch side (data, models,
-engine, steps) builds them; both import them from here, so a name is added in one place and
+The study file's schema (config/, no torch) offers these names and the torch side (data, models,
+settings, engine, steps) builds them; both import them from here, so a name is added in one place and
 `tests/test_names.py` checks that every builder accepts every name the schema offers. Standard
 library only.
 """
@@ -17,7 +17,8 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 GRAPH_MODES = ("auto", "on", "off")
 AUGMENTATIONS = ("hflip", "crop")
 METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}  # what evaluate reports, prefixed val_
-# Space parameters that set a training setting rather than a model argument.
+# Space parameters that set a training setting rather than a model argument: the fields of TrainConfig and
+# TrainSettings a study may search (tests/test_settings.py checks both sides).
 TRAIN_PARAMS = (
     "lr", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
     "warmup_epochs", "step_size", "gamma", "accum_steps", "label_smoothing",

@@ -28,6 +28,7 @@ from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights
 from hpsearch.errors import HpsearchError
 from hpsearch.models import build_model
 from hpsearch.results import records
+from hpsearch.settings import settings_from
 from hpsearch.study import artifact_dir, artifact_store, retry_history
 
 log = logging.getLogger("hpsearch")
@@ -57,19 +58,11 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 
 def train_settings(cfg: StudyConfig, params: dict[str, Any], labels: torch.Tensor, num_classes: int) -> TrainSettings:
-    """Fixed `train:` values overridden by the sampled parameters that name training settings."""
-    t = cfg.train
-    chosen = {name: params.get(name, getattr(t, name)) for name in TRAIN_PARAMS}
-    weights = class_weights_for(labels, num_classes) if t.class_weighting else None
-    return TrainSettings(
-        epochs=t.epochs, lr=float(chosen["lr"]), batch_size=int(chosen["batch_size"]), optimizer=str(chosen["optimizer"]),
-        momentum=float(chosen["momentum"]), nesterov=bool(chosen["nesterov"]),
-        weight_decay=float(chosen["weight_decay"]), scheduler=str(chosen["scheduler"]),
-        warmup_epochs=float(chosen["warmup_epochs"]), step_size=int(chosen["step_size"]),
-        gamma=None if chosen["gamma"] is None else float(chosen["gamma"]),
-        accum_steps=int(chosen["accum_steps"]), label_smoothing=float(chosen["label_smoothing"]),
-        class_weights=weights, augment=tuple(t.augment), amp=t.amp, cuda_graphs=t.cuda_graphs,
-    )
+    """Fixed `train:` values overridden by the sampled parameters that name training settings, field by field."""
+    chosen = {name: params[name] for name in TRAIN_PARAMS if name in params}
+    if cfg.train.class_weighting:
+        chosen["class_weights"] = class_weights_for(labels, num_classes)
+    return settings_from(dict(cfg.train), chosen)
 
 
 def model_spec(cfg: StudyConfig, params: dict[str, Any], data: DeviceData) -> dict[str, Any]:

@@ -8,37 +8,56 @@ learning rate, the step index, the metric sums) is a device tensor that the step
 
 The CPU runs exactly this step code, eagerly; only capture and replay are CUDA-only. A model that
 cannot be captured (host syncs, data-dependent shapes) falls back to the same eager step, and
-:attr:`TrainStep.graphs` says why.
+:attr:`TrainStep.failed` (and :attr:`EvalStep.failed`) say why. Whether to capture at all is a
+:class:`GraphPlan`, made once per trainer by :func:`plan_graphs`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hpsearch import names
+__all__ = ["EAGER", "WARMUP_STEPS", "EpochSums", "EvalStep", "GraphPlan", "TrainStep", "plan_graphs"]
 
-__all__ = ["GRAPH_MODES", "WARMUP_STEPS", "EpochSums", "EvalStep", "TrainStep", "graphs_wanted"]
-
-GRAPH_MODES = names.GRAPH_MODES
 WARMUP_STEPS = 3  # eager steps before capture: cuDNN has autotuned, grads and optimizer state exist
 
 
-def graphs_wanted(mode: str, device: torch.device, full_batches: bool) -> tuple[bool, str]:
-    """Whether to capture CUDA graphs, and the status to record when not: (False, 'off (reason)')."""
-    if mode not in GRAPH_MODES:
-        raise ValueError(f"cuda_graphs must be one of {', '.join(GRAPH_MODES)} (got {mode!r})")
+@dataclass(frozen=True)
+class GraphPlan:
+    """Whether a trainer's steps are captured as CUDA graphs, decided once; both step classes take it as given.
+
+    ``required`` (``cuda_graphs: on``) makes a capture failure an error instead of an eager fallback;
+    ``reason`` says why nothing is captured when ``capture`` is False.
+    """
+
+    capture: bool
+    required: bool = False
+    reason: str = ""
+
+    @property
+    def status(self) -> str:
+        """'on', or 'off (reason)': what the trial records before any capture was tried."""
+        return "on" if self.capture else f"off ({self.reason})"
+
+
+EAGER = GraphPlan(capture=False, reason="not requested")  # steps built directly, outside a Trainer
+
+
+def plan_graphs(mode: str, device: torch.device, full_batches: bool) -> GraphPlan:
+    """The plan for ``train.cuda_graphs`` = ``mode`` on ``device``; only full training batches can replay."""
+    required = mode == "on"
     if mode == "off":
-        return False, "off (train.cuda_graphs: off)"
+        return GraphPlan(False, required, "train.cuda_graphs: off")
     if torch.device(device).type != "cuda":
-        return False, "off (not on CUDA)"
+        return GraphPlan(False, required, "not on CUDA")
     if not full_batches:
-        return False, "off (fewer training samples than one batch)"
-    return True, "on"
+        return GraphPlan(False, required, "fewer training samples than one batch")
+    return GraphPlan(True, required)
 
 
 class EpochSums:
@@ -87,20 +106,27 @@ class _Graphed:
             self.fn()
         elif self.warmup_left > 0:
             self.warmup_left -= 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.fn()
-            torch.cuda.current_stream().wait_stream(side)
+            self._warm()
         else:
             self._capture()
             self.__call__()
 
-    def _capture(self) -> None:
+    def _warm(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.fn()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _record(self) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.fn()
+        return graph
+
+    def _capture(self) -> None:
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
-                self.fn()
+            graph = self._record()
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - any capture error: the same step runs eagerly instead
@@ -125,13 +151,13 @@ class TrainStep:
     step is graph-ready: the optimizer must take `lr` (a 1-element float32 tensor on the device)
     as its learning rate, :meth:`advance` sets it from `lr_schedule[step_index]` (the epoch's rates,
     loaded by :meth:`begin_epoch`) and moves the index on, all on the device, and gradients are
-    zeroed in place. On CUDA, batches written into the buffers then replay as graphs; any other
+    zeroed in place. Where `plan` captures, batches written into the buffers then replay as graphs; any other
     batch (a last partial one) runs the same code eagerly.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  amp: torch.dtype | None, scaler: torch.amp.GradScaler | None, lr: Tensor, steps_per_epoch: int,
-                 accum_steps: int, static: tuple[Tensor, Tensor] | None = None, required: bool = False) -> None:
+                 accum_steps: int, static: tuple[Tensor, Tensor] | None = None, plan: GraphPlan = EAGER) -> None:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.amp, self.scaler, self.accum_steps = amp, scaler, accum_steps
         device = lr.device
@@ -142,16 +168,14 @@ class TrainStep:
         self.step_index = torch.zeros(1, dtype=torch.int64, device=device)
         self.sums = EpochSums(device)
         self.static = static
-        self.graphs = "off (not on CUDA)" if device.type != "cuda" else "off (train.cuda_graphs: off)"
         self._micro_graph: _Graphed | None = None
         self._step_graph: _Graphed | None = None
-        if static is not None and device.type == "cuda":  # elsewhere static buffers just run eagerly
+        if static is not None and plan.capture:  # without the plan's say-so static buffers just run eagerly
             pool = torch.cuda.graph_pool_handle()
-            self._micro_graph = _Graphed(lambda: self._micro(*static), pool, WARMUP_STEPS, required)
+            self._micro_graph = _Graphed(lambda: self._micro(*static), pool, WARMUP_STEPS, plan.required)
             # GradScaler's step is a host-side state machine: with fp16 only forward/backward is captured.
             if scaler is None:
-                self._step_graph = _Graphed(self._advance, pool, WARMUP_STEPS, required)
-            self.graphs = "on"
+                self._step_graph = _Graphed(self._advance, pool, WARMUP_STEPS, plan.required)
 
     def begin_epoch(self, lrs: list[float]) -> None:
         """Zero the metric sums and load this epoch's learning rates, one per optimizer step.
@@ -176,7 +200,6 @@ class TrainStep:
         """Forward and backward of one micro-batch (gradients accumulate), metrics added to the sums."""
         if self._micro_graph is not None and self.static is not None and x is self.static[0]:
             self._micro_graph()
-            self._note_failure(self._micro_graph)
         else:
             self._micro(x, y)
 
@@ -184,7 +207,6 @@ class TrainStep:
         """One optimizer step at the scheduled learning rate; gradients zeroed in place."""
         if self._step_graph is not None:
             self._step_graph()
-            self._note_failure(self._step_graph)
         else:
             self._advance()
 
@@ -215,9 +237,10 @@ class TrainStep:
         if graph_ready:
             self.step_index.add_(1)
 
-    def _note_failure(self, graphed: _Graphed) -> None:
-        if graphed.failed is not None and self.graphs == "on":
-            self.graphs = f"off ({graphed.failed})"
+    @property
+    def failed(self) -> str | None:
+        """Why a training graph could not be captured, if one could not (that step then runs eagerly)."""
+        return _first_failure(self._micro_graph, self._step_graph)
 
     def close(self) -> None:
         """Free the graphs' memory (the trial is over)."""
@@ -230,13 +253,13 @@ class EvalStep:
     """Forward of one validation batch with its loss and accuracy added to the sums, eager or replayed."""
 
     def __init__(self, model: nn.Module, *, loss_fn: Callable[[Tensor, Tensor], Tensor], amp: torch.dtype | None,
-                 device: torch.device, static: tuple[Tensor, Tensor] | None = None, required: bool = False) -> None:
+                 device: torch.device, static: tuple[Tensor, Tensor] | None = None, plan: GraphPlan = EAGER) -> None:
         self.model, self.loss_fn, self.amp = model, loss_fn, amp
         self.sums = EpochSums(device)
         self.static = static
         self._graph: _Graphed | None = None
-        if static is not None and torch.device(device).type == "cuda":
-            self._graph = _Graphed(lambda: self._forward(*static), torch.cuda.graph_pool_handle(), 1, required)
+        if static is not None and plan.capture:
+            self._graph = _Graphed(lambda: self._forward(*static), torch.cuda.graph_pool_handle(), 1, plan.required)
 
     def __call__(self, x: Tensor, y: Tensor) -> None:
         if self._graph is not None and self.static is not None and x is self.static[0]:
@@ -247,7 +270,7 @@ class EvalStep:
     @property
     def failed(self) -> str | None:
         """Why the validation step could not be captured, if it could not."""
-        return None if self._graph is None else self._graph.failed
+        return _first_failure(self._graph)
 
     def _forward(self, x: Tensor, y: Tensor) -> None:
         with torch.no_grad(), torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None,
@@ -259,3 +282,7 @@ class EvalStep:
         """Free the graph's memory (the trial is over)."""
         if self._graph is not None:
             self._graph.close()
+
+
+def _first_failure(*graphs: _Graphed | None) -> str | None:
+    return next((g.failed for g in graphs if g is not None and g.failed is not None), None)

@@ -33,7 +33,8 @@ from hpsearch.engine import (
 )
 from hpsearch.errors import ConfigError
 from hpsearch.models import build_model
-from hpsearch.steps import EvalStep, TrainStep
+from hpsearch import engine, steps
+from hpsearch.steps import EvalStep, GraphPlan, TrainStep, plan_graphs
 from torch_fixtures import DEVICES
 
 CPU = torch.device("cpu")
@@ -162,10 +163,8 @@ def test_onecycle_peaks_at_thirty_percent() -> None:
 def test_settings_validation() -> None:
     with pytest.raises(ConfigError, match="train.optimizer = 'rmsprop'"):
         TrainSettings(epochs=1, lr=0.1, batch_size=8, optimizer="rmsprop")
-    with pytest.raises(ConfigError, match="train.lr"):
-        TrainSettings(epochs=1, lr=-1.0, batch_size=8)
-    with pytest.raises(ConfigError, match="train.amp"):
-        amp_dtype(CPU, "fp8")
+    with pytest.raises(ConfigError, match="train.amp = 'fp8'"):  # checked once, where amp_dtype's mode comes from
+        TrainSettings(epochs=1, lr=0.1, batch_size=8, amp="fp8")
 
 
 def test_amp_is_off_on_cpu() -> None:
@@ -456,6 +455,62 @@ def test_a_step_reading_static_buffers_trains_like_one_on_fresh_tensors(placed: 
     (a, pa), (b, pb) = results
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["accuracy"] == b["accuracy"]
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(pa, pb))  # float32 device rate vs Python float
+
+
+def test_the_graph_plan_is_made_once_from_mode_device_and_full_batches() -> None:
+    cuda = torch.device("cuda")  # a device name: nothing runs on it
+    assert plan_graphs("auto", cuda, True) == GraphPlan(capture=True, required=False)
+    assert plan_graphs("on", cuda, True) == GraphPlan(capture=True, required=True)
+    assert plan_graphs("on", CPU, True).status == "off (not on CUDA)"
+    assert plan_graphs("off", cuda, True).status == "off (train.cuda_graphs: off)"
+    assert plan_graphs("auto", cuda, False).status == "off (fewer training samples than one batch)"
+    assert plan_graphs("auto", cuda, True).status == "on"
+
+
+class _Replayed:
+    """What a captured graph does when replayed: the same work (capture itself is CUDA-only)."""
+
+    def __init__(self, fn) -> None:
+        self.replay = fn
+
+    def reset(self) -> None:
+        pass
+
+
+def _capture_fails_for(monkeypatch: pytest.MonkeyPatch, refuse) -> None:
+    """Plan captures on the CPU; warm-ups run eagerly; a graph for which `refuse(graph)` holds cannot be captured."""
+    monkeypatch.setattr(engine, "plan_graphs", lambda mode, device, full: GraphPlan(True, mode == "on"))
+    monkeypatch.setattr(steps._Graphed, "_warm", lambda self: self.fn())
+
+    def record(self: steps._Graphed) -> _Replayed:
+        if refuse(self):
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return _Replayed(self.fn)
+
+    monkeypatch.setattr(steps._Graphed, "_record", record)
+
+
+def test_a_validation_step_that_cannot_be_captured_is_recorded(placed: DeviceData, split,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    trainers: list[Trainer] = []
+    _capture_fails_for(monkeypatch, lambda graph: graph is trainers[0].eval_step._graph)
+    trainers.append(_trainer(placed, split, epochs=2, batch_size=64))
+    assert trainers[0].graphs == "on" and trainers[0].eval_step._graph is not None
+    row = trainers[0].run_epoch()
+    assert trainers[0].graphs == "off (validation: RuntimeError: operation not permitted when stream is capturing)"
+    assert trainers[0].train_step.failed is None and row["val_accuracy"] > 0  # validation ran eagerly instead
+    assert trainers[0].run_epoch()["epoch"] == 2
+
+
+def test_a_training_capture_failure_comes_first(placed: DeviceData, split, monkeypatch: pytest.MonkeyPatch) -> None:
+    _capture_fails_for(monkeypatch, lambda graph: True)
+    trainer = _trainer(placed, split, epochs=1, batch_size=64)
+    trainer.run_epoch()
+    assert trainer.train_step.failed and trainer.eval_step.failed
+    assert trainer.graphs == f"off ({trainer.train_step.failed})"
+    strict = _trainer(placed, split, epochs=1, batch_size=64, cuda_graphs="on")
+    with pytest.raises(RuntimeError, match="cuda_graphs is on, but the step cannot be captured"):
+        strict.run_epoch()
 
 
 def test_cuda_graphs_stay_off_off_cuda(placed: DeviceData, split) -> None:

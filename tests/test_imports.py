@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 STDLIB_ONLY = ("errors", "names", "signals", "status", "plugins", "threads", "__init__")
-TORCH_SIDE = ("data", "models", "engine", "steps", "checkpoints")
+TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints")
 LIGHT_SIDE = ("config", "space", "study", "slots", "summary", "monitor", "supervisor", "cli", "__main__")
 BRIDGES = ("objective", "worker")  # the only modules that hold both a trial and a model
 LIGHT_PACKAGES = ("results",)  # every module under these is light side too

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from hpsearch import models, names
 from hpsearch.errors import ModelError
-from hpsearch.models import MODEL_KWARGS, MODEL_NAMES, build_model
+from hpsearch.models import build_model
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", list(names.MODELS))
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
 def test_builtins_forward(name: str, shape: tuple[int, ...]) -> None:
     model = build_model(name, shape, 10, dropout=0.2)
@@ -24,7 +25,7 @@ def test_builtins_forward(name: str, shape: tuple[int, ...]) -> None:
 
 
 def test_builtin_kwargs_and_dropout() -> None:
-    assert set(MODEL_KWARGS) == set(MODEL_NAMES)
+    assert set(models._BUILDERS) == set(names.MODELS)  # a builder for every builtin name, none unnamed
     small = build_model("seednet", (3, 32, 32), 10, width=8)
     big = build_model("seednet", (3, 32, 32), 10)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())

@@ -12,10 +12,12 @@ import torch
 from hpsearch import names
 from hpsearch.config import BUILTIN_MODEL_ARGS, DataConfig, StudyConfig, TrainConfig
 from hpsearch.data import augment_table, load_dataset
-from hpsearch.engine import TrainSettings, amp_dtype, build_optimizer, lr_at
+from hpsearch.engine import amp_dtype
 from hpsearch.errors import DataError
 from hpsearch.models import build_model
-from hpsearch.steps import graphs_wanted
+from hpsearch.optim import build_optimizer, lr_at
+from hpsearch.settings import TrainSettings
+from hpsearch.steps import plan_graphs
 
 
 def _offered(field: Any) -> set[str]:
@@ -36,6 +38,7 @@ def test_the_schema_offers_exactly_the_shared_names() -> None:
     assert {name: tuple(rules.model_fields) for name, rules in BUILTIN_MODEL_ARGS.items()} == names.MODELS
     assert set(names.TRAIN_PARAMS) <= set(train) and set(names.TRAIN_PARAMS) <= {f.name for f in
                                                                                  dataclasses.fields(TrainSettings)}
+    # (tests/test_settings.py: TRAIN_PARAMS is exactly the searchable fields both sides share)
     for dataset in names.DATASETS:
         DataConfig(dataset=dataset)  # accepted by the schema
     assert StudyConfig.model_fields["metric"].default in names.METRICS
@@ -63,8 +66,8 @@ def test_every_amp_mode_is_understood(amp: str) -> None:
 
 @pytest.mark.parametrize("mode", names.GRAPH_MODES)
 def test_every_graph_mode_is_understood(mode: str) -> None:
-    wanted, status = graphs_wanted(mode, torch.device("cpu"), True)
-    assert not wanted and status.startswith("off (")
+    plan = plan_graphs(mode, torch.device("cpu"), True)
+    assert not plan.capture and plan.status.startswith("off (") and plan.required == (mode == "on")
 
 
 @pytest.mark.parametrize("augmentation", names.AUGMENTATIONS)

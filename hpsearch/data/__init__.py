@@ -9,15 +9,13 @@ it does not fit (`batches`). `inputs` holds the one normalisation and what a pre
 
 from __future__ import annotations
 
-from hpsearch.data.datasets import ArrayData, DATASET_NAMES, DEFAULT_ROOT, channel_stats, from_arrays, load_dataset
+from hpsearch.data.datasets import ArrayData, DEFAULT_ROOT, channel_stats, from_arrays, load_dataset
 from hpsearch.data.inputs import inputs_record, normalise, normaliser, prepare_inputs
 from hpsearch.data.splits import split_folds
-from hpsearch.data.batches import AUGMENTATIONS, DeviceData, apply_augment, augment_table, crop_padding, pinned
+from hpsearch.data.batches import DeviceData, apply_augment, augment_table, crop_padding, pinned
 
 __all__ = [
-    "AUGMENTATIONS",
     "ArrayData",
-    "DATASET_NAMES",
     "DEFAULT_ROOT",
     "DeviceData",
     "apply_augment",

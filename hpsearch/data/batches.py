@@ -17,8 +17,6 @@ from hpsearch.errors import DataError
 
 log = logging.getLogger("hpsearch")
 
-AUGMENTATIONS = names.AUGMENTATIONS
-
 
 # --------------------------------------------------------------------------------------------
 # device batches
@@ -126,8 +124,8 @@ class DeviceData:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         for name in augment:
-            if name not in AUGMENTATIONS:
-                raise DataError(f"augmentation '{name}' is unknown; use one of {', '.join(AUGMENTATIONS)}")
+            if name not in names.AUGMENTATIONS:
+                raise DataError(f"augmentation '{name}' is unknown; use one of {', '.join(names.AUGMENTATIONS)}")
             if not self.is_image:
                 raise DataError(f"augmentation '{name}' needs image data, but inputs have shape {self.input_shape}")
         if out is not None and (out[0].shape[0] != batch_size or out[1].shape[0] != batch_size):

@@ -18,7 +18,6 @@ from hpsearch import names
 from hpsearch.errors import DataError
 from hpsearch.plugins import import_callable
 
-DATASET_NAMES = names.DATASETS
 
 DEFAULT_ROOT = "./data"
 
@@ -79,7 +78,7 @@ def load_dataset(
 ) -> ArrayData:
     """Load the training split of a dataset into memory, once.
 
-    ``name`` is one of :data:`DATASET_NAMES` or ``"package.module:callable"``. ``image_size``
+    ``name`` is one of :data:`hpsearch.names.DATASETS` or ``"package.module:callable"``. ``image_size``
     resizes images to a square side (default 32 for ``image_folder``, native size otherwise).
     Raises :class:`DataError` with a one-line message when the data cannot be found or read.
     """
@@ -97,7 +96,7 @@ def load_dataset(
     elif ":" in name:
         data = _load_custom(name, root)
     else:
-        choices = ", ".join(DATASET_NAMES)
+        choices = ", ".join(names.DATASETS)
         raise DataError(f"dataset '{name}' is unknown; use one of {choices} or 'package.module:callable'")
     if image_size is not None and data.is_image and data.x.shape[-2:] != (image_size, image_size):
         data = from_arrays(_resize(data.x, image_size), data.y, data.num_classes, data.class_names)
