@@ -52,6 +52,7 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     if create:
         _record_settings(study, cfg)
         study.set_user_attr(records.STUDY_TARGET, cfg.n_trials)  # what `status` counts against later
+        study.set_user_attr(records.STUDY_BUDGET, cfg.budget.epochs)
     return study
 
 
