@@ -60,6 +60,7 @@ def strategies(dim: int) -> dict[str, dict[str, Any]]:
     return {
         "random": {"sampler": {"type": "random"}, "pruner": {"type": "none"}, "early_stopping": False},
         "defaults": {"sampler": None, "pruner": None},
+        "auto": {"sampler": "auto", "pruner": None},  # sampler: auto + the default pruner
         "tpe-median": {"sampler": _tpe(dim), "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1}},
         "tpe-asha": {"sampler": _tpe(dim), "pruner": ASHA},
         "tpe2d-asha": {"sampler": _tpe(2 * dim), "pruner": ASHA},

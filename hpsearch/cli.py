@@ -80,6 +80,8 @@ def _add_common(parser: argparse.ArgumentParser, many: bool = False) -> None:
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=_positive_int, help="study-wide total of finished trials")
     parser.add_argument("--timeout", type=_positive_float, help="stop starting trials after S seconds")
+    parser.add_argument("--budget-epochs", type=_positive_int, metavar="N",
+                        help="stop when N training epochs have been spent study-wide (budget.epochs)")
     parser.add_argument("--epochs", type=_positive_int, help="override train.epochs")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device:")
     parser.add_argument("--workers", type=_worker_count, help="worker processes on this machine")
@@ -154,7 +156,8 @@ def _config(path: str, args: argparse.Namespace) -> StudyConfig:
 
     storage = _storage_override(args)
     overrides: dict[str, Any] = {key: getattr(args, key, None)
-                                 for key in ("n_trials", "timeout", "epochs", "device", "output_dir")}
+                                 for key in ("n_trials", "timeout", "epochs", "device", "output_dir",
+                                             "budget_epochs")}
     cfg = with_overrides(load_config(path, storage=storage), **overrides)
     check_storage(cfg.storage_url, cfg.source)  # before any verb parses it, opens it or creates a file
     return cfg
@@ -222,6 +225,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     resolved = cfg.resolved()
     resolved["storage"] = redact_url(resolved["storage"])
     print(f"# {cfg.source}: valid ({checked})")
+    for key, how in cfg.chosen.items():
+        print(f"# {key}: {how}")
     # libyaml's emitter where PyYAML has it: the same text, 4x faster for a long enqueue: list.
     print(yaml.dump(resolved, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False), end="")
     return 0

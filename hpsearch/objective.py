@@ -20,7 +20,7 @@ import optuna
 import torch
 from optuna.artifacts import upload_artifact
 
-from hpsearch import __version__, signals, space
+from hpsearch import __version__, budget, signals, space
 from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
 from hpsearch.checkpoints import CheckpointWriter, load_checkpoint
 from hpsearch.data import DeviceData
@@ -235,7 +235,13 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
         _report(trial, progress, int(record["epoch"]), record[cfg.metric])
     first = trainers[0].epoch + 1
     said = time.monotonic()
+    epoch_budget, resumed = budget.of(cfg), budget.resumed_epochs(trial)
     for epoch in range(first, cfg.train.epochs + 1):
+        if epoch_budget is not None and not budget.reserve(trial.study, trial, epoch - resumed, epoch_budget):
+            finish(records.BUDGET)  # the study-wide epoch budget is spent: the trial ends with what it has
+            if progress.best is None:
+                raise optuna.TrialPruned(f"epoch budget spent before epoch {epoch}")
+            return float(progress.best)
         record = _mean_record([t.run_epoch() for t in trainers])
         if epoch == first:
             trial.set_user_attr(records.CUDA_GRAPHS, trainers[0].graphs)  # captured (or refused) during this epoch

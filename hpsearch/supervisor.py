@@ -313,7 +313,7 @@ def worker_argv(study_file: str, args: Any) -> list[str]:
     The storage URL is not among them: `Supervisor` passes it in $HPSEARCH_STORAGE.
     """
     argv = [study_file]
-    for flag in ("n_trials", "timeout", "epochs", "device", "output_dir"):
+    for flag in ("n_trials", "timeout", "epochs", "device", "output_dir", "budget_epochs"):
         value = getattr(args, flag, None)
         if value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]

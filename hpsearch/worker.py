@@ -26,7 +26,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpsearch import signals, space
+from hpsearch import budget, signals, space
 from hpsearch.config import BUILTIN_MODELS, RUN_ENV, TRAIN_PARAMS, StudyConfig
 from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.engine import Trainer
@@ -318,7 +318,8 @@ def _ask(study: optuna.Study) -> optuna.Trial:
 
 
 def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries: int, streak: FailureStreak,
-           on_trial: Callable[..., None] | None = None) -> optuna.trial.FrozenTrial | None:
+           on_trial: Callable[..., None] | None = None,
+           epoch_budget: budget.Budget | None = None) -> optuna.trial.FrozenTrial | None:
     """Ask for one trial and run it under a heartbeat; None when it was surplus.
 
     From `ask` to `tell` the trial is RUNNING in storage: whatever stops the worker in between
@@ -331,6 +332,9 @@ def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries
             signals.check()  # a stop that came while asking: the trial goes back untouched
             if _is_surplus(study, trial, n_trials):
                 _fail(study, trial, "surplus")  # another worker took the last place between count and ask
+                return None
+            if epoch_budget is not None and not budget.reserve(study, trial, epoch_budget.first_rung, epoch_budget):
+                _fail(study, trial, records.BUDGET)  # the rest of the epoch budget cannot pay its first rung
                 return None
             return _run_one(study, trial, objective, streak)
     except KeyboardInterrupt:
@@ -366,8 +370,9 @@ class _WaitReport:
 def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None = None,
                on_trial: Callable[..., None] | None = None, max_retries: int = 3,
                poll_s: float = 1.0, stale_check_s: float = 10.0, grace_period: float = 40.0,
-               max_failures: int = 5) -> WorkerOutcome:
-    """Run trials until exactly `n_trials` finished trials exist study-wide (across all workers).
+               max_failures: int = 5, epoch_budget: budget.Budget | None = None) -> WorkerOutcome:
+    """Run trials until exactly `n_trials` finished trials exist study-wide (across all workers), or until
+    the rest of `epoch_budget` cannot pay a trial's first rung (see hpsearch/budget.py).
 
     Stops starting trials after `timeout` seconds. SIGINT and SIGTERM are honoured at the next safe
     point (between batches, between trials, while waiting): the trial in flight is marked failed and
@@ -395,11 +400,13 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                 if deadline is not None and time.monotonic() >= deadline:
                     outcome.timed_out = True
                     break
+                if epoch_budget is not None and not budget.can_start(study.get_trials(deepcopy=False), epoch_budget):
+                    break
                 if waiting == 0 and len(claimed) >= n_trials:
                     report.note(claimed)
                     signals.sleep(poll_s)
                     continue
-                frozen = _trial(study, objective, n_trials, max_retries, streak, on_trial)
+                frozen = _trial(study, objective, n_trials, max_retries, streak, on_trial, epoch_budget)
                 check_storage_file(study)  # before the trial is reported as saved
                 if frozen is None:
                     continue
@@ -474,7 +481,7 @@ def work_in_this_process(cfg: StudyConfig, slot: Slot, on_trial: Callable[..., N
         outcome = run_worker(study, with_thread_plan(functools.partial(run_trial, ctx=ctx), status), cfg.n_trials,
                              cfg.timeout, on_trial=on_trial, max_retries=workers.max_retries,
                              stale_check_s=workers.heartbeat_interval, grace_period=workers.grace_period,
-                             max_failures=workers.max_consecutive_failures)
+                             max_failures=workers.max_consecutive_failures, epoch_budget=budget.of(cfg))
         check_storage_file(study, thorough=True)  # nothing is reported as saved that the file does not hold
     status.phase("done")
     return outcome, study

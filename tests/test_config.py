@@ -10,7 +10,8 @@ import pytest
 
 from conftest import TINY_STUDY
 from hpsearch.cli import main
-from hpsearch.config import build_config, load_config, with_overrides
+from hpsearch.config import CategoricalParam, FloatParam, build_config, load_config, with_overrides
+from hpsearch.config.schema import auto_sampler_type, default_min_resource
 from hpsearch.errors import ConfigError
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
@@ -30,7 +31,39 @@ def test_defaults_are_filled_in() -> None:
     assert resolved["direction"] == "maximize"
     assert resolved["storage"] == "sqlite:///runs/x/study.db"
     assert resolved["data"]["val_split"] == 0.2 and resolved["data"]["cv_folds"] is None
-    assert resolved["sampler"]["type"] == "tpe" and resolved["pruner"]["type"] == "median"
+    assert resolved["sampler"]["type"] == "tpe" and resolved["pruner"]["type"] == "successive_halving"
+
+
+def test_default_pairing_scales_with_the_space_and_the_epochs() -> None:
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+             "width": {"type": "int", "low": 8, "high": 64}, "optimizer": {"type": "categorical", "choices": ["sgd"]}}
+    cfg = build_config({"name": "x", "train": {"batch_size": 32, "epochs": 20}, "model": {"name": "mlp"},
+                        "space": space})
+    assert cfg.resolved()["sampler"] == {"type": "tpe", "n_startup_trials": 3, "multivariate": True, "group": True,
+                                         "constant_liar": True}
+    assert cfg.resolved()["pruner"] == {"type": "successive_halving", "min_resource": 3, "reduction_factor": 3}
+    assert [default_min_resource(e) for e in (1, 9, 10, 12, 20, 100)] == [1, 1, 2, 2, 3, 12]
+    assert with_overrides(cfg, epochs=12).pruner.min_resource == 2  # chosen again for the new epochs
+    assert set(cfg.chosen) == {"sampler", "pruner"}
+    assert not build_config(_raw(sampler={"type": "random"}, pruner={"type": "none"})).chosen
+
+
+def test_sampler_auto_rule() -> None:
+    floats = {"lr": FloatParam(type="float", low=1e-4, high=0.1, log=True)}
+    cat = {**floats, "optimizer": CategoricalParam(type="categorical", choices=["sgd", "adamw"])}
+    assert auto_sampler_type(floats, 50) == "gp"
+    assert auto_sampler_type(floats, 101) == "tpe"  # a GP fit grows with the cube of the trials
+    assert auto_sampler_type(cat, 50) == "tpe"
+    assert auto_sampler_type({f"p{i}": floats["lr"] for i in range(9)}, 50) == "tpe"
+    cfg = build_config(_raw(sampler="auto"))
+    assert cfg.sampler.type == auto_sampler_type(cfg.space, cfg.n_trials) and cfg.sampler_auto
+    assert with_overrides(cfg, n_trials=500).sampler.type == "tpe"  # auto is chosen again
+
+
+def test_pruner_min_resource_above_the_epochs_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"pruner.min_resource: min_resource \(5\) exceeds train.epochs \(2\)"):
+        build_config(_raw(pruner={"type": "successive_halving", "min_resource": 5}, train={"epochs": 2,
+                                                                                          "batch_size": 8}))
 
 
 def test_tpe_group_is_off_unless_asked_and_parses() -> None:

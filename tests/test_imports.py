@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 STDLIB_ONLY = ("errors", "names", "signals", "status", "plugins", "threads", "__init__")
 TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints")
-LIGHT_SIDE = ("config", "space", "study", "slots", "summary", "monitor", "supervisor", "cli", "__main__")
+LIGHT_SIDE = ("budget", "config", "space", "study", "slots", "summary", "monitor", "supervisor", "cli", "__main__")
 BRIDGES = ("objective", "worker")  # the only modules that hold both a trial and a model
 LIGHT_PACKAGES = ("results",)  # every module under these is light side too
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")

@@ -365,11 +365,15 @@ def load_config(path: str | Path, storage: str | None = None) -> StudyConfig:
 def with_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:
     """A copy of `cfg` with command-line overrides (n_trials, timeout, storage, epochs, device, output_dir) applied."""
     raw = cfg.model_dump(mode="json", exclude_unset=True)
+    if cfg.sampler_auto:
+        raw["sampler"] = "auto"  # chosen again for the new settings
     for key, value in overrides.items():
         if value is None:
             continue
         if key == "epochs":
             raw.setdefault("train", {})["epochs"] = value
+        elif key == "budget_epochs":
+            raw["budget"] = {**raw.get("budget", {}), "epochs": value}
         else:
             raw[key] = value
     with signals.interruptible():

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from hpsearch import names
 from hpsearch.config.messages import _did_you_mean, _error, _number, _shown
 from hpsearch.config.schema import (BUILTIN_MODELS, BUILTIN_MODEL_ARGS, CategoricalParam, FloatParam, HyperbandPruner,
-    IntParam, METRICS, Strict, StudyConfig, SuccessiveHalvingPruner, TRAIN_PARAMS, TrainConfig)
+    IntParam, METRICS, MedianPruner, PatientPruner, PercentilePruner, Strict, StudyConfig,
+    SuccessiveHalvingPruner, ThresholdPruner, TRAIN_PARAMS, TrainConfig)
 
 
 def _rules_of(cfg: StudyConfig, name: str) -> type[Strict] | None:
@@ -223,6 +224,30 @@ def _check_pruner(cfg: StudyConfig) -> None:
                                                  f"({cfg.train.epochs}); lower it")
 
 
+def first_rung(cfg: StudyConfig) -> tuple[int, str]:
+    """The epochs every trial trains before the pruner can first stop it, and why (what a budget must pay first)."""
+    p, epochs = cfg.pruner, cfg.train.epochs
+    if isinstance(p, (SuccessiveHalvingPruner, HyperbandPruner)):
+        rung, why = p.min_resource, "the pruner's min_resource"
+    elif isinstance(p, (MedianPruner, PercentilePruner, ThresholdPruner)):
+        rung, why = max(1, p.n_warmup_steps), "the pruner's n_warmup_steps"
+    elif isinstance(p, PatientPruner):
+        rung, why = p.patience + 1, "the pruner's patience + 1"
+    else:
+        rung, why = epochs, "train.epochs: without a pruner every trial runs them all"
+    return min(rung, epochs), why
+
+
+def _check_budget(cfg: StudyConfig) -> None:
+    budget = cfg.budget.epochs
+    if budget is None:
+        return
+    rung, why = first_rung(cfg)
+    if budget < rung:
+        raise _error(cfg, "budget.epochs", f"{budget} epochs cannot pay for one trial's first rung ({rung} epochs: "
+                                           f"{why}); raise it to at least {rung}")
+
+
 def _check_direction(cfg: StudyConfig) -> None:
     natural = METRICS[cfg.metric]
     if cfg.direction is not None and cfg.direction != natural:
@@ -250,5 +275,6 @@ def _check_cross_fields(cfg: StudyConfig) -> None:
     _check_grid(cfg)
     _check_enqueue(cfg)
     _check_pruner(cfg)
+    _check_budget(cfg)
 
 _BRACES = re.compile(r"[{}]")

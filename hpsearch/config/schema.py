@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, field_validator, model_validator
 
 from hpsearch import names
 from hpsearch.config.messages import _did_you_mean
@@ -216,6 +217,52 @@ PrunerConfig = Annotated[
 ]
 
 
+class BudgetConfig(Strict):
+    epochs: int | None = Field(None, ge=1, le=10**9)  # training epochs study-wide (all trials, all workers)
+
+
+class WarmStartConfig(Strict):
+    """A previous study whose finished trials seed the sampler: `study_file:`, or `study:` (+ `storage:`)."""
+
+    study: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    storage: str | None = None  # default: this study's storage
+    study_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WarmStartConfig:
+        if (self.study is None) == (self.study_file is None):
+            raise ValueError("warm_start needs either study: (with storage:) or study_file:, not both or neither")
+        if self.study_file is not None and self.storage is not None:
+            raise ValueError("warm_start.storage goes with study:, not study_file: (the file names its storage)")
+        return self
+
+
+AUTO_GP_MAX_DIM = 8  # sampler: auto picks GP up to this many parameters...
+AUTO_GP_MAX_TRIALS = 100  # ...and this many trials (a GP fit grows with the cube of the trials)
+
+
+def auto_sampler_type(space: dict[str, Any], n_trials: int) -> str:
+    """`sampler: auto`: GP for a small space of numbers only (no categorical, no when:) and few trials, else TPE."""
+    numeric = all(isinstance(spec, (FloatParam, IntParam)) and not spec.when for spec in space.values())
+    return "gp" if space and numeric and len(space) <= AUTO_GP_MAX_DIM and n_trials <= AUTO_GP_MAX_TRIALS else "tpe"
+
+
+def default_min_resource(epochs: int) -> int:
+    """The default pruner's first rung: a ninth of the epochs, rounded up (rungs at m, 3m, 9m >= epochs)."""
+    return max(1, math.ceil(epochs / 9))
+
+
+def default_sampler(space: dict[str, Any]) -> TpeSampler:
+    """The default sampler: TPE with as many random start-up trials as the space has parameters."""
+    return TpeSampler(type="tpe", n_startup_trials=len(space), multivariate=True, group=True, constant_liar=True)
+
+
+def default_pruner(epochs: int) -> SuccessiveHalvingPruner:
+    """The default pruner: asynchronous successive halving (ASHA), factor 3, from :func:`default_min_resource`."""
+    return SuccessiveHalvingPruner(type="successive_halving", min_resource=default_min_resource(epochs),
+                                   reduction_factor=3)
+
+
 def _builtin_or_callable(name: str, kind: str, builtins: Any, callable_word: str) -> str:
     """A builtin name, or user code as 'package.module:callable'; anything else is a clear error."""
     if name not in builtins and not CALLABLE_RE.match(name):
@@ -351,8 +398,11 @@ class StudyConfig(Strict):
     timeout: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, lt=2**31)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Unset (or sampler: auto): filled in from the space and the epochs after validation, see _fill_defaults.
     sampler: SamplerConfig = Field(default_factory=lambda: TpeSampler(type="tpe"))
     pruner: PrunerConfig = Field(default_factory=lambda: MedianPruner(type="median"))
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    warm_start: WarmStartConfig | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -360,6 +410,7 @@ class StudyConfig(Strict):
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     enqueue: list[dict[str, Scalar]] = Field(default_factory=list, max_length=MAX_ENQUEUE)
     source: str = Field("<memory>", exclude=True)
+    _sampler_auto: bool = PrivateAttr(False)
 
     @field_validator("metric")
     @classmethod
@@ -367,6 +418,47 @@ class StudyConfig(Strict):
         if metric not in METRICS:
             raise ValueError(f"unknown metric '{metric}'{_did_you_mean(metric, METRICS)}; use one of {', '.join(METRICS)}")
         return metric
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _auto_sampler(cls, data: Any, handler: Any) -> StudyConfig:
+        """`sampler: auto` validates as a TPE placeholder, then becomes what :func:`auto_sampler_type` picks."""
+        auto = isinstance(data, dict) and data.get("sampler") == "auto"
+        cfg = handler({**data, "sampler": {"type": "tpe"}} if auto else data)
+        if auto:
+            kind = auto_sampler_type(cfg.space, cfg.n_trials)
+            cfg.__dict__["sampler"] = GpSampler(type="gp", n_startup_trials=len(cfg.space)) if kind == "gp" \
+                else default_sampler(cfg.space)
+            cfg._sampler_auto = True
+        return cfg
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> StudyConfig:
+        # Written past the frozen model and left out of model_fields_set: a copy with other epochs or another
+        # space (with_overrides) chooses again instead of inheriting this choice.
+        if "sampler" not in self.model_fields_set:
+            self.__dict__["sampler"] = default_sampler(self.space)
+        if "pruner" not in self.model_fields_set:
+            self.__dict__["pruner"] = default_pruner(self.train.epochs)
+        return self
+
+    @property
+    def sampler_auto(self) -> bool:
+        return self._sampler_auto
+
+    @property
+    def chosen(self) -> dict[str, str]:
+        """Which of sampler/pruner the file left to hpsearch, and how it chose (what `validate` says)."""
+        out = {}
+        if self._sampler_auto:
+            out["sampler"] = (f"auto: {self.sampler.type} (GP for <= {AUTO_GP_MAX_DIM} numeric parameters without "
+                              f"when: and <= {AUTO_GP_MAX_TRIALS} trials, else TPE)")
+        elif "sampler" not in self.model_fields_set:
+            out["sampler"] = f"default: TPE, n_startup_trials = {len(self.space)} (the space's parameters)"
+        if "pruner" not in self.model_fields_set:
+            out["pruner"] = (f"default: successive halving (ASHA), min_resource = ceil(train.epochs / 9) = "
+                             f"{default_min_resource(self.train.epochs)}, reduction_factor 3")
+        return out
 
     @property
     def resolved_direction(self) -> str:

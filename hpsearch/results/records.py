@@ -40,6 +40,7 @@ TRAIN_TIME = "train_time"  # seconds
 STOP_REASON = "stop_reason"
 ERROR = "error"  # traceback of a failed trial
 RESUMED_FROM = "resumed_from"  # {trial, epoch}
+BUDGET_CLAIM = "budget_claim"  # epochs a running trial has reserved of the study's epoch budget (its own, not resumed)
 RESUME_SKIPPED = "resume_skipped"  # {trial, reason}
 OOM_RETRY = "oom_retry"  # {batch_size, accum_steps}
 CUDA_GRAPHS = "cuda_graphs"  # "on" or "off (reason)"
@@ -56,6 +57,8 @@ STUDY_OUTPUT_DIR = "output_dir"
 STUDY_VERSION = "hpsearch_version"
 STUDY_CONFIG = "config"  # the resolved study file, storage URL redacted
 STUDY_TARGET = "n_trials"  # the study-wide count of finished trials the last `hpsearch run` aimed for
+STUDY_BUDGET = "budget_epochs"  # the study-wide epoch budget the last `hpsearch run` set (None: none)
+STUDY_WARM_START = "warm_started_from"  # "<storage>#<study>" of each study whose trials were added, in order
 
 # ------------------------------------------------------------------ system attributes
 RETRY_HISTORY = "retry_history"  # trial: numbers of the failed trials it retries, oldest first
@@ -66,6 +69,7 @@ SETTINGS_PREFIX = "settings:"  # study: the run settings of each settings id, un
 PRUNED = "pruned"
 EARLY_STOPPED = "early_stopped"
 INTERRUPTED = "interrupted"
+BUDGET = "budget"  # stop reason: the study-wide epoch budget ran out (refused before its first epoch: FAIL)
 # The trial was cut short through no fault of its own and queued again (unless out of retries) to resume.
 HANDED_BACK = (INTERRUPTED, "storage_failed", "checkpoint_failed", "worker_lost", "worker_died")
 EARLY_STOP_REASONS = (PRUNED, EARLY_STOPPED)  # the search stopped the trial: its unrun epochs are "saved"

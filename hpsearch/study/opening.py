@@ -17,6 +17,7 @@ from hpsearch.study.invariants import _record_settings, check_space_unchanged
 from hpsearch.study.sqlite import _is_missing_file
 from hpsearch.study.storage import _check_usable, _has_optuna_tables, make_storage
 from hpsearch.study.urls import redact_url
+from hpsearch.study.warm import add_warm_trials, source_key, warm_trials
 
 
 def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None = None,
@@ -29,6 +30,7 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     missing = f"{cfg.source}: name: no study '{cfg.name}' in {redact_url(cfg.storage_url)}"
     if not create and _is_missing_file(cfg.storage_url):
         raise StorageError(f"{missing} (no such file); run `hpsearch run {cfg.source}` first or check storage:")
+    warm = None if not create or cfg.warm_start is None else (source_key(cfg), warm_trials(cfg))  # before writing
     storage = storage or make_storage(cfg.storage_url, cfg.source, cfg.workers, create=create)
     existing = _existing_direction(storage, cfg.name)
     if existing is None and not create:
@@ -52,6 +54,9 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     if create:
         _record_settings(study, cfg)
         study.set_user_attr(records.STUDY_TARGET, cfg.n_trials)  # what `status` counts against later
+        study.set_user_attr(records.STUDY_BUDGET, cfg.budget.epochs)
+    if warm is not None and warm[0] is not None:
+        add_warm_trials(study, warm[0], warm[1])
     return study
 
 
