@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpsearch.config import StudyConfig
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study import redact_url
 
 log = logging.getLogger("hpsearch")

@@ -29,7 +29,7 @@ from hpsearch.config import STORAGE_ENV, StudyConfig
 from hpsearch.errors import (HpsearchError, StorageError, StorageFailure, SupervisorGoneError, TrialFailureError,
                              WorkerCrashError)
 from hpsearch.monitor import Monitor
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, enough_slots
 from hpsearch.status import read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, check_storage_file, find_study, finished_count, guard_storage,

@@ -34,7 +34,7 @@ from hpsearch.errors import CheckpointError, DataError, DeviceError, ModelError,
 from hpsearch.models import build_model
 from hpsearch.objective import WorkerContext, model_spec, release_memory, run_trial, train_settings
 from hpsearch.plugins import import_callable
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.slots import MemoryProbe, Slot
 from hpsearch.status import WorkerStatus, process_start_time, read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, check_storage_file, claim_output_dir, current_state,

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from conftest import TINY_STUDY
 from hpsearch.config import build_config
 from hpsearch.monitor import Monitor, worker_rows
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.slots import Slot
 
 

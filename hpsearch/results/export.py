@@ -20,7 +20,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
-from hpsearch.results import records
+from hpsearch import records
 
 __all__ = ["export_trials", "export_best", "predict_usage", "trial_record", "FORMATS"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study.failures import storage_cause
 from hpsearch.study.urls import _first_line
 

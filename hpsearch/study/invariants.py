@@ -13,7 +13,7 @@ import optuna
 from hpsearch import space
 from hpsearch.config import StudyConfig
 from hpsearch.errors import ConfigError
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study.adapter import storage_of, stored_distributions, study_system_attrs
 from hpsearch.study.urls import redact_url
 

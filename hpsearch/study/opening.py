@@ -10,7 +10,7 @@ import optuna
 from hpsearch import __version__
 from hpsearch.config import StudyConfig
 from hpsearch.errors import StorageError
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study.adapter import _existing_direction, _trial_count
 from hpsearch.study.factories import derive_seed, make_pruner, make_sampler
 from hpsearch.study.invariants import _record_settings, check_space_unchanged

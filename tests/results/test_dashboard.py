@@ -26,7 +26,7 @@ import study_fixtures as sf
 from hpsearch.results import dashboard
 from hpsearch.cli import main
 from hpsearch.errors import HpsearchError, StorageError
-from hpsearch.results import records
+from hpsearch import records
 from conftest import python_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import study_fixtures as sf
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study import requeue
 
-PACKAGE = Path(__file__).resolve().parents[2] / "hpsearch"
+PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
 T0 = dt.datetime(2025, 1, 6, 9, 0, 0)
 
 
