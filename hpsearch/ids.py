@@ -19,9 +19,14 @@ MAX_WORKERS = 1024  # the most workers one run starts (--workers and the file's 
 LOGS = "logs"  # folder under the study's output dir: worker logs, status files, the thread plan
 
 
+def host_name() -> str:
+    """This machine's name, the host part of its workers' ids."""
+    return socket.gethostname()
+
+
 def worker_id(pid: int | None = None) -> str:
-    """`host:pid` of a worker process (this one unless `pid` is given), as recorded with every trial."""
-    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+    """`host:pid` of a worker process of this machine (this one unless `pid` is given), as recorded with every trial."""
+    return f"{host_name()}:{os.getpid() if pid is None else pid}"
 
 
 def parse_worker_id(worker: object) -> tuple[str, int] | None:
