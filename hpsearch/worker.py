@@ -1,6 +1,8 @@
-"""A worker: load data once, then run trials until the study-wide total is reached.
+"""A worker: load data once onto its device, then run trials (the ask/tell loop) until the study-wide total is reached.
 
-Supervision of several worker processes builds on `run_worker`; one worker is one process.
+The checks before the study is touched and the memory probe are in `hpsearch.preflight`; a trial cut
+short is handed back through `hpsearch.study.hand_back`. One worker is one process; supervision of
+several builds on `run_worker`.
 """
 
 from __future__ import annotations
