@@ -136,7 +136,7 @@ def read_trials(db: Path, name: str) -> list[dict[str, Any]]:
     """The study's finished trials in completion order: epochs run, value (complete only), end time, state."""
     import optuna
 
-    from hpsearch.results import records
+    from hpsearch import records
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")

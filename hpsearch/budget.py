@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.config.rules import first_rung
-from hpsearch.results import records
+from hpsearch import records
 
 
 @dataclass(frozen=True)

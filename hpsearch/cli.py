@@ -10,18 +10,15 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import shlex
-import socket
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import yaml
 
-from hpsearch import __version__, signals
+from hpsearch import __version__, ids, signals
 from hpsearch.config import RUN_ENV, STORAGE_ENV, StudyConfig, load_config, with_overrides
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.threads import apply_wait_policy
@@ -29,7 +26,6 @@ from hpsearch.threads import apply_wait_policy
 log = logging.getLogger("hpsearch")
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-MAX_WORKERS = 1024  # the file's workers.n has the same bound
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,8 +51,8 @@ def _port(text: str) -> int:
 
 def _worker_count(text: str) -> int:
     value = _positive_int(text)
-    if value > MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_WORKERS} (got {text})")
+    if value > ids.MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be at most {ids.MAX_WORKERS} (got {text})")
     return value
 
 
@@ -199,7 +195,7 @@ def _validate_data_and_model(cfg: StudyConfig) -> str:
     """
     from hpsearch.errors import DataError
     from hpsearch.names import DATASETS
-    from hpsearch.worker import _check_factory_arguments, preflight
+    from hpsearch.preflight import check_factory_arguments, preflight
 
     downloadable = cfg.data.dataset in DATASETS and cfg.data.dataset not in ("digits", "image_folder")
     if not (cfg.data.download and downloadable):
@@ -208,7 +204,7 @@ def _validate_data_and_model(cfg: StudyConfig) -> str:
     try:
         preflight(cfg.model_copy(update={"data": cfg.data.model_copy(update={"download": False})}))
     except DataError:
-        _check_factory_arguments(cfg)  # what run checks of the model without the data
+        check_factory_arguments(cfg)  # what run checks of the model without the data
         return (f"data not loaded: {cfg.data.dataset} is not under {cfg.data.root} yet and validate downloads "
                 f"nothing (run will); model not built")
     return "data loaded, model built and run on two samples"
@@ -292,7 +288,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_output_dir(cfg)
     check_writable(cfg.storage_url, cfg.source)
     hints = _hints(args, cfg)
-    os.environ[RUN_ENV] = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}:{secrets.token_hex(3)}"  # workers inherit it
+    os.environ[RUN_ENV] = ids.run_id()  # workers inherit it
     if _nothing_to_run(cfg, hints):
         return 0
     slots, auto = plan_slots(cfg, args.gpus, args.workers)
@@ -320,7 +316,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         follow_supervisor(args.supervisor_pid)
     from hpsearch import summary
     from hpsearch.slots import worker_slot
-    from hpsearch.study import check_output_dir, derive_seed
+    from hpsearch.study import check_output_dir
     from hpsearch.worker import work_in_this_process
 
     cfg = _config(args.study_file, args)
@@ -328,7 +324,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     slot, claim = worker_slot(cfg, args.slot, args.gpus, args.gpu_claim, args.claim_wait)
     try:
         outcome, _ = work_in_this_process(cfg, slot, summary.trial_logger(cfg), status=status,
-                                          sampler_seed=derive_seed(cfg.seed, f"worker {os.getpid()}"),
+                                          sampler_seed=ids.derive_seed(cfg.seed, f"worker {os.getpid()}"),
                                           probe=args.probe_memory)
         return EXIT_INTERRUPTED if outcome.interrupted else 0
     finally:

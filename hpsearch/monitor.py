@@ -18,8 +18,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from hpsearch import records
 from hpsearch.config import StudyConfig
-from hpsearch.results import records
 from hpsearch.slots import Slot
 from hpsearch.summary import awaits_successor, trial_logger
 

@@ -6,7 +6,6 @@ The only module that holds both an Optuna trial and a torch model.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import math
@@ -20,14 +19,15 @@ import optuna
 import torch
 from optuna.artifacts import upload_artifact
 
-from hpsearch import __version__, budget, signals, space
-from hpsearch.config import BUILTIN_MODELS, TRAIN_PARAMS, StudyConfig
+from hpsearch import __version__, budget, records, signals, space
+from hpsearch.config import StudyConfig
 from hpsearch.checkpoints import CheckpointWriter, load_checkpoint
 from hpsearch.data import DeviceData
 from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights_for, seed_everything
 from hpsearch.errors import HpsearchError
+from hpsearch.ids import trial_seed
 from hpsearch.models import build_model
-from hpsearch.results import records
+from hpsearch.names import MODELS, TRAIN_PARAMS
 from hpsearch.settings import settings_from
 from hpsearch.study import artifact_dir, artifact_store, retry_history
 
@@ -51,12 +51,6 @@ class WorkerContext:
     checkpoints: CheckpointWriter = field(default_factory=CheckpointWriter)
 
 
-def trial_seed(study_seed: int, trial_number: int) -> int:
-    """A per-trial seed derived from the study seed and trial number (stable across runs and machines)."""
-    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
 def train_settings(cfg: StudyConfig, params: dict[str, Any], labels: torch.Tensor, num_classes: int) -> TrainSettings:
     """Fixed `train:` values overridden by the sampled parameters that name training settings, field by field."""
     chosen = {name: params[name] for name in TRAIN_PARAMS if name in params}
@@ -70,7 +64,7 @@ def model_spec(cfg: StudyConfig, params: dict[str, Any], data: DeviceData) -> di
     dropout = float(params.get("dropout", cfg.train.dropout))
     own = set(TRAIN_PARAMS) | {"dropout"}
     kwargs: dict[str, Any] = dict(cfg.model.args)
-    accepted = BUILTIN_MODELS.get(cfg.model.name)
+    accepted = MODELS.get(cfg.model.name)
     kwargs.update({k: v for k, v in params.items() if k not in own and (accepted is None or k in accepted)})
     return {"name": cfg.model.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
             "dropout": dropout, "kwargs": kwargs}
@@ -253,7 +247,7 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
         trial.set_user_attr(records.HISTORY, progress.history)
         value = record[cfg.metric]
         if not math.isfinite(record["train_loss"]) or not math.isfinite(value):
-            finish("diverged")
+            finish(records.DIVERGED)
             raise optuna.TrialPruned(f"loss diverged at epoch {epoch}")
         improved = progress.improved(value)
         if improved:
@@ -262,12 +256,12 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
         files.save_epoch(trainers, progress, improved)
         _report(trial, progress, epoch, value)
         if stop:
-            finish("early_stopped")
+            finish(records.EARLY_STOPPED)
             return float(progress.best)
         if trial.should_prune():
-            finish("pruned")
+            finish(records.PRUNED)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-    finish("completed")
+    finish(records.COMPLETED)
     if progress.best is None:  # resumed with no epoch left to run and none recorded
         raise optuna.TrialPruned("no epoch was run")
     return float(progress.best)

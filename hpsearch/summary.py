@@ -15,8 +15,8 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
+from hpsearch import records
 from hpsearch.config import StudyConfig
-from hpsearch.results import records
 from hpsearch.study import redact_url
 
 log = logging.getLogger("hpsearch")

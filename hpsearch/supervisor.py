@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,16 +23,15 @@ from typing import IO, Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch import signals
+from hpsearch import ids, records, signals
 from hpsearch.config import STORAGE_ENV, StudyConfig
 from hpsearch.errors import (HpsearchError, StorageError, StorageFailure, SupervisorGoneError, TrialFailureError,
                              WorkerCrashError)
 from hpsearch.monitor import Monitor
-from hpsearch.results import records
 from hpsearch.slots import MemoryProbe, Slot, auto_trials_per_gpu, enough_slots
 from hpsearch.status import read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, check_storage_file, find_study, finished_count, guard_storage,
-                            open_study, requeue, storage_of, trial_id)
+                            hand_back, open_study)
 from hpsearch.threads import planned_threads, usable_cores, worker_env
 
 log = logging.getLogger("hpsearch")
@@ -56,7 +54,7 @@ class _Process:
 
     @property
     def worker_id(self) -> str:
-        return f"{socket.gethostname()}:{self.popen.pid}"
+        return ids.worker_id(self.popen.pid)
 
 
 @dataclass
@@ -80,14 +78,14 @@ class Supervisor:
 
     @property
     def log_dir(self) -> Path:
-        return Path(self.cfg.out_dir) / "logs"
+        return ids.log_dir(self.cfg.out_dir)
 
     def status_path(self, slot: Slot) -> Path:
-        return self.log_dir / f"worker-{slot.index}.json"
+        return ids.status_path(self.cfg.out_dir, slot.index)
 
     def _spawn(self, slot: Slot, restarts: int = 0, probe: bool = False) -> _Process:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115 (closed in _close)
+        log_file = open(ids.worker_log_path(self.cfg.out_dir, slot.index), "ab")  # noqa: SIM115 (closed in _close)
         # The storage URL travels in the environment: on the command line, `ps` would show its password.
         env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1", "HPSEARCH_SPAWNED_AT": repr(time.time()),
                STORAGE_ENV: self.cfg.storage_url}
@@ -192,16 +190,9 @@ class Supervisor:
             self.study = self._open(find_study)
         if self.study is None:
             return
-        storage = storage_of(self.study)
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if records.worker(trial) != proc.worker_id:
-                continue
-            try:
-                storage.set_trial_user_attr(trial_id(trial), records.STOP_REASON, "worker_died")
-                if storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
-                    requeue(self.study, storage.get_trial(trial_id(trial)), self.cfg.workers.max_retries)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # the worker finished it after all, or the heartbeat check got there first
+            if records.worker(trial) == proc.worker_id:  # None back: it finished after all, or the stale check won
+                hand_back(self.study, trial, records.WORKER_DIED, self.cfg.workers.max_retries)
 
     def _last_line(self, proc: _Process) -> str:
         path = Path(proc.log_file.name)

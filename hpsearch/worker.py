@@ -1,6 +1,8 @@
-"""A worker: load data once, then run trials until the study-wide total is reached.
+"""A worker: load data once onto its device, then run trials (the ask/tell loop) until the study-wide total is reached.
 
-Supervision of several worker processes builds on `run_worker`; one worker is one process.
+The checks before the study is touched and the memory probe are in `hpsearch.preflight`; a trial cut
+short is handed back through `hpsearch.study.hand_back`. One worker is one process; supervision of
+several builds on `run_worker`.
 """
 
 from __future__ import annotations
@@ -10,36 +12,30 @@ import dataclasses
 import errno
 import functools
 import importlib
-import inspect
 import logging
 import os
-import socket
 import time
 import traceback
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpsearch import budget, signals, space
-from hpsearch.config import BUILTIN_MODELS, RUN_ENV, TRAIN_PARAMS, StudyConfig
-from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
-from hpsearch.engine import Trainer
-from hpsearch.errors import CheckpointError, DataError, DeviceError, ModelError, TrialFailureError
-from hpsearch.models import build_model
-from hpsearch.objective import WorkerContext, model_spec, release_memory, run_trial, train_settings
-from hpsearch.plugins import import_callable
-from hpsearch.results import records
-from hpsearch.slots import MemoryProbe, Slot
+from hpsearch import budget, ids, records, signals
+from hpsearch.config import RUN_ENV, StudyConfig
+from hpsearch.data import DeviceData
+from hpsearch.errors import CheckpointError, DeviceError, TrialFailureError
+from hpsearch.objective import WorkerContext, release_memory, run_trial
+from hpsearch.preflight import check_model, load_pool, probe_memory, split_data
+from hpsearch.slots import Slot
 from hpsearch.status import WorkerStatus, process_start_time, read_status
-from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, check_storage_file, claim_output_dir, current_state,
-                            fail_stale_trials, finished_count, guard_storage, is_storage_exception, open_study,
-                            requeue, settings_id, storage_cause)
+from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, check_storage_file, claim_output_dir, fail_stale_trials,
+                            finished_count, guard_storage, hand_back, is_storage_exception, open_study, settings_id,
+                            storage_cause)
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error this many trials in a row stops the worker
@@ -64,141 +60,28 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
-def _check_factory_arguments(cfg: StudyConfig) -> None:
-    """Every model.args key and searched model argument of a custom factory is a parameter it accepts."""
-    if not cfg.model.is_custom:
-        return  # config checked the builtins' arguments already
-    try:
-        factory = import_callable(cfg.model.name, "model", ModelError)
-    except ModelError as exc:
-        raise ModelError(f"{cfg.source}: model.name: {exc}") from None
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return  # no inspectable signature (some builtins, C extensions): the first build will tell
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return
-    given = ("input_shape", "num_classes", "dropout")  # hpsearch passes these itself
-    accepted = [p.name for p in parameters if p.name not in given and p.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    searched = [name for name in cfg.space if name not in TRAIN_PARAMS and name != "dropout"]
-    for where, name in [(f"model.args.{key}", key) for key in cfg.model.args] + [(f"space.{n}", n) for n in searched]:
-        if name not in accepted:
-            raise ModelError(f"{cfg.source}: {where}: model factory '{cfg.model.name}' takes no argument '{name}' "
-                             f"(it accepts: {', '.join(accepted) or 'none'}); add it to the factory's parameters "
-                             f"or remove {where}")
-
-
-def _preflight_model(cfg: StudyConfig, data: DeviceData) -> None:
-    """Build the model and run it on two samples before any trial: a bad name, argument or shape is exit 2.
-
-    A model that does not fit the data (a first layer of the wrong size, the wrong number of
-    outputs) would otherwise fail every trial the same way.
-    """
-    _check_factory_arguments(cfg)
-    try:
-        model = build_model(cfg.model.name, tuple(data.input_shape), data.num_classes, dropout=0.0, **cfg.model.args)
-    except ModelError as exc:
-        raise ModelError(f"{cfg.source}: model: {exc}") from None
-    x, _ = next(data.batches(torch.arange(min(2, int(data.y.shape[0]))), 2, shuffle=False))
-    try:
-        with torch.no_grad():
-            out = model.to(data.device).eval()(x)
-    except Exception as exc:  # noqa: BLE001 - user code: whatever it raises is the message
-        raise ModelError(f"{cfg.source}: model: {cfg.model.name} fails on a batch of the data, inputs of shape "
-                         f"{tuple(x.shape)} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); make it "
-                         f"accept (N, {', '.join(map(str, data.input_shape))}) and return (N, {data.num_classes})"
-                         ) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], data.num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"{cfg.source}: model: {cfg.model.name} returns {shape} for {x.shape[0]} inputs; it must "
-                         f"return one score per class, ({x.shape[0]}, {data.num_classes})")
-
-
-def _load_pool(cfg: StudyConfig) -> ArrayData:
-    try:
-        return load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
-                            image_size=cfg.data.image_size)
-    except DataError as exc:
-        raise DataError(f"{cfg.source}: data.dataset: {exc}") from None
-
-
-def _split(cfg: StudyConfig, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    split = cfg.data.split
-    try:
-        return split_folds(labels, val_split=split["val_split"], cv_folds=split["cv_folds"], seed=cfg.seed)
-    except DataError as exc:
-        raise DataError(f"{cfg.source}: data.{'cv_folds' if split['cv_folds'] else 'val_split'}: {exc}") from None
-
-
-def preflight(cfg: StudyConfig) -> None:
-    """Load the data and build the model once on the CPU, so bad input fails before the study is touched."""
-    with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
-        pool = _load_pool(cfg)
-        _split(cfg, pool.y)
-        _preflight_model(cfg, DeviceData.place(pool, torch.device("cpu")))
-
-
 def prepare_context(cfg: StudyConfig, slot: Slot | None = None, status: WorkerStatus | None = None) -> WorkerContext:
     """Load the dataset once, place it on the slot's device, split it (seeded by the study seed)."""
     slot = slot or Slot(index=0, gpu=0)
     status = status or WorkerStatus(None)
     with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
         status.phase("loading data")
-        pool = _load_pool(cfg)
+        pool = load_pool(cfg)
         status.phase("placing data")
         device = resolve_device(cfg.device, slot.gpu)
         data = DeviceData.place(pool, device, memory_fraction=cfg.data.memory_fraction)
-        folds = _split(cfg, pool.y)
+        folds = split_data(cfg, pool.y)
         status.phase("building the model")
-        _preflight_model(cfg, data)
+        check_model(cfg, data)
         # torch.optim imports torch._dynamo on first use (~2 s): here rather than inside the first trial.
         # (A thread beside the data loading measured slower: both imports and loading hold the GIL.)
         status.phase("importing torch._dynamo")
         importlib.import_module("torch._dynamo")
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    run = os.environ.get(RUN_ENV) or f"{worker}:{int(time.time())}"  # a lone worker is a run of its own
+    worker = ids.worker_id()
+    run = os.environ.get(RUN_ENV) or ids.run_id()  # a lone worker is a run of its own
     return WorkerContext(cfg=cfg, data=data, labels=pool.y, folds=folds, device=device,
                          device_name=describe_device(device), worker=worker, slot=slot.index,
                          extra_attrs={records.SETTINGS: settings_id(cfg), records.RUN: run})
-
-
-BUILTIN_MODEL_ARGS = tuple(sorted({arg for args in BUILTIN_MODELS.values() for arg in args}))
-CUDA_CONTEXT_BYTES = 600 * 2**20  # what a process's CUDA context takes besides its tensors (typical, lazy loading)
-
-
-def probe_memory(ctx: WorkerContext) -> MemoryProbe | None:
-    """Peak memory of two training steps at the largest batch size and model in the space (CUDA only).
-
-    Run by the first worker on a GPU before its first trial, so the supervisor can size the
-    workers per GPU; None off CUDA or when the probe fails (the reason is logged).
-    """
-    if ctx.device.type != "cuda":
-        return None
-    cfg = ctx.cfg
-    params = space.largest_point(cfg, ("batch_size", *BUILTIN_MODEL_ARGS, *cfg.model.args))
-    settings = replace(train_settings(cfg, params, ctx.labels, ctx.data.num_classes), epochs=1, cuda_graphs="off")
-    spec = model_spec(cfg, params, ctx.data)
-    torch.cuda.synchronize(ctx.device)
-    base = torch.cuda.memory_allocated(ctx.device)
-    torch.cuda.reset_peak_memory_stats(ctx.device)
-    try:
-        model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], dropout=spec["dropout"],
-                            **spec["kwargs"])
-        trainer = Trainer(model, ctx.data, ctx.folds[0][0], ctx.folds[0][1], settings, seed=0)
-        trainer.sample_steps(2)
-        torch.cuda.synchronize(ctx.device)
-        peak = torch.cuda.max_memory_allocated(ctx.device) - base
-        del trainer, model
-    except torch.cuda.OutOfMemoryError:
-        peak = None
-    except Exception as exc:  # noqa: BLE001 - the trials will report it properly; the probe just gives up
-        log.warning("memory probe failed (%s: %s); one trial per GPU", type(exc).__name__, exc)
-        return None
-    release_memory(ctx.device)
-    free, total = torch.cuda.mem_get_info(ctx.device)
-    return MemoryProbe(trial_peak=free if peak is None else peak, worker_fixed=base + CUDA_CONTEXT_BYTES,
-                       free=free, total=total, batch_size=settings.batch_size)
 
 
 @dataclass
@@ -262,26 +145,13 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     return sum(1 for t in claimed if t.number < trial.number) >= n_trials
 
 
-def _hand_back(study: optuna.Study, trial: optuna.Trial, max_retries: int,
-               reason: str = records.INTERRUPTED) -> optuna.trial.FrozenTrial | None:
-    """Fail a trial cut short (stop signal, storage failure) and queue it again to resume, unless it ended already.
-
-    Returns the failed trial (None if it had ended).
-    """
-    if current_state(study, trial) != TrialState.RUNNING:
-        return None
-    failed = _fail(study, trial, reason)
-    requeue(study, failed, max_retries)
-    return failed
-
-
 def _hand_back_quietly(study: optuna.Study, trial: optuna.Trial, max_retries: int, reason: str) -> None:
-    """:func:`_hand_back` while the storage or the disk is failing: where the storage answers the trial is freed.
+    """:func:`hand_back` while the storage or the disk is failing: where the storage answers the trial is freed.
 
     Where it does not, that is logged; the caller reports the failure itself.
     """
     try:
-        _hand_back(study, trial, max_retries, reason)
+        hand_back(study, trial, reason, max_retries)
     except Exception as exc:  # noqa: BLE001 - the storage error itself is what the caller reports
         log.warning("trial %d could not be marked failed (%s); a later run fails it and queues it again once "
                     "its heartbeat is older than the grace period", trial.number, type(storage_cause(exc)).__name__)
@@ -298,7 +168,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective,
     except Exception as exc:  # user code may raise anything; the trial fails, the study goes on
         if is_storage_exception(exc) or isinstance(exc, CheckpointError):  # no fault of the trial: the run stops
             raise
-        reason = "oom" if isinstance(exc, torch.cuda.OutOfMemoryError) else "error"
+        reason = records.OOM if isinstance(exc, torch.cuda.OutOfMemoryError) else records.ERRORED
         log.debug("trial %d failed (%s): %s", trial.number, reason, _signature(exc))  # on_trial prints its line
         streak.add(_signature(exc))
         return _fail(study, trial, reason, traceback.format_exc())
@@ -331,22 +201,22 @@ def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries
         with Heartbeat(study, trial):
             signals.check()  # a stop that came while asking: the trial goes back untouched
             if _is_surplus(study, trial, n_trials):
-                _fail(study, trial, "surplus")  # another worker took the last place between count and ask
+                _fail(study, trial, records.SURPLUS)  # another worker took the last place between count and ask
                 return None
             if epoch_budget is not None and not budget.reserve(study, trial, epoch_budget.first_rung, epoch_budget):
                 _fail(study, trial, records.BUDGET)  # the rest of the epoch budget cannot pay its first rung
                 return None
             return _run_one(study, trial, objective, streak)
     except KeyboardInterrupt:
-        failed = _hand_back(study, trial, max_retries)
+        failed = hand_back(study, trial, records.INTERRUPTED, max_retries)
         if failed is not None and on_trial is not None:
             on_trial(failed, records.retried_as(study.get_trials(deepcopy=False), failed.number))
         raise
     except STORAGE_EXCEPTIONS:
-        _hand_back_quietly(study, trial, max_retries, "storage_failed")
+        _hand_back_quietly(study, trial, max_retries, records.STORAGE_FAILED)
         raise
     except CheckpointError:
-        _hand_back_quietly(study, trial, max_retries, "checkpoint_failed")
+        _hand_back_quietly(study, trial, max_retries, records.CHECKPOINT_FAILED)
         raise
 
 
@@ -461,7 +331,7 @@ def work_in_this_process(cfg: StudyConfig, slot: Slot, on_trial: Callable[..., N
     Without `status` (a run of one worker in this process), its phases go to runs/<name>/logs/worker-0.json
     once the study is open.
     """
-    status = status or WorkerStatus(Path(cfg.out_dir) / "logs" / "worker-0.json", process_start_time(),
+    status = status or WorkerStatus(ids.status_path(cfg.out_dir, 0), process_start_time(),
                                     wait_for_folder=True)
     ctx = prepare_context(cfg, slot, status)
     if probe:

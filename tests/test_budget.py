@@ -14,7 +14,7 @@ from conftest import start_hpsearch
 from hpsearch import budget
 from hpsearch.cli import main
 from hpsearch.config import build_config
-from hpsearch.results import records
+from hpsearch import records
 
 
 def _trial(state: TrialState, epochs: int, **attrs: Any) -> optuna.trial.FrozenTrial:

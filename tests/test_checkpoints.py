@@ -16,10 +16,9 @@ import torch
 import yaml
 
 from conftest import TINY_STUDY, start_hpsearch
-from hpsearch import checkpoints
+from hpsearch import checkpoints, records
 from hpsearch.checkpoints import CheckpointWriter, host_copy, load_checkpoint, save_checkpoint
 from hpsearch.errors import CheckpointError, HpsearchError
-from hpsearch.results import records
 
 
 def test_checkpoint_errors(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import TINY_STUDY
+from hpsearch import records
 from hpsearch.config import build_config
 from hpsearch.monitor import Monitor, worker_rows
-from hpsearch.results import records
 from hpsearch.slots import Slot
 
 

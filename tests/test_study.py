@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpsearch import records
 from hpsearch import study as study_module
 from hpsearch.cli import main
 from hpsearch.config import load_config
@@ -172,12 +173,34 @@ def test_the_optuna_internals_the_adapter_relies_on_are_still_there(write_study:
     with study_module.Heartbeat(study, trial):
         time.sleep(0.1)
     assert study_module.adapter._without_heartbeat(study_module.storage_of(study), [study_module.trial_id(trial)]) == set()
-    assert study_module.storage_of(study)._get_stale_trial_ids(study._study_id) == []
+    assert study_module.storage_of(study)._get_stale_trial_ids(study_module.study_id(study)) == []
+    assert study_module.study_id(study) == study._study_id
     study.tell(trial, 0.5)
     trial = _ask(study)
     trial.suggest_float("lr", 1e-3, 1e-2, log=True)
     assert set(study_module.stored_distributions(study)) == {"lr"}
     assert "settings:" + study_module.settings_id(cfg) in study_module.study_system_attrs(study)
+
+
+def test_hand_back_fails_records_why_and_queues_again_once() -> None:
+    """The one hand-back (worker, supervisor, stale check): a second hand-back or a finished trial changes nothing."""
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-3, 1e-2)
+    failed = study_module.hand_back(study, trial, records.WORKER_DIED, max_retries=3)
+    assert failed is not None and failed.state == TrialState.FAIL
+    assert records.stop_reason(failed) == records.WORKER_DIED
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.params, records.retry_history_of(t.system_attrs)) for t in waiting] == [(trial.params, [0])]
+    assert study_module.hand_back(study, trial, records.WORKER_LOST, max_retries=3) is None  # someone got there first
+    done = study.ask()  # the queued retry
+    study.tell(done, 1.0)
+    assert study_module.hand_back(study, done, records.INTERRUPTED, max_retries=3) is None
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert records.stop_reason(study.trials[0]) == records.WORKER_DIED and records.stop_reason(study.trials[1]) is None
+    out_of_retries = study.ask()
+    assert study_module.hand_back(study, out_of_retries, records.INTERRUPTED, max_retries=0) is not None
+    assert study.get_trials(states=(TrialState.WAITING,)) == []  # failed, but out of retries: not queued
 
 
 # ---------------------------------------------------------------- every sampler and pruner the schema offers

@@ -12,9 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import TINY_STUDY
+from hpsearch import records
 from hpsearch.cli import main
 from hpsearch.config import build_config
-from hpsearch.results import records
 from hpsearch.summary import Hints, awaits_successor, invoked_as, progress_line, trial_line
 
 CFG = build_config({**TINY_STUDY, "n_trials": 20}, source="s.yaml")

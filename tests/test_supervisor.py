@@ -165,7 +165,7 @@ class _Died:
 def test_a_worker_dying_before_the_study_is_opened_still_gets_its_trial_freed(
         write_study: Callable[..., Path], request: pytest.FixtureRequest) -> None:
     from hpsearch.errors import WorkerCrashError
-    from hpsearch.results import records
+    from hpsearch import records
 
     sup = _supervisor(write_study, n_trials=4, slots=[Slot(0, None)])
     sup.cfg = sup.cfg.model_copy(update={"workers": sup.cfg.workers.model_copy(update={"max_restarts": 0})})

@@ -12,7 +12,7 @@ from optuna.trial import create_trial
 
 from hpsearch.config import build_config
 from hpsearch.errors import ConfigError
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study import open_study
 
 SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}

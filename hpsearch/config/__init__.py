@@ -5,18 +5,15 @@
 
 from __future__ import annotations
 
-from hpsearch.config.schema import (BUILTIN_DATASETS, BUILTIN_MODELS, BUILTIN_MODEL_ARGS, CALLABLE_RE,
-    CategoricalParam, CmaesSampler, DataConfig, EarlyStoppingConfig, FloatParam, GpSampler, GridSampler,
-    HyperbandPruner, IntParam, MAX_ALIAS_VALUES, MAX_ENQUEUE, MAX_STUDY_BYTES, METRICS, MedianPruner, ModelConfig,
-    NoPruner, ParamSpec, PatientPruner, PercentilePruner, PrunerConfig, QmcSampler, RUN_ENV, RandomSampler,
-    STORAGE_ENV, SamplerConfig, Scalar, Strict, StudyConfig, SuccessiveHalvingPruner, TRAIN_PARAMS, ThresholdPruner,
-    TpeSampler, TrainConfig, WorkersConfig)
+from hpsearch.config.schema import (BUILTIN_MODEL_ARGS, CALLABLE_RE, CategoricalParam, CmaesSampler, DataConfig,
+    EarlyStoppingConfig, FloatParam, GpSampler, GridSampler, HyperbandPruner, IntParam, MAX_ALIAS_VALUES, MAX_ENQUEUE,
+    MAX_STUDY_BYTES, MedianPruner, ModelConfig, NoPruner, ParamSpec, PatientPruner, PercentilePruner, PrunerConfig,
+    QmcSampler, RUN_ENV, RandomSampler, STORAGE_ENV, SamplerConfig, Scalar, Strict, StudyConfig,
+    SuccessiveHalvingPruner, ThresholdPruner, TpeSampler, TrainConfig, WorkersConfig)
 from hpsearch.config.rules import space_order
 from hpsearch.config.loading import build_config, load_config, with_overrides
 
 __all__ = [
-    "BUILTIN_DATASETS",
-    "BUILTIN_MODELS",
     "BUILTIN_MODEL_ARGS",
     "CALLABLE_RE",
     "CategoricalParam",
@@ -31,7 +28,6 @@ __all__ = [
     "MAX_ALIAS_VALUES",
     "MAX_ENQUEUE",
     "MAX_STUDY_BYTES",
-    "METRICS",
     "MedianPruner",
     "ModelConfig",
     "NoPruner",
@@ -48,7 +44,6 @@ __all__ = [
     "Strict",
     "StudyConfig",
     "SuccessiveHalvingPruner",
-    "TRAIN_PARAMS",
     "ThresholdPruner",
     "TpeSampler",
     "TrainConfig",

@@ -10,14 +10,14 @@ from pydantic import ValidationError
 
 from hpsearch import names
 from hpsearch.config.messages import _did_you_mean, _error, _number, _shown
-from hpsearch.config.schema import (BUILTIN_MODELS, BUILTIN_MODEL_ARGS, CategoricalParam, FloatParam, HyperbandPruner,
-    IntParam, METRICS, MedianPruner, PatientPruner, PercentilePruner, Strict, StudyConfig,
-    SuccessiveHalvingPruner, ThresholdPruner, TRAIN_PARAMS, TrainConfig)
+from hpsearch.config.schema import (BUILTIN_MODEL_ARGS, CategoricalParam, FloatParam, HyperbandPruner, IntParam,
+    MedianPruner, PatientPruner, PercentilePruner, Strict, StudyConfig, SuccessiveHalvingPruner, ThresholdPruner,
+    TrainConfig)
 
 
 def _rules_of(cfg: StudyConfig, name: str) -> type[Strict] | None:
     """The section whose field `name` holds the rule for a value of `name` (None: a custom model's argument)."""
-    if name in TRAIN_PARAMS or name == "dropout":
+    if name in names.TRAIN_PARAMS or name == "dropout":
         return TrainConfig
     return BUILTIN_MODEL_ARGS.get(cfg.model.name)
 
@@ -152,12 +152,12 @@ def _check_space(cfg: StudyConfig) -> None:
     for name in order:
         spec = cfg.space[name]
         where = f"space.{name}"
-        if name not in TRAIN_PARAMS and name != "dropout" and not cfg.model.is_custom:
-            known = TRAIN_PARAMS + ("dropout",) + BUILTIN_MODELS[cfg.model.name]
-            if name not in BUILTIN_MODELS[cfg.model.name]:
+        if name not in names.TRAIN_PARAMS and name != "dropout" and not cfg.model.is_custom:
+            known = names.TRAIN_PARAMS + ("dropout",) + names.MODELS[cfg.model.name]
+            if name not in names.MODELS[cfg.model.name]:
                 raise _error(cfg, where, f"'{name}' is neither a training setting nor an argument of model "
                                          f"'{cfg.model.name}'{_did_you_mean(name, known)}; known: {', '.join(known)}")
-        if name in TRAIN_PARAMS + ("dropout",) and name in cfg.train.model_fields_set:
+        if name in names.TRAIN_PARAMS + ("dropout",) and name in cfg.train.model_fields_set:
             raise _error(cfg, where, f"'{name}' is set both in train.{name} and in space.{name}; remove one")
         if name in cfg.model.args:
             raise _error(cfg, where, f"'{name}' is set both in model.args.{name} and in space.{name}; remove one")
@@ -249,7 +249,7 @@ def _check_budget(cfg: StudyConfig) -> None:
 
 
 def _check_direction(cfg: StudyConfig) -> None:
-    natural = METRICS[cfg.metric]
+    natural = names.METRICS[cfg.metric]
     if cfg.direction is not None and cfg.direction != natural:
         raise _error(cfg, "direction", f"'{cfg.direction}' contradicts metric '{cfg.metric}' (which should be "
                                        f"{natural}d); set direction: {natural} or drop it")

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, field_validator, model_validator
 
 from hpsearch import names
+from hpsearch.ids import MAX_WORKERS
 from hpsearch.config.messages import _did_you_mean
 
 
@@ -27,14 +28,6 @@ BUILTIN_MODEL_ARGS: dict[str, type[Strict]] = {
                        **{arg: (Optional[int], Field(None, ge=1)) for arg in args})  # type: ignore[call-overload]
     for name, args in names.MODELS.items()
 }
-
-BUILTIN_MODELS = names.MODELS
-
-BUILTIN_DATASETS = names.DATASETS
-
-METRICS = names.METRICS
-
-TRAIN_PARAMS = names.TRAIN_PARAMS
 
 Scalar = Union[bool, int, float, str]
 
@@ -283,7 +276,7 @@ class DataConfig(Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        return _builtin_or_callable(name, "dataset", BUILTIN_DATASETS, "callable")
+        return _builtin_or_callable(name, "dataset", names.DATASETS, "callable")
 
     @model_validator(mode="after")
     def _one_split(self) -> DataConfig:
@@ -306,7 +299,7 @@ class ModelConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        return _builtin_or_callable(name, "model", BUILTIN_MODELS, "factory")
+        return _builtin_or_callable(name, "model", names.MODELS, "factory")
 
     @model_validator(mode="after")
     def _known_args(self) -> ModelConfig:
@@ -316,7 +309,7 @@ class ModelConfig(Strict):
 
     @property
     def is_custom(self) -> bool:
-        return self.name not in BUILTIN_MODELS
+        return self.name not in names.MODELS
 
 
 class EarlyStoppingConfig(Strict):
@@ -349,7 +342,7 @@ class TrainConfig(Strict):
 
 
 class WorkersConfig(Strict):
-    n: int | None = Field(None, ge=1, le=1024)
+    n: int | None = Field(None, ge=1, le=MAX_WORKERS)
     gpus: Union[Literal["all", "none"], list[int]] = "all"
     # auto: sized from the first worker's memory probe, the GPU's free memory and the CPU cores
     trials_per_gpu: Union[int, str] = "auto"
@@ -415,8 +408,9 @@ class StudyConfig(Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, metric: str) -> str:
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric '{metric}'{_did_you_mean(metric, METRICS)}; use one of {', '.join(METRICS)}")
+        if metric not in names.METRICS:
+            raise ValueError(f"unknown metric '{metric}'{_did_you_mean(metric, names.METRICS)}; "
+                             f"use one of {', '.join(names.METRICS)}")
         return metric
 
     @model_validator(mode="wrap")
@@ -462,7 +456,7 @@ class StudyConfig(Strict):
 
     @property
     def resolved_direction(self) -> str:
-        return self.direction or METRICS[self.metric]
+        return self.direction or names.METRICS[self.metric]
 
     @property
     def storage_url(self) -> str:
@@ -483,7 +477,7 @@ class StudyConfig(Strict):
 # --------------------------------------------------------------------------- cross-field rules
 
 def _check_model_kwarg(model: str, key: str) -> None:
-    known = BUILTIN_MODELS.get(model)
+    known = names.MODELS.get(model)
     if known is not None and key not in known:
         raise ValueError(f"model '{model}' takes no argument '{key}'{_did_you_mean(key, known)}"
                          f" (it accepts: {', '.join(known) or 'none'})")

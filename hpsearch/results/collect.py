@@ -1,6 +1,6 @@
 """Read a study once into plain data (:mod:`hpsearch.results.studydata`), one small collector per section.
 
-Every stored fact comes through :mod:`hpsearch.results.records`; the search-space sections (parallel
+Every stored fact comes through :mod:`hpsearch.records`; the search-space sections (parallel
 coordinates, contour, slices) come from :mod:`hpsearch.results.params`.
 """
 
@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpsearch.results import params, records
+from hpsearch import records
+from hpsearch.results import params
 from hpsearch.results.studydata import STATES, BestPoint, Curve, ParamInfo, Session, StudyData, Summary, TrialRow
 
 __all__ = ["collect_study", "MAX_IMPORTANCE_TRIALS"]

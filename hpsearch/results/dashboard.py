@@ -37,8 +37,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from sqlalchemy.engine import make_url
 
+from hpsearch import records
 from hpsearch.errors import HpsearchError, StorageError
-from hpsearch.results import records
 from hpsearch.study import artifact_store, check_url, make_storage, redact_url
 
 __all__ = ["serve_dashboard", "make_dashboard_server", "dashboard_storage", "sqlite_path"]

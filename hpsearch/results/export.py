@@ -19,8 +19,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import records
 from hpsearch.errors import HpsearchError
-from hpsearch.results import records
 
 __all__ = ["export_trials", "export_best", "predict_usage", "trial_record", "FORMATS"]
 

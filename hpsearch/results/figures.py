@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.results.numbers import HOVER, format_number, padded_range
 from hpsearch.results.studydata import STATES, CompareGroup, Curve, SliceData, StudyData, TrialRow, compare_groups
 

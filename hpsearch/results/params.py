@@ -11,7 +11,7 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.results.numbers import format_number
 from hpsearch.results.studydata import Axis, ContourData, ParallelData, ParamInfo, SliceData
 

@@ -12,8 +12,9 @@ from hpsearch.study.failures import (STORAGE_EXCEPTIONS, guard_storage, is_stora
     storage_failure)
 from hpsearch.study.storage import PG_CONNECT_TIMEOUT_S, dispose_storages, make_storage
 from hpsearch.study.factories import derive_seed, make_pruner, make_sampler
-from hpsearch.study.adapter import (FINISHED, Heartbeat, current_state, fail_stale_trials, finished_count, requeue,
-    retry_history, storage_of, stored_distributions, study_system_attrs, trial_id)
+from hpsearch.study.adapter import (FINISHED, Heartbeat, current_state, fail_stale_trials, finished_count, hand_back,
+    requeue, retry_history, set_study_system_attr, storage_of, stored_distributions, study_id, study_system_attrs,
+    trial_id)
 from hpsearch.study.invariants import SETTINGS_SECTIONS, check_space_unchanged, run_settings, settings_id
 from hpsearch.study.outputs import (ARTIFACTS, OWNER_FILE, artifact_dir, artifact_store, check_output_dir,
     claim_output_dir)
@@ -49,6 +50,7 @@ __all__ = [
     "find_study",
     "finished_count",
     "guard_storage",
+    "hand_back",
     "is_storage_exception",
     "make_pruner",
     "make_sampler",
@@ -59,12 +61,14 @@ __all__ = [
     "retry_history",
     "run_settings",
     "scrub",
+    "set_study_system_attr",
     "settings_id",
     "storage_cause",
     "storage_failure",
     "storage_identity",
     "storage_of",
     "stored_distributions",
+    "study_id",
     "study_system_attrs",
     "trial_id",
     "url_secrets",

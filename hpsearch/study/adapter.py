@@ -1,4 +1,6 @@
-"""The one adapter over Optuna internals: storage handle, trial ids, heartbeats, stale trials, hand-back.
+"""The one adapter over Optuna internals: storage handle, study and trial ids, heartbeats, stale trials, and
+the hand-back of a trial cut short (fail it, record why, queue it again), which worker, supervisor and
+stale check all go through.
 
 Every use of Optuna's private API is here, so an Optuna upgrade that changes it breaks here (tests/test_study.py)."""
 
@@ -12,7 +14,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study.failures import storage_cause
 from hpsearch.study.urls import _first_line
 
@@ -34,10 +36,10 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: i
 
 def _existing_direction(storage: optuna.storages.RDBStorage, name: str) -> str | None:
     try:
-        study_id = storage.get_study_id_from_name(name)
+        sid = storage.get_study_id_from_name(name)
     except KeyError:
         return None
-    return storage.get_study_directions(study_id)[0].name.lower()
+    return storage.get_study_directions(sid)[0].name.lower()
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -54,9 +56,19 @@ def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
     return study._storage  # type: ignore[return-value]
 
 
+def study_id(study: optuna.Study) -> int:
+    """The storage's id of the study (not its name)."""
+    return study._study_id
+
+
 def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
     """The study's system attributes (Optuna 5 no longer offers them on Study)."""
-    return dict(storage_of(study).get_study_system_attrs(study._study_id))
+    return dict(storage_of(study).get_study_system_attrs(study_id(study)))
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: Any) -> None:
+    """Store one study system attribute (Optuna 5 no longer offers it on Study)."""
+    storage_of(study).set_study_system_attr(study_id(study), key, value)
 
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
@@ -125,7 +137,7 @@ def fail_stale_trials(study: optuna.Study, grace_period: float, max_retries: int
     storage = storage_of(study)
     if storage.get_heartbeat_interval() is None:
         return []
-    stale = set(storage._get_stale_trial_ids(study._study_id))
+    stale = set(storage._get_stale_trial_ids(study_id(study)))
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     now = datetime.datetime.now()
     old = [t for t in running if t.datetime_start is not None
@@ -135,18 +147,32 @@ def fail_stale_trials(study: optuna.Study, grace_period: float, max_retries: int
     failed = []
     for trial in running:
         tid = trial_id(trial)
-        if tid not in stale:
-            continue
-        try:
-            storage.set_trial_user_attr(tid, records.STOP_REASON, "worker_lost")
-            if not storage.set_trial_state_values(tid, state=optuna.trial.TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # its worker finished it after all, or another worker got there first
+        if tid not in stale or hand_back(study, trial, records.WORKER_LOST, max_retries) is None:
+            continue  # not stale, or its worker finished it after all, or another worker got there first
         log.warning("trial %d lost its worker (%s); queued again to resume", trial.number,
                     "it never sent a heartbeat" if tid in without else "no heartbeat")
-        requeue(study, storage.get_trial(tid), max_retries)
         failed.append(trial.number)
+    return failed
+
+
+def hand_back(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, reason: str,
+              max_retries: int) -> optuna.trial.FrozenTrial | None:
+    """Fail a running trial cut short through no fault of its own, record `reason`, queue it again to resume.
+
+    `reason` is one of `records.HANDED_BACK`. Returns the failed trial, or None when the trial had
+    ended already (its worker finished it, or another process handed it back first): then nothing changes.
+    """
+    storage, tid = storage_of(study), trial_id(trial)
+    try:
+        if storage.get_trial(tid).state != optuna.trial.TrialState.RUNNING:
+            return None
+        storage.set_trial_user_attr(tid, records.STOP_REASON, reason)
+        if not storage.set_trial_state_values(tid, state=optuna.trial.TrialState.FAIL):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    failed = storage.get_trial(tid)
+    requeue(study, failed, max_retries)
     return failed
 
 
@@ -156,7 +182,7 @@ def stored_distributions(study: optuna.Study) -> dict[str, list[optuna.distribut
 
     params, trials = models.TrialParamModel.__table__, models.TrialModel.__table__
     query = (sqlalchemy.select(params.c.param_name, params.c.distribution_json).distinct()
-             .join(trials, trials.c.trial_id == params.c.trial_id).where(trials.c.study_id == study._study_id))
+             .join(trials, trials.c.trial_id == params.c.trial_id).where(trials.c.study_id == study_id(study)))
     found: dict[str, list[optuna.distributions.BaseDistribution]] = {}
     with _engine(storage_of(study)).connect() as conn:
         for name, text in conn.execute(query):
@@ -173,9 +199,9 @@ def _trial_count(storage: optuna.storages.BaseStorage, name: str) -> int:
     from optuna.storages._rdb import models
 
     trials = models.TrialModel.__table__
-    study_id = storage.get_study_id_from_name(name)
+    sid = storage.get_study_id_from_name(name)
     with _engine(storage).connect() as conn:
-        query = sqlalchemy.select(sqlalchemy.func.count()).select_from(trials).where(trials.c.study_id == study_id)
+        query = sqlalchemy.select(sqlalchemy.func.count()).select_from(trials).where(trials.c.study_id == sid)
         return int(conn.execute(query).scalar_one())
 
 

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 
 import optuna
 
 from hpsearch import space
 from hpsearch.config import StudyConfig
+from hpsearch.ids import derive_seed
 
-
-def derive_seed(study_seed: int, salt: str) -> int:
-    """A sampler seed of its own for one process or run of a study: 31 bits of sha256(study seed, salt).
-
-    Every worker and every rerun draws differently, and the same (study seed, salt) always draws the same.
-    """
-    digest = hashlib.sha256(f"{study_seed}:sampler:{salt}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+__all__ = ["derive_seed", "make_pruner", "make_sampler"]
 
 
 def make_sampler(cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from typing import Any
 
 import optuna
 
-from hpsearch import space
+from hpsearch import ids, records, space
 from hpsearch.config import StudyConfig
 from hpsearch.errors import ConfigError
-from hpsearch.results import records
-from hpsearch.study.adapter import storage_of, stored_distributions, study_system_attrs
+from hpsearch.study.adapter import set_study_system_attr, stored_distributions, study_system_attrs
 from hpsearch.study.urls import redact_url
 
 
@@ -65,7 +63,7 @@ def _record_settings(study: optuna.Study, cfg: StudyConfig) -> None:
     key = records.settings_key(mine)
     attrs = study_system_attrs(study)
     if key not in attrs:
-        storage_of(study).set_study_system_attr(study._study_id, key, run_settings(cfg))
+        set_study_system_attr(study, key, run_settings(cfg))
         attrs[key] = run_settings(cfg)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         theirs = records.settings_id_of(trial)
@@ -80,13 +78,11 @@ def _record_settings(study: optuna.Study, cfg: StudyConfig) -> None:
 
 def _worker_may_be_alive(worker: Any) -> bool:
     """False only for a worker of this machine whose process is gone (its trial just awaits the stale check)."""
-    if not isinstance(worker, str) or ":" not in worker:
-        return True
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    parsed = ids.parse_worker_id(worker)
+    if parsed is None or parsed[0] != ids.host_name():
         return True
     try:
-        os.kill(int(pid), 0)
+        os.kill(parsed[1], 0)
     except ProcessLookupError:
         return False
     except PermissionError:

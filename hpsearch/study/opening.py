@@ -7,10 +7,9 @@ from pathlib import Path
 
 import optuna
 
-from hpsearch import __version__
+from hpsearch import __version__, records
 from hpsearch.config import StudyConfig
 from hpsearch.errors import StorageError
-from hpsearch.results import records
 from hpsearch.study.adapter import _existing_direction, _trial_count
 from hpsearch.study.factories import derive_seed, make_pruner, make_sampler
 from hpsearch.study.invariants import _record_settings, check_space_unchanged
@@ -49,12 +48,11 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
                                 sampler=make_sampler(cfg, sampler_seed), pruner=make_pruner(cfg), load_if_exists=True)
     if existing is None:
         _record_study_attrs(study, cfg)
-    elif create:
+    else:
         check_space_unchanged(study, cfg)
-    if create:
-        _record_settings(study, cfg)
-        study.set_user_attr(records.STUDY_TARGET, cfg.n_trials)  # what `status` counts against later
-        study.set_user_attr(records.STUDY_BUDGET, cfg.budget.epochs)
+    _record_settings(study, cfg)
+    study.set_user_attr(records.STUDY_TARGET, cfg.n_trials)  # what `status` counts against later
+    study.set_user_attr(records.STUDY_BUDGET, cfg.budget.epochs)
     if warm is not None and warm[0] is not None:
         add_warm_trials(study, warm[0], warm[1])
     return study

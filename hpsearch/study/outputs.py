@@ -11,6 +11,7 @@ import optuna
 
 from hpsearch.config import StudyConfig
 from hpsearch.errors import ConfigError
+from hpsearch.study.adapter import study_id
 from hpsearch.study.urls import _same_database, check_url, redact_url, storage_identity
 
 ARTIFACTS = "artifacts"  # folder under the study's output dir
@@ -62,12 +63,12 @@ def check_output_dir(cfg: StudyConfig, study_id: int | None = None) -> None:
 
 def claim_output_dir(cfg: StudyConfig, study: optuna.Study) -> None:
     """Record (once) that the output folder belongs to `study`; refuse it if it belongs to another."""
-    check_output_dir(cfg, study._study_id)
+    check_output_dir(cfg, study_id(study))
     path = Path(cfg.out_dir) / OWNER_FILE
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"name": cfg.name, "storage": storage_identity(cfg.storage_url), "study_id": study._study_id}
+    record = {"name": cfg.name, "storage": storage_identity(cfg.storage_url), "study_id": study_id(study)}
     tmp = path.with_name(f".{OWNER_FILE}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)  # workers starting together write the same record

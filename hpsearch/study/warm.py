@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from hpsearch import space
 from hpsearch.config import StudyConfig, load_config
 from hpsearch.errors import ConfigError
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study.invariants import _shown_distribution
 from hpsearch.study.storage import make_storage
 from hpsearch.study.urls import redact_url

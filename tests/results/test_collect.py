@@ -11,7 +11,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import study_fixtures as sf
-from hpsearch.results import collect, records
+from hpsearch import records
+from hpsearch.results import collect
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import build_figures
 from hpsearch.results.studydata import StudyData, compare_groups

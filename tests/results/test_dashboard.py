@@ -23,10 +23,10 @@ import optuna
 import pytest
 
 import study_fixtures as sf
+from hpsearch import records
 from hpsearch.results import dashboard
 from hpsearch.cli import main
 from hpsearch.errors import HpsearchError, StorageError
-from hpsearch.results import records
 from conftest import python_env
 
 ROOT = Path(__file__).resolve().parents[2]

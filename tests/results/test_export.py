@@ -220,7 +220,7 @@ print(json.dumps({"correct": int((predicted == y[val]).sum()), "n": len(val), "n
 def test_exported_predict_matches_the_trials_validation_accuracy(write_study, workdir: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from hpsearch.cli import main
-    from hpsearch.results import records
+    from hpsearch import records
 
     path = write_study(n_trials=2)
     assert main(["run", str(path)]) == 0

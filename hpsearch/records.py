@@ -65,13 +65,22 @@ RETRY_HISTORY = "retry_history"  # trial: numbers of the failed trials it retrie
 FAILED_TRIAL = "failed_trial"  # trial: the first of them (Optuna's RetryFailedTrialCallback reads it)
 SETTINGS_PREFIX = "settings:"  # study: the run settings of each settings id, under "settings:<id>"
 
-# ------------------------------------------------------------------ stop reasons that readers interpret
+# ------------------------------------------------------------------ stop reasons (the values of STOP_REASON)
+COMPLETED = "completed"  # every epoch ran
 PRUNED = "pruned"
 EARLY_STOPPED = "early_stopped"
-INTERRUPTED = "interrupted"
-BUDGET = "budget"  # stop reason: the study-wide epoch budget ran out (refused before its first epoch: FAIL)
+DIVERGED = "diverged"  # a loss or the metric went non-finite
+ERRORED = "error"  # the objective raised (the traceback is under ERROR)
+OOM = "oom"  # the objective ran out of GPU memory
+SURPLUS = "surplus"  # another worker took the last place between count and ask
+INTERRUPTED = "interrupted"  # a stop signal
+STORAGE_FAILED = "storage_failed"
+CHECKPOINT_FAILED = "checkpoint_failed"
+WORKER_LOST = "worker_lost"  # its heartbeat went stale
+WORKER_DIED = "worker_died"  # the supervisor saw its worker process exit
+BUDGET = "budget"  # the study-wide epoch budget ran out (refused before its first epoch: FAIL)
 # The trial was cut short through no fault of its own and queued again (unless out of retries) to resume.
-HANDED_BACK = (INTERRUPTED, "storage_failed", "checkpoint_failed", "worker_lost", "worker_died")
+HANDED_BACK = (INTERRUPTED, STORAGE_FAILED, CHECKPOINT_FAILED, WORKER_LOST, WORKER_DIED)
 EARLY_STOP_REASONS = (PRUNED, EARLY_STOPPED)  # the search stopped the trial: its unrun epochs are "saved"
 
 

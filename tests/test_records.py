@@ -14,10 +14,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import study_fixtures as sf
-from hpsearch.results import records
+from hpsearch import records
 from hpsearch.study import requeue
 
-PACKAGE = Path(__file__).resolve().parents[2] / "hpsearch"
+PACKAGE = Path(__file__).resolve().parents[1] / "hpsearch"
 T0 = dt.datetime(2025, 1, 6, 9, 0, 0)
 
 
@@ -226,3 +226,38 @@ def test_the_key_rule_catches_a_literal_key() -> None:
             'z = "seed" in t.user_attrs\nstorage.set_trial_user_attr(1, "stop_reason", "x")\n'
             'w = s.get_trial_system_attrs(1).get("retry_history")\nok = t.user_attrs.get(records.SEED)\n')
     assert _spelled_keys(ast.parse(code)) == [1, 2, 3, 4, 5, 6]
+
+
+STOP_REASONS = {records.COMPLETED, records.PRUNED, records.EARLY_STOPPED, records.DIVERGED, records.ERRORED,
+                records.OOM, records.SURPLUS, *records.HANDED_BACK}
+
+
+def _spelled_reasons(tree: ast.AST) -> list[int]:
+    """Lines that pass a stop reason as a string literal to a call, or compare with one."""
+    def reason(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and node.value in STOP_REASONS
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and any(reason(a) for a in (*node.args, *(k.value for k in node.keywords))):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(reason(c) for c in (node.left, *node.comparators)):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_no_stop_reason_is_spelled_outside_records() -> None:
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "records.py":
+            lines = _spelled_reasons(ast.parse(path.read_text()))
+            if lines:
+                offenders[str(path.relative_to(PACKAGE))] = lines
+    assert offenders == {}, f"stop reasons spelled outside records.py (file: lines): {offenders}"
+
+
+def test_the_reason_rule_catches_a_literal_reason() -> None:
+    assert len(STOP_REASONS) == 12
+    code = ('finish("pruned")\nhand_back(s, t, "worker_died", 3)\nok = reason == "diverged"\n'
+            't.set_user_attr(records.STOP_REASON, reason="oom")\nfine = finish(records.PRUNED)\n')
+    assert _spelled_reasons(ast.parse(code)) == [1, 2, 3, 4]
