@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from conftest import TINY_STUDY, start_hpsearch
 from hpsearch import checkpoints, records
 from hpsearch.checkpoints import CheckpointWriter, host_copy, load_checkpoint, save_checkpoint
 from hpsearch.errors import CheckpointError, HpsearchError
+from mounts import tmpfs
 
 
 def test_checkpoint_errors(tmp_path: Path) -> None:
@@ -121,16 +121,8 @@ def test_submit_reports_an_earlier_write_error(tmp_path: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MB tmpfs of this test's own (root only; skips where mounting is not allowed)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True,
-                             text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=3m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_full_disk_is_an_oserror_not_torchs_runtime_error(small_disk: Path) -> None:

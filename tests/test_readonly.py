@@ -13,6 +13,7 @@ import pytest
 
 from hpsearch import study as study_module
 from hpsearch.cli import main
+from mounts import tmpfs
 
 READ_VERBS = [["status"], ["best"], ["best", "--export", "exported"], ["report", "--out", "r.html"],
               ["export", "--out", "t.csv"], ["dashboard", "--port", "1"]]
@@ -55,16 +56,8 @@ def test_a_missing_study_on_postgresql_creates_no_tables(write_study: Callable[.
 @pytest.fixture
 def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs folder remounted read-only: real read-only media (root may write anywhere else)."""
-    mount = tmp_path / "media"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting read-only media needs root")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("this machine does not allow mounting a tmpfs")
-    try:
+    with tmpfs(tmp_path / "media", "size=64m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _remount_read_only(mount: Path) -> None:

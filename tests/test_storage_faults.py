@@ -34,6 +34,7 @@ from hpsearch.config import load_config
 from hpsearch.errors import StorageError, StorageFailure
 from hpsearch.study import open_study, storage_failure
 from conftest import python_env, start_hpsearch
+from mounts import tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
@@ -202,16 +203,8 @@ def test_a_storage_exception_becomes_one_line(text: str, running: bool, code: in
 @pytest.fixture
 def small_disk(workdir: Path) -> Iterator[Path]:
     """A real 3 MB tmpfs at ./disk, unmounted afterwards; skips where mounting is not permitted."""
-    disk = workdir / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); needs root")
-    try:
+    with tmpfs(workdir / "disk", "size=3m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _fill(disk: Path) -> Path:

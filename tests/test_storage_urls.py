@@ -5,7 +5,6 @@ Each bad URL ends in one line on stderr, exit 2, on every verb, and nothing is c
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from hpsearch import study as study_module
 from hpsearch.cli import main
 from hpsearch.config import STORAGE_ENV
 from conftest import python_env
+from mounts import tmpfs
 
 VERBS = [["run"], ["worker"], ["status"], ["validate"], ["best"], ["export"]]
 ONE_TRIAL = {"n_trials": 1, "train": {"epochs": 1, "batch_size": 64}}
@@ -50,13 +50,15 @@ def test_braces_in_an_sqlite_path_are_refused_before_anything_is_written(write_s
 
 
 @pytest.mark.postgres
-def test_braces_in_a_postgresql_password_are_taken_literally(write_study: Callable[..., Path], pg_url: str) -> None:
+def test_braces_in_a_postgresql_password_are_taken_literally(write_study: Callable[..., Path], workdir: Path,
+                                                             pg_url: str) -> None:
     """A password may hold braces: the URL reaches Optuna's template filling escaped (trust auth accepts any)."""
     path = write_study(**ONE_TRIAL, name="braces")
     url = sqlalchemy.engine.make_url(pg_url).set(password="p{w}{SCHEMA_VERSION}").render_as_string(hide_password=False)
-    assert main(["run", str(path), "--storage", url]) == 0
-    assert main(["status", str(path), "--storage", url]) == 0
-    study_module.dispose_storages()
+    for verb in ("run", "status"):
+        done = subprocess.run([sys.executable, "-m", "hpsearch", verb, path.name], cwd=workdir, capture_output=True,
+                              text=True, env=python_env(**{STORAGE_ENV: url}), timeout=600, check=False)
+        assert done.returncode == 0, done.stderr
 
 
 def test_a_new_study_file_whose_opening_fails_is_removed(write_study: Callable[..., Path], workdir: Path,
@@ -203,16 +205,8 @@ def test_a_replaced_storage_needs_none_of_its_variables(flag: bool, write_study:
 @pytest.fixture
 def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs folder remounted read-only later: real read-only media (root may write anywhere else)."""
-    mount = tmp_path / "media"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting read-only media needs root")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("this machine does not allow mounting a tmpfs")
-    try:
+    with tmpfs(tmp_path / "media", "size=64m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_run_on_a_read_only_study_file_says_so(write_study: Callable[..., Path], workdir: Path,

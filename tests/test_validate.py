@@ -115,7 +115,7 @@ def test_ctrl_c_while_the_study_file_is_read_stops_at_once(workdir: Path, verb: 
                 time.sleep(0.05)
         os.write(writer, b"name: tiny\n")
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=120)  # a safety net: on a busy machine the child's imports alone take long
     finally:
         if proc.poll() is None:
             proc.kill()

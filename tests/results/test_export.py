@@ -21,6 +21,7 @@ from hpsearch.config import build_config
 from hpsearch.errors import HpsearchError
 from hpsearch.results.export import export_best, export_trials
 from conftest import python_env
+from mounts import tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -244,16 +245,8 @@ def test_exported_predict_matches_the_trials_validation_accuracy(write_study, wo
 @pytest.fixture
 def read_only_folder(workdir: Path) -> Iterator[Path]:
     """A read-only file system at runs/tiny (root writes through permissions; skips where mounting is refused)."""
-    folder = workdir / "runs" / "tiny"
-    folder.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
+    with tmpfs(workdir / "runs" / "tiny", "ro,size=1m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
