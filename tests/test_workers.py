@@ -557,5 +557,6 @@ def test_an_oom_retry_continues_from_the_last_saved_epoch(write_study: Callable[
 def test_k_fold_studies_prune_on_the_fold_mean() -> None:
     from hpsearch.objective import _mean_record
 
-    folds = [{"epoch": 2, "val_accuracy": 0.5, "train_loss": 1.0}, {"epoch": 2, "val_accuracy": 0.8, "train_loss": 0.4}]
+    folds = [{"epoch": 2, "val_accuracy": 0.5, "train_loss": 1.0},
+             {"epoch": 2, "val_accuracy": 0.8, "train_loss": 0.4}]
     assert _mean_record(folds) == {"epoch": 2, "val_accuracy": pytest.approx(0.65), "train_loss": pytest.approx(0.7)}
