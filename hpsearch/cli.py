@@ -214,6 +214,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hpsearch.study import redact_url
 
     cfg = _config(args.study_file, args)
+    warm = _check_warm_start(cfg)
     if args.config_only:
         checked = "the file only: custom code, data and model not checked (--config-only)"
     else:
@@ -223,9 +224,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"# {cfg.source}: valid ({checked})")
     for key, how in cfg.chosen.items():
         print(f"# {key}: {how}")
+    if warm:
+        print(f"# warm_start: {warm}")
     # libyaml's emitter where PyYAML has it: the same text, 4x faster for a long enqueue: list.
     print(yaml.dump(resolved, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False), end="")
     return 0
+
+
+def _check_warm_start(cfg: StudyConfig) -> str | None:
+    """What `run` would add from `warm_start:`, checked as `run` checks it (read only); ConfigError if it cannot."""
+    if cfg.warm_start is None:
+        return None
+    from hpsearch.study.warm import source_key, warm_trials
+
+    return f"{len(warm_trials(cfg))} finished trials of {source_key(cfg)} fit this space"
 
 
 def _storage_flag(args: argparse.Namespace, cfg: StudyConfig) -> str:

@@ -201,10 +201,13 @@ def _skip_resume(trial: optuna.Trial, source: int, why: str) -> None:
     trial.set_user_attr(records.RESUME_SKIPPED, {"trial": source, "reason": why[:500]})
 
 
-def _report(trial: optuna.Trial, progress: _Progress, epoch: int, value: float) -> None:
-    if epoch not in progress.reported:  # a resumed or OOM-retried trial must not report a step twice
-        trial.report(value, epoch)
-        progress.reported.add(epoch)
+def _report(trial: optuna.Trial, progress: _Progress, epoch: int, value: float) -> bool:
+    """Report the epoch's value unless reported already (an OOM retry must not report a step twice); True if it was."""
+    if epoch in progress.reported:
+        return False
+    trial.report(value, epoch)
+    progress.reported.add(epoch)
+    return True
 
 
 def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files: _Checkpointer,
@@ -225,8 +228,10 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
                           else None)
         files.drop_resume()
 
-    for record in progress.history:
-        _report(trial, progress, int(record["epoch"]), record[cfg.metric])
+    for record in progress.history:  # a resumed trial meets the pruner's rungs with its earlier epochs' values
+        if _report(trial, progress, int(record["epoch"]), record[cfg.metric]) and trial.should_prune():
+            finish(records.PRUNED)
+            raise optuna.TrialPruned(f"pruned at epoch {int(record['epoch'])} (resumed)")
     first = trainers[0].epoch + 1
     said = time.monotonic()
     epoch_budget, resumed = budget.of(cfg), budget.resumed_epochs(trial)

@@ -251,6 +251,19 @@ def retried_as(trials: Iterable[FrozenTrial], number: int) -> int | None:
     return next((t.number for t in trials if retry_history_of(t.system_attrs)[-1:] == [number]), None)
 
 
+def epochs_saved(trials: Iterable[FrozenTrial], epochs: int | None) -> dict[str, int]:
+    """Epochs that pruning and early stopping spared, by stop reason: each such trial's unrun epochs of
+    ``epochs`` (the epochs of one trial); empty when ``epochs`` is unknown."""
+    saved: dict[str, int] = {}
+    if epochs is None:
+        return saved
+    for t in trials:
+        reason, run = stop_reason(t), epochs_run(t)
+        if reason in EARLY_STOP_REASONS and run is not None:
+            saved[reason] = saved.get(reason, 0) + max(0, epochs - run)
+    return saved
+
+
 def is_handed_back(trial: FrozenTrial) -> bool:
     """A failed trial cut short by a stop signal, a lost worker or a failing storage: not its own fault."""
     return trial.state == TrialState.FAIL and stop_reason(trial) in HANDED_BACK
@@ -363,6 +376,11 @@ def metric_of(study: optuna.Study) -> str:
 def epochs_of(study: optuna.Study) -> int | None:
     """The epoch budget of one trial, when the study recorded it."""
     return as_int(study.user_attrs.get(STUDY_EPOCHS))
+
+
+def budget_of(study: optuna.Study) -> int | None:
+    """The study-wide epoch budget the last run set (None: none, or no run recorded one)."""
+    return as_int(study.user_attrs.get(STUDY_BUDGET))
 
 
 def output_dir_of(study: optuna.Study) -> str | None:

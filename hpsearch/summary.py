@@ -15,7 +15,7 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from hpsearch import records
+from hpsearch import budget, records
 from hpsearch.config import StudyConfig
 from hpsearch.study import redact_url
 
@@ -151,6 +151,17 @@ def progress_line(finished: int, target: int | None, cfg: StudyConfig, hints: Hi
     return f"{done}; to add {batch} more: {run} --n-trials {finished + batch}"
 
 
+def epochs_line(trials: list[optuna.trial.FrozenTrial], epochs: int | None, budget_epochs: int | None) -> str:
+    """Epochs spent study-wide (as the budget counts them, against it when set) and those pruning and early
+    stopping saved, of `epochs` per trial."""
+    line = f"epochs spent {budget.spent(trials)}" + (f" of budget {budget_epochs}" if budget_epochs is not None else "")
+    if epochs is None:
+        return f"{line}; epochs saved unknown (the study records no epochs per trial)"
+    saved = records.epochs_saved(trials, epochs)
+    detail = ", ".join(f"{n} by {reason.replace('_', ' ')}" for reason, n in saved.items())
+    return f"{line}; saved by pruning and early stopping: {sum(saved.values())}" + (f" ({detail})" if detail else "")
+
+
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     """The best trial as plain data: number, value, params, checkpoint, seed, device, epoch."""
     trial = records.best_trial(study)
@@ -182,7 +193,8 @@ def print_best(record: dict[str, Any]) -> None:
 
 def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False,
                   hints: Hints | None = None) -> None:
-    """Trials by state, the finished count against the last run's target, the best trial and how to look further.
+    """Trials by state, the finished count against the last run's target, epochs spent and saved, the best trial and
+    how to look further.
 
     `hints` spell the commands it suggests (program, --storage, --n-trials, --output-dir) so they find the same study.
     """
@@ -196,6 +208,7 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     table.add_row(*(str(n) for n in counts.values()))
     console.print(table)
     console.print(progress_line(records.finished(counts), records.target_of(study), cfg, hints), markup=False)
+    console.print(epochs_line(trials, records.epochs_of(study), records.budget_of(study)), markup=False)
     record = best_record(study, cfg)
     if record["number"] is not None:
         print_best(record)

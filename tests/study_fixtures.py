@@ -233,3 +233,33 @@ def clone_first_trial(db_path: str, count: int) -> None:
             names = ", ".join(f'"{c}"' for c in rest)
             conn.execute(f"{seq}INSERT INTO {table} (trial_id, {names}) SELECT {top} + i, {names} "
                          f"FROM {table}, seq WHERE trial_id = {first}")
+
+
+# A study with a known epoch history (6 epochs a trial, budget 30): spent 2+4+6+3+3+1 = 19 epochs; saved 4 by
+# pruning (trial 0) and 2 by early stopping (trial 1); trial 4 resumes trial 3 from epoch 3 (its 3 count once).
+KNOWN_EPOCHS = {"spent": 19, "budget": 30, "saved": {"pruned": 4, "early_stopped": 2}}
+
+
+def known_epochs_trials() -> list[FrozenTrial]:
+    """Pruned, early-stopped, complete, handed-back + resumed and failed trials of :data:`KNOWN_EPOCHS`."""
+    shapes = [(TrialState.PRUNED, "pruned", 2, {}), (TrialState.COMPLETE, "early_stopped", 4, {}),
+              (TrialState.COMPLETE, "completed", 6, {}), (TrialState.FAIL, "interrupted", 3, {}),
+              (TrialState.COMPLETE, "completed", 6, {"resumed_from": {"trial": 3, "epoch": 3}}),
+              (TrialState.FAIL, "error", 1, {})]
+    trials = []
+    for number, (state, reason, run, extra) in enumerate(shapes):
+        start = T0 + dt.timedelta(minutes=number)
+        trials.append(optuna.trial.create_trial(
+            state=state, value=0.5 + number / 100 if state == TrialState.COMPLETE else None,
+            params={"lr": 0.01}, distributions={"lr": DISTRIBUTIONS["lr"]},
+            intermediate_values={e: 0.4 for e in range(1, run + 1)},
+            user_attrs={"stop_reason": reason, "epochs_run": run, **extra}))
+        trials[-1].datetime_start, trials[-1].datetime_complete = start, start + dt.timedelta(seconds=30)
+    return trials
+
+
+def known_epochs_study(storage: str | optuna.storages.BaseStorage, name: str = "known") -> optuna.Study:
+    """A study of :func:`known_epochs_trials` whose last run set the budget of :data:`KNOWN_EPOCHS`."""
+    study = add_trials(new_study(storage, name, epochs=6), known_epochs_trials())
+    study.set_user_attr("budget_epochs", KNOWN_EPOCHS["budget"])
+    return study

@@ -11,11 +11,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import study_fixtures as sf
 from conftest import TINY_STUDY
 from hpsearch import records
 from hpsearch.cli import main
 from hpsearch.config import build_config
-from hpsearch.summary import Hints, awaits_successor, invoked_as, progress_line, trial_line
+from hpsearch.summary import Hints, awaits_successor, epochs_line, invoked_as, progress_line, trial_line
 
 CFG = build_config({**TINY_STUDY, "n_trials": 20}, source="s.yaml")
 
@@ -86,6 +87,34 @@ def test_the_program_in_the_hints_is_the_one_the_user_typed(workdir: Path, monke
     assert invoked_as(script, python) == "hpsearch"
     assert invoked_as(main_py, python) == "python -m hpsearch"
     assert invoked_as("/usr/lib/python3/site-packages/pytest/__main__.py", python) == "hpsearch"
+
+
+# ------------------------------------------------------------------ epochs spent and saved
+
+def test_epochs_spent_count_a_resumed_trial_once_and_saved_ones_by_reason() -> None:
+    trials = sf.known_epochs_trials()
+    saved = "saved by pruning and early stopping: 6 (4 by pruned, 2 by early stopped)"
+    assert epochs_line(trials, 6, 30) == f"epochs spent 19 of budget 30; {saved}"
+    assert epochs_line(trials, 6, None) == f"epochs spent 19; {saved}"
+    assert epochs_line(trials, None, None) == (
+        "epochs spent 19; epochs saved unknown (the study records no epochs per trial)")
+
+
+def test_status_shows_epochs_spent_of_the_budget_and_saved(write_study: Callable[..., Path], workdir: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study()
+    (workdir / "runs" / "tiny").mkdir(parents=True)
+    sf.known_epochs_study("sqlite:///runs/tiny/study.db", name="tiny")
+    assert main(["status", str(path)]) == 0
+    assert ("epochs spent 19 of budget 30; saved by pruning and early stopping: 6 (4 by pruned, 2 by early stopped)"
+            in capsys.readouterr().out)
+
+
+def test_the_end_of_run_summary_shows_epochs_spent_of_the_budget(write_study: Callable[..., Path],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=3, budget={"epochs": 3})  # 2 epochs a trial: the 1 left cannot pay a second
+    assert main(["run", str(path)]) == 0
+    assert "epochs spent 2 of budget 3; saved by pruning and early stopping: 0\n" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ trial lines

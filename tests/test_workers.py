@@ -461,6 +461,22 @@ def test_a_retry_of_a_retry_resumes_from_the_newest_saved_state(write_study: Cal
     assert not list(Path("runs/tiny/resume").glob("*.pt"))  # the whole chain's files are gone
 
 
+def test_a_resumed_trial_keeps_its_rung(write_study: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_study(n_trials=1, train={"epochs": 3, "batch_size": 64},
+                       pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 2})  # rungs 1, 2
+    monkeypatch.setattr(engine.Trainer, "run_epoch", _stop_at_call([], 1))
+    assert main(["run", str(path)]) == 130  # trial 0 met rung 0 after epoch 1, then stopped
+    monkeypatch.setattr(engine.Trainer, "run_epoch", REAL_RUN_EPOCH)
+    assert main(["run", str(path)]) == 0
+    first, resumed = _study().trials
+    assert resumed.user_attrs["resumed_from"] == {"trial": 0, "epoch": 1}
+    assert resumed.intermediate_values[1] == first.intermediate_values[1]  # its earlier epoch, re-reported
+    assert sorted(resumed.intermediate_values) == [1, 2, 3]
+    # judged at rung 0 on epoch 1's value, as trial 0 was, not on the value of the epoch it trained first
+    assert resumed.system_attrs["completed_rung_0"] == first.system_attrs["completed_rung_0"]
+    assert resumed.system_attrs["completed_rung_1"] == resumed.intermediate_values[2]
+
+
 def test_a_damaged_resume_file_restarts_the_retry_cleanly(write_study: Callable[..., Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_study(n_trials=1, train={"epochs": 3, "batch_size": 64})
@@ -536,3 +552,11 @@ def test_an_oom_retry_continues_from_the_last_saved_epoch(write_study: Callable[
     assert [h["epoch"] for h in trial.user_attrs["history"]] == [1, 2, 3, 4]  # epochs 1-2 kept, not retrained
     assert "resumed_from" not in trial.user_attrs
     assert not list(Path("runs/tiny/resume").glob("*.pt"))
+
+
+def test_k_fold_studies_prune_on_the_fold_mean() -> None:
+    from hpsearch.objective import _mean_record
+
+    folds = [{"epoch": 2, "val_accuracy": 0.5, "train_loss": 1.0},
+             {"epoch": 2, "val_accuracy": 0.8, "train_loss": 0.4}]
+    assert _mean_record(folds) == {"epoch": 2, "val_accuracy": pytest.approx(0.65), "train_loss": pytest.approx(0.7)}

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpsearch import records
+from hpsearch import budget, records
 from hpsearch.results import params
 from hpsearch.results.studydata import STATES, BestPoint, Curve, ParamInfo, Session, StudyData, Summary, TrialRow
 
@@ -55,7 +55,7 @@ def collect_study(study: optuna.Study) -> StudyData:
         output_dir=records.output_dir_of(study),
         collected_at=collected_at,
         start=start,
-        summary=_summary(trials, rows, complete, direction, epochs, notes),
+        summary=_summary(study, trials, rows, complete, direction, epochs, notes),
         params=infos,
         trials=rows,
         curves=[c for c in (_curve(t, metric) for t in trials) if c is not None],
@@ -130,24 +130,13 @@ def _notes(trials: Sequence[FrozenTrial], complete: Sequence[FrozenTrial], epoch
     return notes
 
 
-def _epochs_saved(rows: Sequence[TrialRow], epochs: int | None) -> dict[str, int]:
-    """Epochs that pruning and early stopping spared, by stop reason (empty without an epoch budget)."""
-    saved: dict[str, int] = {}
-    if epochs is None:
-        return saved
-    for r in rows:
-        if r.stop_reason in records.EARLY_STOP_REASONS and r.epochs_run is not None:
-            saved[r.stop_reason] = saved.get(r.stop_reason, 0) + max(0, epochs - r.epochs_run)
-    return saved
-
-
-def _summary(trials: Sequence[FrozenTrial], rows: Sequence[TrialRow], complete: Sequence[FrozenTrial],
-             direction: str, epochs: int | None, notes: list[str]) -> Summary:
+def _summary(study: optuna.Study, trials: Sequence[FrozenTrial], rows: Sequence[TrialRow],
+             complete: Sequence[FrozenTrial], direction: str, epochs: int | None, notes: list[str]) -> Summary:
     best = records.best_among(complete, direction)
     counts = records.counts_by_state(trials)
     sessions = [_session(group) for group in records.run_sessions(trials)]
     durations = [r.duration_s for r in rows if r.duration_s is not None and r.state != "RUNNING"]
-    saved = _epochs_saved(rows, epochs)
+    saved = records.epochs_saved(trials, epochs)
     return Summary(
         n_trials=len(trials),
         by_state={state: counts[state] for state in STATES},
@@ -159,7 +148,8 @@ def _summary(trials: Sequence[FrozenTrial], rows: Sequence[TrialRow], complete: 
         mean_trial_s=statistics.fmean(durations) if durations else None,
         median_trial_s=statistics.median(durations) if durations else None,
         epochs_max=epochs,
-        epochs_run=sum(r.epochs_run or 0 for r in rows),
+        epochs_spent=budget.spent(trials),
+        budget_epochs=records.budget_of(study),
         epochs_saved=sum(saved.values()),
         epochs_saved_by_reason=saved,
         stop_reasons=dict(Counter(r.stop_reason for r in rows if r.stop_reason)),

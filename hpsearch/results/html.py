@@ -77,10 +77,11 @@ def _summary_html(d: StudyData) -> str:
         ("busy time", _busy_text(s)),
         ("per-trial time", f"mean {_fmt_secs(s.mean_trial_s)}, median {_fmt_secs(s.median_trial_s)}"
          if s.mean_trial_s is not None else "—"),
-        ("epochs run", f"{s.epochs_run}" + (f" (max {s.epochs_max} per trial)" if s.epochs_max else "")),
+        ("epochs spent", f"{s.epochs_spent}" + (f" of budget {s.budget_epochs}" if s.budget_epochs is not None else "")
+         + (f" (max {s.epochs_max} per trial)" if s.epochs_max else "")),
     ]
     if s.epochs_max:
-        full = s.epochs_run + s.epochs_saved
+        full = s.epochs_spent + s.epochs_saved
         pct = f" = {100 * s.epochs_saved / full:.0f}% of the epochs a full run would take" if full else ""
         detail = ", ".join(f"{v} by {k.replace('_', ' ')}" for k, v in s.epochs_saved_by_reason.items())
         rows.append(("epochs saved", f"{s.epochs_saved}" + (f" ({detail})" if detail else "") + pct))

@@ -101,7 +101,8 @@ class Summary:
     mean_trial_s: float | None
     median_trial_s: float | None
     epochs_max: int | None
-    epochs_run: int
+    epochs_spent: int  # study-wide, as the epoch budget counts them (hpsearch.budget.spent)
+    budget_epochs: int | None  # the study-wide epoch budget the last run set
     epochs_saved: int
     epochs_saved_by_reason: dict[str, int]
     stop_reasons: dict[str, int]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 
 import optuna
 import pytest
@@ -15,6 +16,7 @@ from hpsearch import records
 from hpsearch.results import collect
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import build_figures
+from hpsearch.results.html import _summary_html
 from hpsearch.results.studydata import StudyData, compare_groups
 from report_studies import (  # noqa: F401 - fixtures
     data_fixture, db_fixture, loss_data_fixture, loss_study_fixture, study_fixture)
@@ -85,7 +87,7 @@ def test_epochs_saved_counts_pruned_and_early_stopped(study: optuna.Study, data:
             expected[reason] = expected.get(reason, 0) + 6 - t.user_attrs["epochs_run"]
     assert data.summary.epochs_saved_by_reason == expected
     assert data.summary.epochs_saved == sum(expected.values()) > 0
-    assert data.summary.epochs_run == sum(t.user_attrs["epochs_run"] for t in study.get_trials())
+    assert data.summary.epochs_spent == sum(t.user_attrs["epochs_run"] for t in study.get_trials())  # none resumed
 
 
 def test_best_so_far_is_monotone_and_ends_at_best(data: StudyData) -> None:
@@ -218,3 +220,14 @@ def test_importances_subsample_large_studies(monkeypatch: pytest.MonkeyPatch, st
     assert d.importances and sum(d.importances.values()) == pytest.approx(1.0)
     n = d.summary.by_state["COMPLETE"]
     assert d.importance_note is not None and f"random sample of 12 of {n} complete trials" in d.importance_note
+
+
+def test_epochs_spent_and_saved_of_a_known_history() -> None:
+    study = sf.known_epochs_study(optuna.storages.InMemoryStorage())
+    s = collect_study(study).summary
+    assert s.epochs_spent == sf.KNOWN_EPOCHS["spent"] == 19  # the resumed trial's first 3 epochs count once
+    assert s.budget_epochs == 30
+    assert s.epochs_saved_by_reason == {"pruned": 4, "early_stopped": 2} and s.epochs_saved == 6
+    rows = dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", _summary_html(collect_study(study))))
+    assert rows["epochs spent"] == "19 of budget 30 (max 6 per trial)"
+    assert rows["epochs saved"] == ("6 (4 by pruned, 2 by early stopped) = 24% of the epochs a full run would take")
