@@ -19,7 +19,7 @@ STDLIB_ONLY = ("errors", "names", "signals", "status", "plugins", "__init__")
 TORCH_SIDE = ("data", "models", "engine", "steps", "checkpoints")
 LIGHT_SIDE = ("config", "space", "study", "slots", "summary", "monitor", "supervisor", "cli", "__main__")
 BRIDGES = ("objective", "worker")  # the only modules that hold both a trial and a model
-LIGHT_PACKAGES = ("results",)  # every module under these is light side too
+LIGHT_PACKAGES = ("results", "cluster")  # every module under these is light side too
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")
 TORCH = ("torch", "torchvision", *(f"hpsearch.{m}" for m in TORCH_SIDE + BRIDGES))
 
