@@ -98,6 +98,28 @@ def print_best(record: dict[str, Any]) -> None:
         console.print(f"  {record['predict']}", markup=False)
 
 
+def hosts_line(trials: list[optuna.trial.FrozenTrial]) -> str | None:
+    """`workers by host: node1 2 running, 7 finished; ...`: the machines that ran the study (None before any)."""
+    running: dict[str, set[str]] = {}
+    finished: dict[str, int] = {}
+    for trial in trials:
+        worker = records.worker(trial)
+        if worker is None:
+            continue
+        host, _, pid = worker.rpartition(":")
+        host = host or worker
+        running.setdefault(host, set())
+        finished.setdefault(host, 0)
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            running[host].add(pid)
+        elif trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+            finished[host] += 1
+    if not running:
+        return None
+    parts = [f"{host} {len(running[host])} running, {finished[host]} finished" for host in sorted(running)]
+    return "workers by host: " + "; ".join(parts)
+
+
 def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False, flags: str = "") -> None:
     """Trials by state, the finished count against the last run's target, the best trial and how to look further.
 
@@ -112,6 +134,9 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     table.add_row(*(str(n) for n in counts.values()))
     console.print(table)
     console.print(progress_line(records.finished(counts), records.target_of(study), cfg, flags))
+    hosts = hosts_line(trials)
+    if hosts:
+        console.print(hosts, markup=False)
     record = best_record(study, cfg)
     if record["number"] is not None:
         print_best(record)
