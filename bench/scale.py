@@ -10,7 +10,8 @@ runs (the processes come from one forkserver that imported hpsearch.worker once,
 not each pay torch's import; the memory per worker below is what one process adds, PSS).
 
 Per run: trials/s, overhead per trial per worker (a worker's time outside the objective's sleep,
-divided by its trials), p50/p99 of `study.ask` and `study.tell`, peak connections to the database
+divided by its trials; wall time, so a busy machine inflates it) and, per call, the wall and the CPU
+time (the worker's main thread) it costs per trial, p50/p99 of `study.ask` and `study.tell`, peak connections to the database
 (pg_stat_activity, sampled every 0.1 s) against max_connections, and exactness (finished == n,
 none RUNNING, no trial number twice). The growth run fills one study with pre-made finished trials
 (inserted in bulk through Optuna's table models; like a real trial: params, 3 intermediate values,
@@ -87,10 +88,11 @@ def worker(raw: dict[str, Any], slot: int, ready: Any, go: Any, results: Any) ->
         inner = getattr(study, name)
 
         def timed(*args: Any, _inner: Any = inner, _name: str = name, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             result = _inner(*args, **kwargs)
             number = result.number if _name == "ask" else args[0].number
             timings[_name].append((number, time.perf_counter() - start))
+            cpu[_name] += time.thread_time() - start_cpu
             if _name == "tell":
                 last_tell[0] = time.perf_counter()
             return result
@@ -98,40 +100,45 @@ def worker(raw: dict[str, Any], slot: int, ready: Any, go: Any, results: Any) ->
         setattr(study, name, timed)
 
     spent: dict[str, float] = {"claimed": 0.0, "surplus_check": 0.0, "stale_check": 0.0, "suggest": 0.0, "report": 0.0}
+    cpu: dict[str, float] = dict.fromkeys([*spent, "ask", "tell"], 0.0)
     for label, name in (("claimed", "_claimed"), ("surplus_check", "_is_surplus"), ("stale_check", "fail_stale_trials")):
         helper = getattr(hw, name)
 
         def counted(*args: Any, _helper: Any = helper, _label: str = label, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             try:
                 return _helper(*args, **kwargs)
             finally:
                 spent[_label] += time.perf_counter() - start
+                cpu[_label] += time.thread_time() - start_cpu
 
         setattr(hw, name, counted)
 
     def objective(trial: optuna.Trial) -> float:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         params = suggest(trial, cfg)
         spent["suggest"] += time.perf_counter() - start
+        cpu["suggest"] += time.thread_time() - start_cpu
         total = rng.uniform(0.5, 2.0)
         for epoch in range(EPOCHS):
             time.sleep(total / EPOCHS)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             trial.report(params["lr"] * (epoch + 1), epoch)
             spent["report"] += time.perf_counter() - start
+            cpu["report"] += time.thread_time() - start_cpu
         slept[0] += total
         return params["lr"] + params["dropout"]
 
     ready.put(slot)
     go.wait()
-    start = time.perf_counter()
+    start, start_process_cpu = time.perf_counter(), time.process_time()
     outcome = hw.run_worker(study, objective, cfg.n_trials, max_retries=cfg.workers.max_retries, poll_s=0.2,
                             grace_period=cfg.workers.grace_period)
     busy = last_tell[0] - start  # up to its last tell: waiting for the others' last trials is no overhead
     spent.update(ask=sum(s for _, s in timings["ask"]), tell=sum(s for _, s in timings["tell"]))
     results.put({"slot": slot, "run_s": busy, "slept_s": slept[0], "trials": len(outcome.trials),
-                 "timings": timings, "memory_kb": _memory_kb(), "spent": spent})
+                 "timings": timings, "memory_kb": _memory_kb(), "spent": spent, "cpu": cpu,
+                 "process_cpu_s": time.process_time() - start_process_cpu})
 
 
 class Connections(threading.Thread):
@@ -206,9 +213,13 @@ def run_workers(ctx: Any, raw: dict[str, Any], n_workers: int, url: str) -> dict
     trials = sum(r["trials"] for r in rows)
     overhead = [(r["run_s"] - r["slept_s"]) / r["trials"] for r in rows if r["trials"]]
     phases = {k: round(1000 * sum(r["spent"][k] for r in rows) / max(trials, 1), 1) for k in rows[0]["spent"]}
+    cpu = {k: round(1000 * sum(r["cpu"][k] for r in rows) / max(trials, 1), 1) for k in rows[0]["cpu"]}
     return {"wall_s": round(wall, 1), "asked_trials": trials, "trials_per_s": round(trials / wall, 2),
             "overhead_ms_per_trial_per_worker": round(1000 * statistics.mean(overhead), 1),
             "overhead_ms_worst_worker": round(1000 * max(overhead), 1), "overhead_ms_per_trial_by_call": phases,
+            # CPU time, which the machine's load does not inflate: what one trial costs a worker.
+            "worker_cpu_ms_per_trial": round(1000 * sum(r["process_cpu_s"] for r in rows) / max(trials, 1), 1),
+            "cpu_ms_per_trial_by_call": cpu,
             "peak_connections": peak, "max_connections": connections.max_connections,
             "connections_per_worker": round(peak / n_workers, 2),
             "pss_mb_per_worker": round(statistics.mean(r["memory_kb"]["pss"] for r in rows) / 1024, 1),
