@@ -7,12 +7,12 @@ Each run starts N real worker processes (`hpsearch.worker.run_worker`, the worke
 worker` runs, with hpsearch's own storage: `hpsearch.study.open_study`) on a fresh database. The
 objective draws the quickstart's space, sleeps 0.5-2 s in 3 "epochs" and reports each; no torch
 runs (the processes come from one forkserver that imported hpsearch.worker once, so 64 workers do
-not each pay torch's import; the memory per worker below is what one process adds, PSS).
+not each pay torch's import; the memory per worker is what one process adds: PSS and private, USS).
 
 Per run: trials/s, overhead per trial per worker (a worker's time outside the objective's sleep,
 divided by its trials; wall time, so a busy machine inflates it) and, per call, the wall and the CPU
-time (the worker's main thread) it costs per trial, p50/p99 of `study.ask` and `study.tell`, peak connections to the database
-(pg_stat_activity, sampled every 0.1 s) against max_connections, and exactness (finished == n,
+time (the worker's main thread) it costs per trial, p50/p99 of `study.ask` and `study.tell`, peak
+connections to the database (pg_stat_activity, sampled every 0.1 s) against max_connections, and exactness (finished == n,
 none RUNNING, no trial number twice). The growth run fills one study with pre-made finished trials
 (inserted in bulk through Optuna's table models; like a real trial: params, 3 intermediate values,
 a history user attr) up to
@@ -101,7 +101,8 @@ def worker(raw: dict[str, Any], slot: int, ready: Any, go: Any, results: Any) ->
 
     spent: dict[str, float] = {"claimed": 0.0, "surplus_check": 0.0, "stale_check": 0.0, "suggest": 0.0, "report": 0.0}
     cpu: dict[str, float] = dict.fromkeys([*spent, "ask", "tell"], 0.0)
-    for label, name in (("claimed", "_claimed"), ("surplus_check", "_is_surplus"), ("stale_check", "fail_stale_trials")):
+    helpers = (("claimed", "_claimed"), ("surplus_check", "_is_surplus"), ("stale_check", "fail_stale_trials"))
+    for label, name in helpers:
         helper = getattr(hw, name)
 
         def counted(*args: Any, _helper: Any = helper, _label: str = label, **kwargs: Any) -> Any:
@@ -299,8 +300,9 @@ def _bulk_add(url: str, study_id: int, trials: list[optuna.trial.FrozenTrial], f
             for offset, trial in enumerate(trials):
                 row = models.TrialModel(number=first_number + offset, study_id=study_id, state=trial.state)
                 row.datetime_start, row.datetime_complete = now - dt.timedelta(seconds=2), now
-                row.params = [models.TrialParamModel(param_name=k, param_value=trial.distributions[k].to_internal_repr(v),
-                                                     distribution_json=od.distribution_to_json(trial.distributions[k]))
+                dists = trial.distributions
+                row.params = [models.TrialParamModel(param_name=k, param_value=dists[k].to_internal_repr(v),
+                                                     distribution_json=od.distribution_to_json(dists[k]))
                               for k, v in trial.params.items()]
                 row.values = [models.TrialValueModel(objective=0, value=trial.value, value_type=finite)]
                 row.intermediate_values = [models.TrialIntermediateValueModel(step=k, intermediate_value=v,

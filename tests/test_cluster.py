@@ -239,7 +239,8 @@ def test_k8s_pod_with_several_gpus_runs_a_worker_per_gpu(write_study: Callable[.
     (["--workers", "2", "--gpus-per-worker", "0"], PG_DOWN, "127.0.0.1:1"),
     (["--workers", "2"], PG_DOWN, "device: cpu would leave the 1 GPUs of --gpus-per-worker 1 idle"),
     (["--workers", "1", "--gpus-per-worker", "-2"], None, "--gpus-per-worker must be 0 or more (got -2)"),
-    (["--workers", "1", "--gpus-per-worker", "0", "--runs-volume", "Bad_Name"], None, "--runs-volume 'Bad_Name' is not a PersistentVolumeClaim"),
+    (["--workers", "1", "--gpus-per-worker", "0", "--runs-volume", "Bad_Name"], None,
+     "--runs-volume 'Bad_Name' is not a PersistentVolumeClaim"),
 ])
 def test_k8s_refuses_options_that_cannot_work(write_study: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str], flags: list[str], env: str | None,
