@@ -34,7 +34,7 @@ test: dev
 	$(BIN)/python -m pytest
 
 test-fast: dev
-	$(BIN)/python -m pytest -m "not slow and not postgres and not browser"
+	$(BIN)/python -m pytest -m "not slow and not postgres and not browser and not slurm"
 
 clean:
 	rm -rf runs best report.html

@@ -135,6 +135,12 @@ def history(trial: FrozenTrial) -> list[dict[str, Any]]:
     return [record for record in stored if isinstance(record, dict)]
 
 
+def epoch_times(trial: FrozenTrial) -> list[float]:
+    """Seconds each recorded epoch of the trial took (epochs without a time left out)."""
+    times = (as_float(record.get("epoch_time")) for record in history(trial))
+    return [t for t in times if t is not None and t > 0]
+
+
 def epoch_number(record: Mapping[str, Any], position: int) -> int:
     """The epoch of one history record; ``position`` (1-based) when the record does not say."""
     return as_int(record.get(EPOCH)) or position

@@ -191,6 +191,28 @@ def print_best(record: dict[str, Any]) -> None:
         console.print(f"  {record['predict']}", markup=False)
 
 
+def hosts_line(trials: list[optuna.trial.FrozenTrial]) -> str | None:
+    """`workers by host: node1 2 running, 7 finished; ...`: the machines that ran the study (None before any)."""
+    running: dict[str, set[str]] = {}
+    finished: dict[str, int] = {}
+    for trial in trials:
+        worker = records.worker(trial)
+        if worker is None:
+            continue
+        host, _, pid = worker.rpartition(":")
+        host = host or worker
+        running.setdefault(host, set())
+        finished.setdefault(host, 0)
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            running[host].add(pid)
+        elif trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+            finished[host] += 1
+    if not running:
+        return None
+    parts = [f"{host} {len(running[host])} running, {finished[host]} finished" for host in sorted(running)]
+    return "workers by host: " + "; ".join(parts)
+
+
 def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = False,
                   hints: Hints | None = None) -> None:
     """Trials by state, the finished count against the last run's target, epochs spent and saved, the best trial and
@@ -209,6 +231,9 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     console.print(table)
     console.print(progress_line(records.finished(counts), records.target_of(study), cfg, hints), markup=False)
     console.print(epochs_line(trials, records.epochs_of(study), records.budget_of(study)), markup=False)
+    hosts = hosts_line(trials)
+    if hosts:
+        console.print(hosts, markup=False)
     record = best_record(study, cfg)
     if record["number"] is not None:
         print_best(record)

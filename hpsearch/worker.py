@@ -35,7 +35,7 @@ from hpsearch.slots import Slot
 from hpsearch.status import WorkerStatus, process_start_time, read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, check_storage_file, claim_output_dir, fail_stale_trials,
                             finished_count, guard_storage, hand_back, is_storage_exception, open_study, settings_id,
-                            storage_cause)
+                            state_counts, storage_cause)
 
 log = logging.getLogger("hpsearch")
 FAIL_FAST_AFTER = 3  # the same error this many trials in a row stops the worker
@@ -141,8 +141,8 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     """True when `n_trials` lower-numbered trials already finished, run or wait: this one would overshoot."""
     if trial.number < n_trials:  # fewer than n trials of any state lie below it: no query needed
         return False
-    claimed = study.get_trials(deepcopy=False, states=CLAIMED)
-    return sum(1 for t in claimed if t.number < trial.number) >= n_trials
+    counts = state_counts(study, below=trial.number)
+    return sum(counts.get(state, 0) for state in CLAIMED) >= n_trials
 
 
 def _hand_back_quietly(study: optuna.Study, trial: optuna.Trial, max_retries: int, reason: str) -> None:
@@ -176,9 +176,10 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective,
     return study.tell(trial, value)
 
 
-def _claimed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that hold or held a place in the total: finished, running, or waiting to run."""
-    return study.get_trials(deepcopy=False, states=CLAIMED)
+def _claimed(study: optuna.Study) -> dict[TrialState, int]:
+    """How many trials hold or held a place in the total, by state: finished, running, or waiting to run."""
+    counts = state_counts(study)
+    return {state: counts.get(state, 0) for state in CLAIMED}
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
@@ -227,12 +228,12 @@ class _WaitReport:
         self.grace_period = grace_period
         self.next = 0.0
 
-    def note(self, claimed: list[optuna.trial.FrozenTrial]) -> None:
+    def note(self, study: optuna.Study) -> None:
         if time.monotonic() < self.next:
             return
         self.next = time.monotonic() + WAIT_REPORT_S
-        running = [f"#{t.number} ({records.worker(t) or 'worker unknown'})" for t in claimed
-                   if t.state == TrialState.RUNNING]
+        running = [f"#{t.number} ({records.worker(t) or 'worker unknown'})"
+                   for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         log.info("waiting for the last trials running elsewhere: %s; a trial whose worker is gone is failed "
                  "%g s after its last heartbeat and retried here", ", ".join(running) or "none", self.grace_period)
 
@@ -262,18 +263,17 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                 if time.monotonic() >= next_stale_check:
                     fail_stale_trials(study, grace_period, max_retries)
                     next_stale_check = time.monotonic() + stale_check_s
-                claimed = _claimed(study)  # one read decides both checks below
-                waiting = sum(1 for t in claimed if t.state == TrialState.WAITING)
-                running = sum(1 for t in claimed if t.state == TrialState.RUNNING)
-                if len(claimed) - waiting - running >= n_trials:
+                claimed = _claimed(study)  # one count query decides both checks below
+                waiting, running = claimed[TrialState.WAITING], claimed[TrialState.RUNNING]
+                if sum(claimed.values()) - waiting - running >= n_trials:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     outcome.timed_out = True
                     break
                 if epoch_budget is not None and not budget.can_start(study.get_trials(deepcopy=False), epoch_budget):
                     break
-                if waiting == 0 and len(claimed) >= n_trials:
-                    report.note(claimed)
+                if waiting == 0 and sum(claimed.values()) >= n_trials:
+                    report.note(study)
                     signals.sleep(poll_s)
                     continue
                 frozen = _trial(study, objective, n_trials, max_retries, streak, on_trial, epoch_budget)

@@ -20,7 +20,7 @@ TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpo
 LIGHT_SIDE = ("budget", "config", "records", "space", "study", "slots", "summary", "monitor", "supervisor", "cli",
               "__main__")
 BRIDGES = ("objective", "preflight", "worker")  # the only modules that hold both a config or trial and a model
-LIGHT_PACKAGES = ("results",)  # every module under these is light side too
+LIGHT_PACKAGES = ("results", "cluster")  # every module under these is light side too
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")
 TORCH = ("torch", "torchvision", *(f"hpsearch.{m}" for m in TORCH_SIDE + BRIDGES))
 

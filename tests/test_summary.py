@@ -262,3 +262,17 @@ def test_a_failed_trial_is_one_line_and_status_failed_says_when_none_failed(
     err = capsys.readouterr().err
     assert err.count("trial 0 failed") == 1, err
     assert "trial 0 failed: ValueError: boom in user code" in err
+
+
+def test_status_shows_the_workers_by_host(write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study()
+    Path("runs/tiny").mkdir(parents=True)
+    study = optuna.create_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db", direction="maximize")
+    for worker, state in (("node-a:11", TrialState.COMPLETE), ("node-a:11", TrialState.RUNNING),
+                          ("node-a:12", TrialState.RUNNING), ("node-b:7", TrialState.PRUNED),
+                          ("node-b:7", TrialState.FAIL)):
+        value = 0.5 if state == TrialState.COMPLETE else None
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, user_attrs={records.WORKER: worker},
+                                                  intermediate_values={1: 0.4} if state == TrialState.PRUNED else None))
+    assert main(["status", str(path)]) == 0
+    assert "workers by host: node-a 2 running, 1 finished; node-b 0 running, 1 finished" in capsys.readouterr().out

@@ -205,6 +205,20 @@ def _trial_count(storage: optuna.storages.BaseStorage, name: str) -> int:
         return int(conn.execute(query).scalar_one())
 
 
+def state_counts(study: optuna.Study, below: int | None = None) -> dict[optuna.trial.TrialState, int]:
+    """The study's trials by state, by one count query (a worker asks before every trial: loading them all
+    costs O(trials) each time); with `below`, only trials numbered lower than it."""
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    query = sqlalchemy.select(trials.c.state, sqlalchemy.func.count()).where(trials.c.study_id == study_id(study))
+    if below is not None:
+        query = query.where(trials.c.number < below)
+    with _engine(storage_of(study)).connect() as conn:
+        rows = conn.execute(query.group_by(trials.c.state)).all()
+    return {optuna.trial.TrialState[getattr(state, "name", str(state))]: int(n) for state, n in rows}
+
+
 def _without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int]) -> set[int]:
     if not trial_ids:
         return set()

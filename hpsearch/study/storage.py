@@ -35,8 +35,12 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
         # Several local workers share one file: wait for the lock instead of failing at once.
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if backend == "postgresql":
-        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S}}
+        # One connection kept per process (the heartbeat thread borrows a second one briefly): the server's
+        # max_connections (100 by default) bounds the workers of all machines together.
+        return {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 4,
+                "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S}}
     return {"pool_pre_ping": True}
+
 
 _ENGINES: weakref.WeakSet[sqlalchemy.engine.Engine] = weakref.WeakSet()
 
