@@ -60,6 +60,9 @@ def strategies(dim: int) -> dict[str, dict[str, Any]]:
     return {
         "random": {"sampler": {"type": "random"}, "pruner": {"type": "none"}, "early_stopping": False},
         "defaults": {"sampler": None, "pruner": None},
+        # the defaults before 2026-12-02: TPE after 10 random trials, the median pruner after 5 trials and 2 epochs
+        "defaults-v0": {"sampler": {"type": "tpe", "n_startup_trials": 10},
+                        "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 2}},
         "auto": {"sampler": "auto", "pruner": None},  # sampler: auto + the default pruner
         "tpe-median": {"sampler": _tpe(dim), "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1}},
         "tpe-asha": {"sampler": _tpe(dim), "pruner": ASHA},
