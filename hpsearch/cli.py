@@ -19,7 +19,9 @@ from typing import Any, Iterator, Sequence
 import yaml
 
 from hpsearch import __version__, ids, signals
-from hpsearch.config import RUN_ENV, STORAGE_ENV, StudyConfig, load_config, with_overrides
+from hpsearch.cliargs import Parser, add_common, add_run_flags, config_from_args, port
+from hpsearch.cluster import verbs as cluster_verbs
+from hpsearch.config import RUN_ENV, StudyConfig, load_config
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.threads import apply_wait_policy
 
@@ -28,74 +30,17 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"command line: {message}; see `{self.prog} --help`")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text})")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535 (got {text})")
-    return value
-
-
-def _worker_count(text: str) -> int:
-    value = _positive_int(text)
-    if value > ids.MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"must be at most {ids.MAX_WORKERS} (got {text})")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive (got {text})")
-    return value
-
-
-def _add_common(parser: argparse.ArgumentParser, many: bool = False) -> None:
-    if many:
-        parser.add_argument("study_files", nargs="+", metavar="STUDY.yaml")
-    else:
-        parser.add_argument("study_file", metavar="STUDY.yaml")
-    parser.add_argument("--storage", help=f"storage URL overriding the file's storage: (default: ${STORAGE_ENV} "
-                                          f"when set; a password is safer there than on the command line)")
-    parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
-
-
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-trials", type=_positive_int, help="study-wide total of finished trials")
-    parser.add_argument("--timeout", type=_positive_float, help="stop starting trials after S seconds")
-    parser.add_argument("--budget-epochs", type=_positive_int, metavar="N",
-                        help="stop when N training epochs have been spent study-wide (budget.epochs)")
-    parser.add_argument("--epochs", type=_positive_int, help="override train.epochs")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device:")
-    parser.add_argument("--workers", type=_worker_count, help="worker processes on this machine")
-    parser.add_argument("--gpus", help="GPUs to use: all, none or a list like 0,1")
-    parser.add_argument("--output-dir", metavar="DIR", help="override output_dir: (checkpoints, logs)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The whole command-line interface (the contract in DESIGN.md)."""
-    parser = _Parser(prog="hpsearch", description="Hyperparameter search for PyTorch from one YAML study file.")
+    parser = Parser(prog="hpsearch", description="Hyperparameter search for PyTorch from one YAML study file.")
     parser.add_argument("--version", action="version", version=f"hpsearch {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
     run = verbs.add_parser("run", help="run (or continue) a study")
-    _add_common(run)
-    _add_run_flags(run)
+    add_common(run)
+    add_run_flags(run)
     worker = verbs.add_parser("worker", help="join a running study as one more worker")
-    _add_common(worker)
-    _add_run_flags(worker)
+    add_common(worker)
+    add_run_flags(worker)
     worker.add_argument("--slot", type=int, default=0, help="slot number recorded with trials (set by run)")
     worker.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)  # set by run: stop when it dies
     worker.add_argument("--status-file", help=argparse.SUPPRESS)  # set by run: where the supervisor reads the phase
@@ -103,83 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--gpu-claim", metavar="DIR", help="pin to a free GPU by holding a lock file in DIR")
     worker.add_argument("--claim-wait", type=float, default=0.0, help="seconds to wait for a free GPU")
     validate = verbs.add_parser("validate", help="check a study file as run does and print the resolved config")
-    _add_common(validate)
+    add_common(validate)
     validate.add_argument("--config-only", action="store_true",
                           help="check the file alone: no custom code imported, no data loaded, no model built")
     status = verbs.add_parser("status", help="trials by state and the best so far")
-    _add_common(status)
+    add_common(status)
     status.add_argument("--failed", action="store_true", help="also print the error of each failed trial")
     best = verbs.add_parser("best", help="the best trial: number, value, params, checkpoint")
-    _add_common(best)
+    add_common(best)
     best.add_argument("--json", action="store_true", help="print JSON")
     best.add_argument("--export", metavar="DIR", help="write params.yaml, weights.pt and load_model.py to DIR")
     report = verbs.add_parser("report", help="write an HTML report comparing studies")
-    _add_common(report, many=True)
+    add_common(report, many=True)
     report.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
     report.add_argument("--png", metavar="DIR", help="also write every figure as PNG into DIR")
     dashboard = verbs.add_parser("dashboard", help="open optuna-dashboard on the study's storage")
-    _add_common(dashboard)
+    add_common(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=_port, default=8080, help="0 picks a free port")
+    dashboard.add_argument("--port", type=port, default=8080, help="0 picks a free port")
     export = verbs.add_parser("export", help="write all trials as CSV or JSON")
-    _add_common(export)
+    add_common(export)
     export.add_argument("--format", choices=["csv", "json"], default="csv")
     export.add_argument("--out", help="output file (default runs/<name>/trials.<format>)")
-    _add_cluster_verbs(verbs)
+    cluster_verbs.add_cluster_verbs(verbs)
     return parser
-
-
-def _storage_override(args: argparse.Namespace) -> str | None:
-    """The storage URL replacing the file's: --storage, else $HPSEARCH_STORAGE; an empty one is refused.
-
-    An empty value is a variable that did not reach the shell (`--storage "$URL"`): silently using the
-    file's storage instead would start a study of its own, elsewhere.
-    """
-    flag = getattr(args, "storage", None)
-    if flag is not None:
-        if not flag.strip():
-            raise ConfigError("command line: --storage: the storage URL is empty (an unset variable?); give a URL "
-                              "such as sqlite:///runs/study.db, or leave the flag out to use the file's storage:")
-        return flag
-    value = os.environ.get(STORAGE_ENV)
-    if value is not None and not value.strip():
-        raise ConfigError(f"environment: {STORAGE_ENV}: the storage URL is empty; set it to a URL, or unset it "
-                          f"(`unset {STORAGE_ENV}`) to use the file's storage:")
-    return value
-
-
-def _add_cluster_verbs(verbs: Any) -> None:
-    slurm = verbs.add_parser("slurm", help="write (and --submit) an sbatch job array of workers, one task per node")
-    _add_common(slurm)
-    slurm.add_argument("--nodes", type=_worker_count, required=True, help="array tasks, one node each")
-    slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (--gres=gpu:G; default 0)")
-    slurm.add_argument("--partition", help="Slurm partition")
-    slurm.add_argument("--time", help="time limit per task (minutes, HH:MM:SS or D-HH:MM:SS)")
-    slurm.add_argument("--python", help="interpreter with hpsearch on the nodes (default $HPSEARCH_PYTHON, "
-                                        "else this one)")
-    slurm.add_argument("--out", help="script file (default runs/<name>/slurm.sbatch)")
-    slurm.add_argument("--submit", action="store_true", help="run sbatch and print the job id")
-    k8s = verbs.add_parser("k8s", help="write a Kubernetes Indexed Job of worker pods")
-    _add_common(k8s)
-    k8s.add_argument("--workers", type=_worker_count, required=True, help="worker pods (the Job's parallelism)")
-    k8s.add_argument("--gpus-per-worker", type=int, default=1, help="nvidia.com/gpu per pod (default 1; 0: CPU)")
-    k8s.add_argument("--image", default="hpsearch:latest", help="the image docker/Dockerfile builds")
-    k8s.add_argument("--runs-volume", metavar="PVC", help="ReadWriteMany claim for /work/runs (checkpoints)")
-    k8s.add_argument("--skip-storage-check", action="store_true",
-                     help="do not open the storage first (a database reachable only inside the cluster)")
-    k8s.add_argument("--out", help="manifest file (default runs/<name>/k8s.yaml)")
-
-
-def _config(path: str, args: argparse.Namespace) -> StudyConfig:
-    from hpsearch.study import check_storage
-
-    storage = _storage_override(args)
-    overrides: dict[str, Any] = {key: getattr(args, key, None)
-                                 for key in ("n_trials", "timeout", "epochs", "device", "output_dir",
-                                             "budget_epochs")}
-    cfg = with_overrides(load_config(path, storage=storage), **overrides)
-    check_storage(cfg.storage_url, cfg.source)  # before any verb parses it, opens it or creates a file
-    return cfg
 
 
 def _setup_logging(debug: bool) -> None:
@@ -211,6 +103,7 @@ def _writes(flag: str, other: tuple[str, str | None] | None = None) -> Iterator[
 
 # --------------------------------------------------------------------------- verbs
 
+
 def _validate_data_and_model(cfg: StudyConfig) -> str:
     """Run's checks before it opens the study (custom code, data, model on two samples, on the CPU); what was done.
 
@@ -236,7 +129,7 @@ def _validate_data_and_model(cfg: StudyConfig) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpsearch.study import redact_url
 
-    cfg = _config(args.study_file, args)
+    cfg = config_from_args(args.study_file, args)
     warm = _check_warm_start(cfg)
     if args.config_only:
         checked = "the file only: custom code, data and model not checked (--config-only)"
@@ -319,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpsearch.slots import plan_slots
     from hpsearch.study import check_output_dir, check_writable
 
-    cfg = _config(args.study_file, args)
+    cfg = config_from_args(args.study_file, args)
     check_output_dir(cfg)
     check_writable(cfg.storage_url, cfg.source)
     hints = _hints(args, cfg)
@@ -354,7 +247,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from hpsearch.study import check_output_dir
     from hpsearch.worker import work_in_this_process
 
-    cfg = _config(args.study_file, args)
+    cfg = config_from_args(args.study_file, args)
     check_output_dir(cfg)
     slot, claim = worker_slot(cfg, args.slot, args.gpus, args.gpu_claim, args.claim_wait)
     try:
@@ -371,7 +264,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hpsearch import summary
     from hpsearch.study import guard_storage, open_study
 
-    cfg = _config(args.study_file, args)
+    cfg = config_from_args(args.study_file, args)
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
         summary.print_summary(study, cfg, show_failed=args.failed, hints=_hints(args, cfg))
@@ -382,7 +275,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from hpsearch import summary
     from hpsearch.study import guard_storage, open_study
 
-    cfg = _config(args.study_file, args)
+    cfg = config_from_args(args.study_file, args)
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
         record = summary.best_record(study, cfg)
@@ -407,7 +300,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     studies = []
     for path in args.study_files:
-        cfg = _config(path, args)
+        cfg = config_from_args(path, args)
         with guard_storage(cfg):
             studies.append(open_study(cfg, create=False))
     with _writes("--out", other=("--png", args.png)):
@@ -420,7 +313,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpsearch.results.dashboard import serve_dashboard
     from hpsearch.study import guard_storage
 
-    cfg = _config(args.study_file, args)
+    cfg = config_from_args(args.study_file, args)
     with guard_storage(cfg):
         serve_dashboard(cfg.storage_url, host=args.host, port=args.port, source=cfg.source, study_name=cfg.name,
                         out_dir=cfg.out_dir)
@@ -432,7 +325,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hpsearch.study import guard_storage, open_study
     from hpsearch.summary import shown_path, study_output_dir
 
-    cfg = _config(args.study_file, args)
+    cfg = config_from_args(args.study_file, args)
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
         out = args.out or str(Path(study_output_dir(study, cfg)) / f"trials.{args.format}")
@@ -444,49 +337,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gpu_count(value: int, flag: str) -> None:
-    if value < 0:
-        raise ConfigError(f"command line: {flag} must be 0 or more (got {value})")
-
-
-def cmd_slurm(args: argparse.Namespace) -> int:
-    from hpsearch.cluster import slurm
-
-    _gpu_count(args.gpus_per_node, "--gpus-per-node")
-    cfg = _config(args.study_file, args)
-    from_env = bool(os.environ.get(STORAGE_ENV)) or bool(args.storage)
-    if args.storage and not args.submit:
-        raise ConfigError(f"command line: --storage: the job reads the storage from ${STORAGE_ENV} of the shell "
-                          f"that runs sbatch; export {STORAGE_ENV} instead (or add --submit)")
-    job = slurm.SlurmJob(nodes=args.nodes, gpus_per_node=args.gpus_per_node, partition=args.partition,
-                         time=args.time, python=args.python)
-    path = slurm.write_script(cfg, args.study_file, job, args.out, storage_from_env=from_env)
-    print(f"sbatch script written to {path}")
-    if args.submit:
-        job_id = slurm.submit(path, args.storage)
-        print(f"submitted job {job_id}: watch with `squeue -j {job_id}` and `hpsearch status {args.study_file}`; "
-              f"logs in {cfg.out_dir}/logs/slurm-{job_id}_*")
-    else:
-        print(f"submit it with: sbatch {shlex.quote(str(path))}  (from a shell where {STORAGE_ENV} is set)")
-    return 0
-
-
-def cmd_k8s(args: argparse.Namespace) -> int:
-    from hpsearch.cluster import k8s
-
-    _gpu_count(args.gpus_per_worker, "--gpus-per-worker")
-    cfg = _config(args.study_file, args)
-    path, secret = k8s.write_manifests(cfg, args.study_file, args.out, args.workers, args.gpus_per_worker,
-                                       args.image, args.runs_volume, check_storage=not args.skip_storage_check)
-    print(f"Kubernetes manifests written to {path}; create the storage Secret, then apply:")
-    print(f'  kubectl create secret generic {secret} --from-literal=url="${STORAGE_ENV}"')
-    print(f"  kubectl apply -f {shlex.quote(str(path))}")
-    return 0
-
-
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "validate": cmd_validate, "status": cmd_status, "best": cmd_best,
             "report": cmd_report, "dashboard": cmd_dashboard, "export": cmd_export,
-            "slurm": cmd_slurm, "k8s": cmd_k8s}
+            "slurm": cluster_verbs.cmd_slurm, "k8s": cluster_verbs.cmd_k8s}
 
 
 def console() -> None:
@@ -503,10 +356,7 @@ def console() -> None:
     except BrokenPipeError:  # `hpsearch validate x.yaml | head`: the reader left early, which is no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
         code = 0
-    from hpsearch.study import dispose_storages
-
-    dispose_storages()  # database connections are closed properly, not cut
-    logging.shutdown()
+    logging.shutdown()  # main closed the database connections properly; none is cut
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -531,3 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hpsearch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        _close_storages()
+
+
+def _close_storages() -> None:
+    """Close the database connections the verb opened (a verb called in-process must not leave them to the GC)."""
+    study_package = sys.modules.get("hpsearch.study")  # a verb that opened no storage does not import it for this
+    if study_package is not None:
+        study_package.dispose_storages()

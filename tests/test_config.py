@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_STUDY
 from hpsearch.cli import main
 from hpsearch.config import CategoricalParam, FloatParam, build_config, load_config, with_overrides
-from hpsearch.config.schema import auto_sampler_type, default_min_resource
+from hpsearch.config.search import auto_sampler_type, default_min_resource
 from hpsearch.errors import ConfigError
 
 STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from hpsearch import supervisor
-from hpsearch.cli import _config, build_parser, main
+from hpsearch.cli import build_parser, main
+from hpsearch.cliargs import config_from_args
 from hpsearch.config import STORAGE_ENV
 from hpsearch.slots import Slot
 from hpsearch.study import UNPARSEABLE, redact_url, scrub
@@ -123,11 +124,11 @@ def test_storage_comes_from_the_flag_then_the_environment_then_the_file(write_st
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     path = str(write_study(storage="sqlite:///from-file.db"))
     parser = build_parser()
-    assert _config(path, parser.parse_args(["status", path])).storage_url == "sqlite:///from-file.db"
+    assert config_from_args(path, parser.parse_args(["status", path])).storage_url == "sqlite:///from-file.db"
     monkeypatch.setenv(STORAGE_ENV, "sqlite:///from-env.db")
-    assert _config(path, parser.parse_args(["status", path])).storage_url == "sqlite:///from-env.db"
+    assert config_from_args(path, parser.parse_args(["status", path])).storage_url == "sqlite:///from-env.db"
     args = parser.parse_args(["status", path, "--storage", "sqlite:///from-flag.db"])
-    assert _config(path, args).storage_url == "sqlite:///from-flag.db"
+    assert config_from_args(path, args).storage_url == "sqlite:///from-flag.db"
 
 
 def test_workers_get_the_storage_in_their_environment_not_on_their_command_line(
@@ -135,7 +136,7 @@ def test_workers_get_the_storage_in_their_environment_not_on_their_command_line(
     url = f"postgresql+psycopg://user:{SECRET}@{HOST}/hp"
     path = str(write_study())
     args = build_parser().parse_args(["run", path, "--storage", url, "--n-trials", "3"])
-    cfg = _config(path, args)
+    cfg = config_from_args(path, args)
     argv = supervisor.worker_argv(path, args)
     assert argv == [path, "--n-trials", "3"]
     started: dict[str, Any] = {}
@@ -154,7 +155,7 @@ def test_workers_get_the_storage_in_their_environment_not_on_their_command_line(
     _assert_hidden(" ".join(started["command"]))
     worker_args = build_parser().parse_args(started["command"][3:])  # python -m hpsearch <verb> ...
     monkeypatch.setenv(STORAGE_ENV, started["env"][STORAGE_ENV])
-    assert _config(path, worker_args).storage_url == url
+    assert config_from_args(path, worker_args).storage_url == url
 
 
 # ------------------------------------------------------------------ a real study on PostgreSQL

@@ -1,4 +1,5 @@
-"""Reading a study file: bounded bytes, YAML without tags, duplicate keys or alias bombs, ${ENV} expansion, pydantic's errors as one line in words."""
+"""Reading a study file: bounded bytes, YAML without tags, duplicate keys or alias bombs, ${ENV} expansion, pydantic's
+errors as one line in words."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pydantic import BaseModel, ValidationError
 from hpsearch import signals
 from hpsearch.config.messages import _did_you_mean, _error, _shown
 from hpsearch.config.rules import _TYPES, _check_cross_fields
-from hpsearch.config.schema import MAX_ALIAS_VALUES, MAX_ENQUEUE, MAX_STUDY_BYTES, StudyConfig
+from hpsearch.config.base import MAX_ALIAS_VALUES, MAX_ENQUEUE, MAX_STUDY_BYTES
+from hpsearch.config.schema import StudyConfig
 from hpsearch.errors import ConfigError
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -35,6 +37,7 @@ class _DuplicateKey(yaml.YAMLError):
     def __init__(self, key: Any, line: int) -> None:
         super().__init__(f"duplicate key {key!r}")
         self.key, self.line = key, line
+
 
 # libyaml's parser when PyYAML has it: the pure-Python one takes ~3x as long on a large enqueue: list.
 _SafeBase: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -119,6 +122,7 @@ class _StudyLoader(_SafeBase):  # type: ignore[misc, valid-type]
                 raise _DuplicateKey(key, key_node.start_mark.line + 1)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
 
 # YAML 1.2 reads 1e-3 as a float; PyYAML's YAML 1.1 rules need a dot (1.0e-3) and read '1e-3' as a string,
 # which strict numbers would then refuse. Exponent forms only: a plain 10 stays an int.
@@ -274,6 +278,7 @@ def _either(words: Any) -> str:
 def _words(member: Any, plural: bool) -> list[str]:
     literal = get_origin(member) is Literal
     return [repr(value) for value in get_args(member)] if literal else [_describe(member, plural)]
+
 
 _NOUNS = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
           float: ("a number", "numbers"), str: ("a string", "strings")}

@@ -20,6 +20,7 @@ def _number(value: Any) -> str:
 
 # --------------------------------------------------------------------------- loading
 
+
 def _did_you_mean(word: str, options: Any) -> str:
     close = difflib.get_close_matches(word, list(options), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""

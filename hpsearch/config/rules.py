@@ -10,9 +10,10 @@ from pydantic import ValidationError
 
 from hpsearch import names
 from hpsearch.config.messages import _did_you_mean, _error, _number, _shown
-from hpsearch.config.schema import (BUILTIN_MODEL_ARGS, CategoricalParam, FloatParam, HyperbandPruner, IntParam,
-    MedianPruner, PatientPruner, PercentilePruner, Strict, StudyConfig, SuccessiveHalvingPruner, ThresholdPruner,
-    TrainConfig)
+from hpsearch.config.base import Strict
+from hpsearch.config.search import (CategoricalParam, FloatParam, HyperbandPruner, IntParam, MedianPruner,
+    PatientPruner, PercentilePruner, SuccessiveHalvingPruner, ThresholdPruner)
+from hpsearch.config.schema import BUILTIN_MODEL_ARGS, StudyConfig, TrainConfig
 
 
 def _rules_of(cfg: StudyConfig, name: str) -> type[Strict] | None:
@@ -43,6 +44,7 @@ def _invalid(rules: type[Strict], name: str, value: Any) -> dict[str, Any] | Non
     except ValidationError as exc:
         return dict(exc.errors()[0])
     return None
+
 
 _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
            "less_than_equal": ("le", "<=")}
@@ -276,5 +278,6 @@ def _check_cross_fields(cfg: StudyConfig) -> None:
     _check_enqueue(cfg)
     _check_pruner(cfg)
     _check_budget(cfg)
+
 
 _BRACES = re.compile(r"[{}]")

@@ -18,7 +18,6 @@ from hpsearch import names
 from hpsearch.errors import DataError
 from hpsearch.plugins import import_callable
 
-
 DEFAULT_ROOT = "./data"
 
 # Where each torchvision set keeps its training files under `root` (named in error messages).

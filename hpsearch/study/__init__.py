@@ -1,4 +1,5 @@
-"""Where a config meets Optuna: storage, sampler and pruner factories, `open_study`, output folders, and the one adapter over Optuna internals.
+"""Where a config meets Optuna: storage, sampler and pruner factories, `open_study`, output folders, and the one
+adapter over Optuna internals.
 
 Each submodule opens with what it owns; callers import from `hpsearch.study`.
 """

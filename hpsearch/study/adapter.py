@@ -51,6 +51,7 @@ def finished_count(study: optuna.Study) -> int:
 # Every use of Optuna's private API (storage handle, trial ids, the heartbeat table) is below, so an
 # Optuna upgrade that changes it breaks here, and tests/test_study.py says so.
 
+
 def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
     """The study's storage object."""
     return study._storage  # type: ignore[return-value]

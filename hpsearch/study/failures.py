@@ -16,7 +16,9 @@ from hpsearch.config import StudyConfig
 from hpsearch.errors import HpsearchError, StorageError, StorageFailure
 from hpsearch.study.urls import _first_line, redact_url
 
+
 # --------------------------------------------------------------------------- storage failures
+
 
 _DAMAGED = ("database disk image is malformed", "file is not a database", "file is encrypted or is not a database")
 
@@ -70,6 +72,7 @@ class _LibraryDumpToDebug(logging.Filter):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger("optuna").isEnabledFor(logging.DEBUG)
+
 
 logging.getLogger("optuna.storages._rdb.storage").addFilter(_LibraryDumpToDebug())
 

@@ -18,6 +18,7 @@ from hpsearch.study.urls import redact_url
 
 # --------------------------------------------------------------------------- what a run may not change
 
+
 def check_space_unchanged(study: optuna.Study, cfg: StudyConfig) -> None:
     """Refuse a space that Optuna cannot mix with the stored trials (other choices, log flag or kind).
 
@@ -41,6 +42,7 @@ def _shown_distribution(dist: optuna.distributions.BaseDistribution) -> str:
         return f"categorical {list(dist.choices)}"
     kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
     return f"{kind} [{dist.low}, {dist.high}]{' log' if dist.log else ''}"
+
 
 SETTINGS_SECTIONS = ("metric", "seed", "data", "model", "train")
 

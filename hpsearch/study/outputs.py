@@ -29,7 +29,9 @@ def artifact_store(out_dir: str | Path, create: bool = True) -> optuna.artifacts
         where.mkdir(parents=True, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(where)
 
+
 # --------------------------------------------------------------------------- whose files an output folder holds
+
 
 OWNER_FILE = "study.json"  # in output_dir: the study (storage and id) whose checkpoints and logs the folder holds
 

@@ -117,6 +117,7 @@ class _OpenedFile:
     device: int
     inode: int
 
+
 _OPENED: weakref.WeakKeyDictionary[sqlalchemy.engine.Engine, _OpenedFile] = weakref.WeakKeyDictionary()
 
 

@@ -76,6 +76,7 @@ def scrub(text: str, url: str) -> str:
         text = text.replace(secret, HIDDEN)
     return text
 
+
 EXAMPLE_URLS = "sqlite:///runs/study.db or postgresql+psycopg://user:${DB_PASSWORD}@host/db"
 
 
@@ -92,6 +93,7 @@ def check_url(url: str, source: str) -> None:
     if parsed.host and "@" in parsed.host:
         raise StorageError(f"{source}: storage: the password in {redact_url(url)} holds an unescaped '@'; "
                            f"percent-encode it as %40")
+
 
 # The package that provides each database driver module SQLAlchemy may import.
 _DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient",
