@@ -1,7 +1,7 @@
 """Throw-away PostgreSQL databases for tests and benchmarks (the server CI runs on 127.0.0.1:5432).
 
 Used by the ``pg_url`` fixture (tests/conftest.py) and by ``bench/orchestration.py``; :class:`Cluster`
-starts a server of our own (tests/test_storage_faults.py stops it mid-run). A database is
+starts a server of our own (tests/study/test_failures.py stops it mid-run). A database is
 created with a unique name, handed out as an SQLAlchemy URL for the psycopg 3 driver, and dropped
 afterwards even when connections are still open (``DROP DATABASE ... WITH (FORCE)``, PostgreSQL 13+).
 Nothing here imports pytest.

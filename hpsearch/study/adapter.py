@@ -2,7 +2,7 @@
 the hand-back of a trial cut short (fail it, record why, queue it again), which worker, supervisor and
 stale check all go through.
 
-Every use of Optuna's private API is here, so an Optuna upgrade that changes it breaks here (tests/test_study.py)."""
+Every use of Optuna's private API is here, so an Optuna upgrade that changes it breaks here (tests/study/test_study.py)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def finished_count(study: optuna.Study) -> int:
 
 # --------------------------------------------------------------------------- the adapter over Optuna internals
 # Every use of Optuna's private API (storage handle, trial ids, the heartbeat table) is below, so an
-# Optuna upgrade that changes it breaks here, and tests/test_study.py says so.
+# Optuna upgrade that changes it breaks here, and tests/study/test_study.py says so.
 
 
 def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:

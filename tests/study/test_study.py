@@ -19,7 +19,7 @@ from hpsearch.cli import main
 from hpsearch.config import load_config
 from conftest import start_hpsearch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 URL = "sqlite:///runs/tiny/study.db"
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
 

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from conftest import python_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # One worker process, driven over stdin: a JSON line {"study": <raw study mapping>, "slot": int} makes it
 # open that study and answer "opened"; the next line ("go") makes it run `run_worker` to the study's

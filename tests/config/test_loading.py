@@ -24,7 +24,7 @@ from hpsearch import config
 from hpsearch.cli import main
 from hpsearch.errors import ConfigError
 
-HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
+HOSTILE = Path(__file__).parents[1] / "fixtures" / "hostile"
 
 
 def _refused(proc: subprocess.Popen[str], timeout: float = 60) -> str:
@@ -147,7 +147,7 @@ def test_braces_in_paths_are_refused_and_nothing_is_written(workdir: Path, fixtu
 
 
 def test_output_dir_flag_with_braces_is_refused(workdir: Path) -> None:
-    line = _refused(start_hpsearch("run", str(Path(__file__).parent.parent / "studies" / "quickstart.yaml"),
+    line = _refused(start_hpsearch("run", str(Path(__file__).parents[2] / "studies" / "quickstart.yaml"),
                                    "--output-dir", "runs/a{b}", cwd=workdir))
     assert "output_dir: 'runs/a{b}' holds '{' or '}'" in line
     _nothing_written(workdir)
@@ -320,6 +320,6 @@ def test_validate_config_only_loads_no_torch() -> None:
     code = ("import sys; from hpsearch.cli import main; "
             "rc = main(['validate', '--config-only', 'studies/quickstart.yaml']); print('torch' in sys.modules, rc)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(__file__).parent.parent, check=True)
+                            cwd=Path(__file__).parents[2], check=True)
     assert result.stdout.strip().splitlines()[-1] == "False 0"
 

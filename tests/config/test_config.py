@@ -14,7 +14,7 @@ from hpsearch.config import CategoricalParam, FloatParam, build_config, load_con
 from hpsearch.config.search import auto_sampler_type, default_min_resource
 from hpsearch.errors import ConfigError
 
-STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
+STUDIES = sorted((Path(__file__).parents[2] / "studies").glob("*.yaml"))
 
 
 def _raw(**changes: Any) -> dict[str, Any]:

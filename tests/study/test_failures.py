@@ -36,7 +36,7 @@ from hpsearch.study import open_study, storage_failure
 from conftest import python_env, start_hpsearch
 from mounts import tmpfs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAST_HEARTBEAT = {"heartbeat_interval": 1, "grace_period": 3}
 LONG_TRAIN = {"epochs": 300, "batch_size": 16}  # a trial far longer than any test: it is always mid-trial
 ENV = python_env(OMP_NUM_THREADS="1")  # tiny models on shared cores: no spinning
