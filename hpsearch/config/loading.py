@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -131,11 +132,42 @@ _StudyLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+def _read_bounded(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(MAX_STUDY_BYTES + 1)  # a bounded read: a pipe or device has no size to check first
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's first MAX_STUDY_BYTES + 1 bytes; a pipe or device is read where a stop signal can still end the wait.
+
+    A process-wide signal may be delivered to any thread (numpy's BLAS starts some at import), and
+    then the main thread's blocking read is never interrupted: so a file that may block is read by a
+    helper thread while the main thread waits in short steps, where Python raises the signal.
+    """
+    if path.is_file():
+        return _read_bounded(path)
+    result: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            result["data"] = _read_bounded(path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            result["error"] = exc
+
+    reader = threading.Thread(target=read, name="read-study-file", daemon=True)
+    reader.start()
+    while reader.is_alive():
+        reader.join(0.1)
+        signals.check()
+    if "error" in result:
+        raise result["error"]
+    return result["data"]
+
+
 def _read_text(path: Path) -> str:
     source = str(path)
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_STUDY_BYTES + 1)  # a bounded read: a pipe or device has no size to check first
+        data = _read_bytes(path)
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such study file; check the path") from None
     except OSError as exc:

@@ -284,6 +284,14 @@ def _write_pngs(figs: list[NamedFigure], png_dir: Path, html_path: Path) -> list
         # one kaleido session for all figures: starting Chrome per figure costs seconds each
         pio.write_images([f for _, f in figs], paths, width=1200,
                          height=[int(f.layout.height or 440) for _, f in figs])
+        # kaleido logs a figure it failed to render (a slow Chrome) instead of raising: retry those once
+        missing = [i for i, path in enumerate(paths) if not path.is_file()]
+        if missing:
+            pio.write_images([figs[i][1] for i in missing], [paths[i] for i in missing], width=1200,
+                             height=[int(figs[i][1].layout.height or 440) for i in missing])
+        lost = [paths[i].name for i in missing if not paths[i].is_file()]
+        if lost:
+            raise RuntimeError(f"kaleido wrote no {', '.join(lost)}")
     except Exception as e:  # kaleido surfaces Chrome problems as assorted exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HpsearchError(

@@ -88,6 +88,30 @@ def test_png_dir_with_kaleido(db: str, tmp_path: Path) -> None:
     assert all((tmp_path / "png" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
+@pytest.mark.parametrize("misses", [1, 2], ids=["retried", "lost"])
+def test_a_png_kaleido_did_not_write_is_retried_then_named(monkeypatch: pytest.MonkeyPatch, study: optuna.Study,
+                                                            tmp_path: Path, misses: int) -> None:
+    """kaleido logs a figure it failed to render instead of raising: it is retried once, then named."""
+    pytest.importorskip("kaleido", reason="kaleido not installed: pip install kaleido")
+    import plotly.io as pio
+
+    calls: list[int] = []
+
+    def flaky(figs: list[object], paths: list[Path], **kwargs: object) -> None:
+        calls.append(len(paths))
+        skip = 1 if len(calls) <= misses else 0  # the first figure is "lost" `misses` times
+        for path in paths[skip:]:
+            Path(path).write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    monkeypatch.setattr(pio, "write_images", flaky)
+    if misses == 1:
+        write_report([study], tmp_path / "r.html", png_dir=tmp_path / "png")
+        assert calls[1:] == [1] and len(list((tmp_path / "png").glob("00-*.png"))) == 1  # written by the retry
+    else:
+        with pytest.raises(HpsearchError, match=r"^PNG export failed \(kaleido wrote no 00-"):
+            write_report([study], tmp_path / "r.html", png_dir=tmp_path / "png")
+
+
 def test_png_export_without_a_browser(monkeypatch: pytest.MonkeyPatch, study: optuna.Study, tmp_path: Path) -> None:
     pytest.importorskip("kaleido", reason="kaleido not installed: pip install kaleido")
     import plotly.io as pio
