@@ -308,7 +308,9 @@ def run_of(trial: FrozenTrial) -> str | None:
 def run_sessions(trials: Iterable[FrozenTrial], gap_s: float = SESSION_GAP_S) -> list[list[FrozenTrial]]:
     """Trials grouped by run session, oldest first, each in start order: by the run that started them,
     or, for trials that name none, by the idle gaps of ``gap_s`` seconds between them."""
-    timed = sorted((t for t in trials if t.datetime_start is not None), key=lambda t: t.datetime_start)
+    # A trial told FAIL before it trained (surplus, or no budget left for its first rung) did no work of a session.
+    timed = sorted((t for t in trials if t.datetime_start is not None and not _never_trained(t)),
+                   key=lambda t: t.datetime_start)
     named: dict[str, list[FrozenTrial]] = {}
     unnamed: list[FrozenTrial] = []
     for t in timed:
@@ -318,6 +320,10 @@ def run_sessions(trials: Iterable[FrozenTrial], gap_s: float = SESSION_GAP_S) ->
         else:
             named.setdefault(run, []).append(t)
     return sorted([*named.values(), *_gap_sessions(unnamed, gap_s)], key=lambda g: g[0].datetime_start)
+
+
+def _never_trained(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and stop_reason(trial) in (SURPLUS, BUDGET)
 
 
 def _gap_sessions(timed: list[FrozenTrial], gap_s: float) -> list[list[FrozenTrial]]:

@@ -93,13 +93,19 @@ def sleep(seconds: float) -> None:
 @contextmanager
 def interruptible() -> Iterator[None]:
     """A block with nothing to hand back (data loading): a stop signal raises at once inside it."""
-    check()
+    if handling():  # outside installed(), a stop recorded earlier (an earlier in-process command) is not ours
+        check()
     previous = _immediate[0]
     _immediate[0] = True
     try:
         yield
     finally:
         _immediate[0] = previous
+
+
+def handling() -> bool:
+    """Whether the recording handlers are installed (inside :func:`installed`)."""
+    return _depth[0] > 0
 
 
 def reset() -> None:

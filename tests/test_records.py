@@ -261,3 +261,23 @@ def test_the_reason_rule_catches_a_literal_reason() -> None:
     code = ('finish("pruned")\nhand_back(s, t, "worker_died", 3)\nok = reason == "diverged"\n'
             't.set_user_attr(records.STOP_REASON, reason="oom")\nfine = finish(records.PRUNED)\n')
     assert _spelled_reasons(ast.parse(code)) == [1, 2, 3, 4]
+
+
+def test_a_trial_failed_before_it_trained_joins_no_session() -> None:
+    """A surplus (or budget-refused) trial carries no run id: it must not count as a session of its own."""
+    start = dt.datetime(2026, 12, 2, 6, 0, 0)
+
+    def trial(minute: int, state: TrialState, attrs: dict[str, object]) -> FrozenTrial:
+        made = optuna.trial.create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None,
+                                         user_attrs=attrs)
+        made.datetime_start = start + dt.timedelta(minutes=minute)
+        made.datetime_complete = made.datetime_start + dt.timedelta(seconds=30)
+        return made
+
+    trials = [trial(0, TrialState.COMPLETE, {records.RUN: "a"}),
+              trial(90, TrialState.COMPLETE, {records.RUN: "b"}),
+              trial(91, TrialState.FAIL, {records.STOP_REASON: records.SURPLUS}),
+              trial(180, TrialState.FAIL, {records.STOP_REASON: records.BUDGET})]
+    assert [len(s) for s in records.run_sessions(trials)] == [1, 1]
+    trials.append(trial(270, TrialState.FAIL, {records.STOP_REASON: records.ERRORED}))  # it trained, then failed
+    assert [len(s) for s in records.run_sessions(trials)] == [1, 1, 1]

@@ -72,3 +72,16 @@ def test_interruptible_blocks_stop_at_once() -> None:
         with pytest.raises(signals.StopRequested):
             with signals.interruptible():  # a stop already recorded: the block does not even start
                 raise AssertionError("not reached")
+
+
+def test_a_stop_recorded_by_an_earlier_command_does_not_end_a_later_load() -> None:
+    """Outside installed() (status, validate in-process), interruptible() ignores what an earlier run recorded."""
+    signals._received.append(signal.SIGINT)  # left by an earlier in-process command
+    try:
+        with signals.interruptible():
+            pass
+        with signals.installed(), pytest.raises(signals.StopRequested):  # a run starts clean: a new signal counts
+            signal.raise_signal(signal.SIGINT)
+            signals.check()
+    finally:
+        signals.reset()

@@ -152,15 +152,16 @@ def _read_bytes(path: Path) -> bytes:
         try:
             result["data"] = _read_bounded(path)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
-            result["error"] = exc
+            result["raised"] = exc
 
     reader = threading.Thread(target=read, name="read-study-file", daemon=True)
     reader.start()
     while reader.is_alive():
-        reader.join(0.1)
-        signals.check()
-    if "error" in result:
-        raise result["error"]
+        reader.join(0.1)  # Python raises a pending KeyboardInterrupt here, between two waits
+        if signals.handling():
+            signals.check()  # under run: the recording handler's stop
+    if "raised" in result:
+        raise result["raised"]
     return result["data"]
 
 
