@@ -20,6 +20,8 @@ from optuna.trial import TrialState
 
 from conftest import python_env, start_hpsearch
 from hpsearch import engine, supervisor
+from hpsearch.checkpoints import load_checkpoint
+from hpsearch.errors import HpsearchError
 from hpsearch.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +65,24 @@ def _running_with_epochs(n: int) -> Callable[[list[optuna.trial.FrozenTrial]], A
     return check
 
 
+def _resumable_from(epoch: int) -> Callable[[list[optuna.trial.FrozenTrial]], Any]:
+    """A running trial whose resume file on disk holds `epoch` or later (the history attr is set before the
+    checkpoint writer thread has written that epoch's file)."""
+    def check(trials: list[optuna.trial.FrozenTrial]) -> Any:
+        for trial in trials:
+            path = Path(f"runs/tiny/resume/trial_{trial.number:05d}.pt")
+            if trial.state == TrialState.RUNNING and path.exists():
+                try:
+                    saved = load_checkpoint(path)["trainers"][0]["epoch"]
+                except HpsearchError:  # replaced between exists() and the read
+                    continue
+                if saved >= epoch:
+                    return trial
+        return None
+
+    return check
+
+
 def _all_running_with_epochs(count: int) -> Callable[[list[optuna.trial.FrozenTrial]], Any]:
     """The running trials once `count` of them have at least one epoch, else None."""
     def check(trials: list[optuna.trial.FrozenTrial]) -> Any:
@@ -81,7 +101,7 @@ def test_sigkilled_worker_is_replaced_and_its_trial_resumes(write_study: Callabl
     path = write_study(n_trials=3, train=LONG_TRAIN, workers=FAST_HEARTBEAT)
     proc = start_hpsearch("run", str(path), "--workers", "2", cwd=workdir)
     try:
-        victim = _wait_for(_running_with_epochs(2), proc)
+        victim = _wait_for(_resumable_from(2), proc)
         _kill_worker_of(victim)
         out, err = proc.communicate(timeout=400)
     finally:
@@ -105,7 +125,7 @@ def test_heartbeat_frees_the_trial_of_a_worker_killed_without_supervisor(write_s
     path = write_study(n_trials=2, train=LONG_TRAIN, workers=FAST_HEARTBEAT)
     lone = start_hpsearch("worker", str(path), cwd=workdir)
     try:
-        victim = _wait_for(_running_with_epochs(2), lone)
+        victim = _wait_for(_resumable_from(2), lone)
         lone.send_signal(signal.SIGKILL)
         lone.communicate(timeout=30)
     finally:
