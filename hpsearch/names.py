@@ -23,3 +23,6 @@ TRAIN_PARAMS = (
     "lr", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
     "warmup_epochs", "step_size", "gamma", "accum_steps", "label_smoothing",
 )
+
+# data.bootstrap: out-of-bag splits per trial, 2 to this (each one trains a model), checked by the schema and data.splits.
+MAX_BOOTSTRAP = 50

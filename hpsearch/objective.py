@@ -151,6 +151,7 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
     best: float | None = None
     best_epoch: int = 0
+    best_splits: list[float] = field(default_factory=list)  # each fold's (bootstrap split's) value at best_epoch
     reported: set[int] = field(default_factory=set)
 
     def improved(self, value: float) -> bool:
@@ -158,10 +159,11 @@ class _Progress:
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
-                "stopper": None if self.stopper is None else self.stopper.state_dict()}
+                "best_splits": self.best_splits, "stopper": None if self.stopper is None else self.stopper.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history, self.best, self.best_epoch = list(state["history"]), state["best"], state["best_epoch"]
+        self.best_splits = list(state.get("best_splits", []))  # a file from before splits were kept has none
         if self.stopper is not None and state.get("stopper") is not None:
             self.stopper.load_state_dict(state["stopper"])
 
@@ -222,6 +224,8 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
                            records.BEST_EPOCH: progress.best_epoch,
                            records.TRAIN_TIME: time.perf_counter() - started}.items():
             trial.set_user_attr(key, value)
+        if len(trainers) > 1 and progress.best_splits:
+            trial.set_user_attr(records.SPLIT_VALUES, progress.best_splits)
         if files.best_enabled and progress.best is not None:
             trial.set_user_attr(records.CHECKPOINT, str(files.path))
         _upload_artifacts(trial, ctx, progress.history, files.path if files.best_enabled and progress.best is not None
@@ -241,7 +245,8 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
             if progress.best is None:
                 raise optuna.TrialPruned(f"epoch budget spent before epoch {epoch}")
             return float(progress.best)
-        record = _mean_record([t.run_epoch() for t in trainers])
+        per_split = [t.run_epoch() for t in trainers]
+        record = _mean_record(per_split)
         if epoch == first:
             trial.set_user_attr(records.CUDA_GRAPHS, trainers[0].graphs)  # captured (or refused) during this epoch
         if time.monotonic() - said >= PROGRESS_EVERY_S:  # long trials show progress; short ones stay quiet
@@ -257,6 +262,7 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
         improved = progress.improved(value)
         if improved:
             progress.best, progress.best_epoch = value, epoch
+            progress.best_splits = [float(r[cfg.metric]) for r in per_split]
         stop = progress.stopper is not None and progress.stopper.step(value)
         files.save_epoch(trainers, progress, improved)
         _report(trial, progress, epoch, value)

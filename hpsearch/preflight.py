@@ -90,9 +90,11 @@ def split_data(cfg: StudyConfig, labels: torch.Tensor) -> list[tuple[torch.Tenso
     """The (train, validation) index folds, seeded by the study seed; a failure names the split key."""
     split = cfg.data.split
     try:
-        return split_folds(labels, val_split=split["val_split"], cv_folds=split["cv_folds"], seed=cfg.seed)
+        return split_folds(labels, val_split=split["val_split"], cv_folds=split["cv_folds"],
+                           bootstrap=split["bootstrap"], seed=cfg.seed)
     except DataError as exc:
-        raise DataError(f"{cfg.source}: data.{'cv_folds' if split['cv_folds'] else 'val_split'}: {exc}") from None
+        key = next(key for key in ("cv_folds", "bootstrap", "val_split") if split[key] is not None)
+        raise DataError(f"{cfg.source}: data.{key}: {exc}") from None
 
 
 def preflight(cfg: StudyConfig) -> None:

@@ -35,6 +35,7 @@ SETTINGS = "settings"  # id of the run settings the trial trains with (study.set
 RUN = "run"  # id of the `hpsearch run` (or lone `hpsearch worker`) whose worker started the trial
 CHECKPOINT = "checkpoint"  # path of the best-weights file
 BEST_EPOCH = "best_epoch"
+SPLIT_VALUES = "split_values"  # k-fold / bootstrap: each split's metric at the best epoch (the value is their mean)
 EPOCHS_RUN = "epochs_run"
 TRAIN_TIME = "train_time"  # seconds
 STOP_REASON = "stop_reason"

@@ -38,6 +38,7 @@ class DataConfig(Strict):
     download: bool = False
     val_split: float | None = Field(None, gt=0, lt=1)
     cv_folds: int | None = Field(None, ge=2, le=20)
+    bootstrap: int | None = None  # K out-of-bag splits, trained in lockstep like cv_folds (2..names.MAX_BOOTSTRAP)
     image_size: int | None = Field(None, ge=8, le=1024)
     memory_fraction: float = Field(0.5, gt=0, le=0.95)
 
@@ -46,18 +47,28 @@ class DataConfig(Strict):
     def _known_dataset(cls, name: str) -> str:
         return _builtin_or_callable(name, "dataset", names.DATASETS, "callable")
 
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap_count(cls, k: int | None) -> int | None:
+        if k is not None and not 2 <= k <= names.MAX_BOOTSTRAP:
+            raise ValueError(f"bootstrap is the number of out-of-bag splits, between 2 and {names.MAX_BOOTSTRAP} "
+                             f"(each one trains a model per trial), got {k}; set a count in that range")
+        return k
+
     @model_validator(mode="after")
     def _one_split(self) -> DataConfig:
-        if self.val_split is not None and self.cv_folds is not None:
-            raise ValueError("val_split and cv_folds are both set; keep one (hold-out or k-fold)")
+        chosen = [key for key in ("val_split", "cv_folds", "bootstrap") if getattr(self, key) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} are {'both' if len(chosen) == 2 else 'all'} set; keep one "
+                             f"(val_split: hold-out, cv_folds: k-fold, bootstrap: out-of-bag)")
         return self
 
     @property
     def split(self) -> dict[str, Any]:
-        """The split actually used: hold-out 0.2 unless the file asks for k-fold."""
-        if self.cv_folds is not None:
-            return {"val_split": None, "cv_folds": self.cv_folds}
-        return {"val_split": self.val_split if self.val_split is not None else 0.2, "cv_folds": None}
+        """The split actually used: hold-out 0.2 unless the file asks for k-fold or bootstrap."""
+        if self.cv_folds is not None or self.bootstrap is not None:
+            return {"val_split": None, "cv_folds": self.cv_folds, "bootstrap": self.bootstrap}
+        return {"val_split": self.val_split if self.val_split is not None else 0.2, "cv_folds": None, "bootstrap": None}
 
 
 class ModelConfig(Strict):

@@ -4,14 +4,14 @@ Every dataset is loaded once into an :class:`ArrayData` (uint8 NCHW images or fl
 the CPU; `datasets`). :class:`DeviceData` then keeps it on the training device and produces shuffled,
 augmented, normalised batches from it (airbench style), or streams it through a DataLoader when
 it does not fit (`batches`). `inputs` holds the one normalisation and what a prediction needs to know;
-`splits` the seeded hold-out and k-fold splits.
+`splits` the seeded hold-out, k-fold and bootstrap (out-of-bag) splits.
 """
 
 from __future__ import annotations
 
 from hpsearch.data.datasets import ArrayData, DEFAULT_ROOT, channel_stats, from_arrays, load_dataset
 from hpsearch.data.inputs import inputs_record, normalise, normaliser, prepare_inputs
-from hpsearch.data.splits import split_folds
+from hpsearch.data.splits import bootstrap_splits, split_folds
 from hpsearch.data.batches import DeviceData, apply_augment, augment_table, crop_padding, pinned
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "DeviceData",
     "apply_augment",
     "augment_table",
+    "bootstrap_splits",
     "channel_stats",
     "crop_padding",
     "from_arrays",

@@ -113,6 +113,16 @@ BAD_FILES = [
     ("zero trials", _raw(n_trials=0), r"n_trials: .*greater than or equal to 1"),
     ("missing name", {k: v for k, v in TINY_STUDY.items() if k != "name"}, r"name: required key is missing"),
     ("both splits", _raw(data={"dataset": "digits", "val_split": 0.2, "cv_folds": 5}), r"data: val_split and cv_folds are both set"),
+    ("bootstrap and cv_folds", _raw(data={"dataset": "digits", "cv_folds": 5, "bootstrap": 4}),
+     r"data: cv_folds and bootstrap are both set; keep one \(val_split: hold-out, cv_folds: k-fold, bootstrap: out-of-bag\)$"),
+    ("bootstrap and val_split", _raw(data={"dataset": "digits", "val_split": 0.2, "bootstrap": 4}),
+     r"data: val_split and bootstrap are both set"),
+    ("all three splits", _raw(data={"dataset": "digits", "val_split": 0.2, "cv_folds": 3, "bootstrap": 4}),
+     r"data: val_split and cv_folds and bootstrap are all set"),
+    ("bootstrap of 1", _raw(data={"dataset": "digits", "bootstrap": 1}),
+     r"data.bootstrap: bootstrap is the number of out-of-bag splits, between 2 and 50 .*got 1; set a count"),
+    ("bootstrap of 51", _raw(data={"dataset": "digits", "bootstrap": 51}), r"data.bootstrap: .*between 2 and 50 .*got 51"),
+    ("bootstrap not a count", _raw(data={"dataset": "digits", "bootstrap": 2.5}), r"data.bootstrap: .*valid integer"),
     ("lr nowhere", _raw(space={"dropout": {"type": "float", "low": 0, "high": 0.5}}), r"space.lr: 'lr' is neither searched nor fixed"),
     ("param on model without it", _raw(space=_space(depth2={"type": "int", "low": 1, "high": 3})), r"space.depth2: 'depth2' is neither a training setting"),
     ("param fixed and searched", _raw(train={"epochs": 2, "batch_size": 64, "lr": 0.1}), r"space.lr: 'lr' is set both in train.lr and in space.lr"),
@@ -295,6 +305,23 @@ def test_validate_exits_2_with_one_line_for_a_bad_space(write_study: Callable[..
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"hpsearch: error: {path}: {where}: "), lines
     assert captured.out == ""
+
+
+def test_bootstrap_resolves_as_the_split(write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    resolved = build_config(_raw(data={"dataset": "digits", "bootstrap": 5})).resolved()["data"]
+    assert (resolved["val_split"], resolved["cv_folds"], resolved["bootstrap"]) == (None, None, 5)
+    assert build_config(_raw()).resolved()["data"]["bootstrap"] is None
+
+
+@pytest.mark.parametrize("bootstrap, why", [(1, "between 2 and 50"), (60, "between 2 and 50"), (True, "true is not a number")])
+def test_run_with_a_bootstrap_out_of_range_exits_2_and_writes_nothing(
+        write_study: Callable[..., Path], workdir: Path, capsys: pytest.CaptureFixture[str], bootstrap: int,
+        why: str) -> None:
+    path = write_study(data={"dataset": "digits", "bootstrap": bootstrap})
+    assert main(["run", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hpsearch: error: {path}: data.bootstrap: ") and why in lines[0], lines
+    assert not (workdir / "runs").exists()
 
 
 def test_run_with_a_bad_space_writes_nothing(write_study: Callable[..., Path], workdir: Path) -> None:
