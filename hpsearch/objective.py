@@ -329,7 +329,7 @@ def _restore(trial: optuna.Trial, trainers: list[Trainer], progress: _Progress,
              resume: tuple[int, dict[str, Any]]) -> None:
     source, state = resume
     if len(state["trainers"]) != len(trainers):
-        raise ValueError(f"{len(state['trainers'])} folds saved, {len(trainers)} to train")
+        raise ValueError(f"{len(state['trainers'])} folds or bootstrap splits saved, {len(trainers)} to train")
     for trainer, trainer_state in zip(trainers, state["trainers"]):
         trainer.load_state_dict(trainer_state)
     progress.load_state_dict(state)

@@ -9,6 +9,7 @@ from typing import Callable
 
 import optuna
 import pytest
+import torch
 
 from hpsearch.cli import main
 from hpsearch.engine import load_checkpoint
@@ -93,6 +94,22 @@ def test_kfold_reports_the_mean_over_folds(write_study: Callable[..., Path]) -> 
     trial = _load().trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.value == max(h["val_accuracy"] for h in trial.user_attrs["history"])
+    assert trial.value == sum(trial.user_attrs["split_values"]) / 3  # each fold's value at the best epoch
+
+
+def test_bootstrap_reports_the_mean_over_its_out_of_bag_splits(write_study: Callable[..., Path]) -> None:
+    path = write_study(n_trials=1, data={"dataset": "digits", "bootstrap": 2})
+    assert main(["run", str(path)]) == 0
+    trial = _load().trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    history = trial.user_attrs["history"]
+    assert trial.value == max(h["val_accuracy"] for h in history)
+    splits = trial.user_attrs["split_values"]  # each split's val_accuracy at the best epoch
+    assert len(splits) == 2 and all(0.0 <= v <= 1.0 for v in splits)
+    assert trial.value == sum(splits) / len(splits)
+    best = load_checkpoint(trial.user_attrs["checkpoint"], map_location="cpu")
+    assert len(best["fold_models"]) == 2  # one model per split, trained side by side
+    assert not all(torch.equal(a, b) for a, b in zip(best["fold_models"][0].values(), best["fold_models"][1].values()))
 
 
 def test_early_stopping_stops_before_the_epoch_budget(write_study: Callable[..., Path]) -> None:
