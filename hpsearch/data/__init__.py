@@ -5,6 +5,7 @@ the CPU; `datasets`). :class:`DeviceData` then keeps it on the training device a
 augmented, normalised batches from it (airbench style), or streams it through a DataLoader when
 it does not fit (`batches`). `inputs` holds the one normalisation and what a prediction needs to know;
 `splits` the seeded hold-out, k-fold and bootstrap (out-of-bag) splits.
+`labelfiles` reads a folder of images with digit-string labels (the house-numbers competition's format).
 """
 
 from __future__ import annotations
