@@ -574,6 +574,27 @@ def test_an_oom_retry_continues_from_the_last_saved_epoch(write_study: Callable[
     assert not list(Path("runs/tiny/resume").glob("*.pt"))
 
 
+def test_a_bootstrap_trial_resumed_keeps_its_splits_best_values(write_study: Callable[..., Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best epoch's per-split values travel in the resume state: a retry that never improves still records them."""
+    def run_epoch(self: engine.Trainer) -> dict[str, float]:
+        if self.settings.batch_size > 32 and self.epoch == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        record = REAL_RUN_EPOCH(self)
+        if self.settings.batch_size <= 32:
+            record["val_accuracy"] -= 1.0  # after the retry no epoch beats the saved best
+        return record
+
+    monkeypatch.setattr(engine.Trainer, "run_epoch", run_epoch)
+    path = write_study(n_trials=1, data={"dataset": "digits", "bootstrap": 2}, train={"epochs": 4, "batch_size": 64})
+    assert main(["run", str(path)]) == 0
+    trial = _study().trials[0]
+    assert trial.user_attrs["oom_retry"]["from_epoch"] == 2
+    assert trial.user_attrs["best_epoch"] <= 2
+    splits = trial.user_attrs["split_values"]
+    assert len(splits) == 2 and trial.value == sum(splits) / 2 and min(splits) > 0
+
+
 def test_k_fold_studies_prune_on_the_fold_mean() -> None:
     from hpsearch.objective import _mean_record
 
