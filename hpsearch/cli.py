@@ -115,10 +115,10 @@ def _validate_data_and_model(cfg: StudyConfig) -> str:
 
     downloadable = cfg.data.dataset in DATASETS and cfg.data.dataset not in ("digits", "image_folder")
     if not (cfg.data.download and downloadable):
-        preflight(cfg)
+        preflight(cfg, fetch=False)
         return "data loaded, model built and run on two samples"
     try:
-        preflight(cfg.model_copy(update={"data": cfg.data.model_copy(update={"download": False})}))
+        preflight(cfg.model_copy(update={"data": cfg.data.model_copy(update={"download": False})}), fetch=False)
     except DataError:
         check_factory_arguments(cfg)  # what run checks of the model without the data
         return (f"data not loaded: {cfg.data.dataset} is not under {cfg.data.root} yet and validate downloads "
