@@ -37,4 +37,4 @@ test-fast: dev
 	$(BIN)/python -m pytest -m "not slow and not postgres and not browser and not slurm"
 
 clean:
-	rm -rf runs best report.html
+	rm -rf runs best report.html predictions.csv

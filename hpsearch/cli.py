@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import yaml
 
 from hpsearch import __version__, ids, signals
-from hpsearch.cliargs import Parser, add_common, add_run_flags, config_from_args, port
+from hpsearch.cliargs import Parser, add_common, add_predict_flags, add_run_flags, config_from_args, port
 from hpsearch.cluster import verbs as cluster_verbs
 from hpsearch.config import RUN_ENV, StudyConfig, load_config
 from hpsearch.errors import ConfigError, HpsearchError
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(export)
     export.add_argument("--format", choices=["csv", "json"], default="csv")
     export.add_argument("--out", help="output file (default runs/<name>/trials.<format>)")
+    predict = verbs.add_parser("predict", help="a trial's checkpoint applied to images, an array or a split: a CSV")
+    add_common(predict)
+    add_predict_flags(predict)
     cluster_verbs.add_cluster_verbs(verbs)
     return parser
 
@@ -115,10 +118,10 @@ def _validate_data_and_model(cfg: StudyConfig) -> str:
 
     downloadable = cfg.data.dataset in DATASETS and cfg.data.dataset not in ("digits", "image_folder")
     if not (cfg.data.download and downloadable):
-        preflight(cfg)
+        preflight(cfg, fetch=False)
         return "data loaded, model built and run on two samples"
     try:
-        preflight(cfg.model_copy(update={"data": cfg.data.model_copy(update={"download": False})}))
+        preflight(cfg.model_copy(update={"data": cfg.data.model_copy(update={"download": False})}), fetch=False)
     except DataError:
         check_factory_arguments(cfg)  # what run checks of the model without the data
         return (f"data not loaded: {cfg.data.dataset} is not under {cfg.data.root} yet and validate downloads "
@@ -337,8 +340,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hpsearch import records
+    from hpsearch.predict import pick_trial, predict_to_csv
+    from hpsearch.study import guard_storage, open_study
+
+    cfg = config_from_args(args.study_file, args)
+    with guard_storage(cfg):
+        study = open_study(cfg, create=False)
+        trial, checkpoint = pick_trial(study.get_trials(deepcopy=False), records.best_trial(study), args.trial)
+    rows = predict_to_csv(cfg, trial, checkpoint, args.input, Path(args.out), tta=args.tta)
+    print(f"{rows} predictions of trial {trial.number} written to {args.out}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "validate": cmd_validate, "status": cmd_status, "best": cmd_best,
-            "report": cmd_report, "dashboard": cmd_dashboard, "export": cmd_export,
+            "report": cmd_report, "dashboard": cmd_dashboard, "export": cmd_export, "predict": cmd_predict,
             "slurm": cluster_verbs.cmd_slurm, "k8s": cluster_verbs.cmd_k8s}
 
 

@@ -69,6 +69,16 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", metavar="DIR", help="override output_dir: (checkpoints, logs)")
 
 
+def add_predict_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="a folder of images, a .npy array, 'test' (the dataset's test split) or 'val' "
+                             "(the trial's validation split)")
+    parser.add_argument("--out", default="predictions.csv", help="output CSV (default predictions.csv)")
+    parser.add_argument("--trial", type=int, metavar="N", help="the trial whose checkpoint predicts (default: the best)")
+    parser.add_argument("--tta", type=positive_int, default=1, metavar="K",
+                        help="average the logits over K views: the original and K-1 of train.augment's (default 1)")
+
+
 def storage_override(args: argparse.Namespace) -> str | None:
     """The storage URL replacing the file's: --storage, else $HPSEARCH_STORAGE; an empty one is refused.
 

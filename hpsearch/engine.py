@@ -21,7 +21,9 @@ from torch import Tensor, nn
 from hpsearch.checkpoints import load_checkpoint, save_checkpoint  # re-exported: their documented home
 from hpsearch.data import DeviceData
 from hpsearch.errors import ConfigError, DeviceError
-from hpsearch.optim import build_optimizer, lr_at
+from hpsearch.data.tta import tta_rows
+from hpsearch.optim import backbone_factor, build_optimizer, lr_at, splits_backbone
+from hpsearch.pretrained import head_parameters
 from hpsearch.settings import TrainSettings
 from hpsearch.steps import EvalStep, TrainStep, plan_graphs
 
@@ -92,15 +94,17 @@ def train_one_epoch(
     batches: Iterable[tuple[Tensor, Tensor]],
     lrs: list[float],
     between_batches: Callable[[], None] | None = None,
+    backbone: float = 1.0,
 ) -> dict[str, float]:
     """Train over ``batches`` once; return {"loss", "accuracy", "steps"}.
 
     An optimizer step every ``step.accum_steps`` micro-batches (and one for a trailing partial
-    group), optimizer step i at learning rate ``lrs[i]``. Metrics stay on the device until one
-    sync at the end. ``between_batches`` is called before every batch (it may raise to stop there).
+    group), optimizer step i at learning rate ``lrs[i]`` (the backbone's groups at ``backbone`` times
+    it). Metrics stay on the device until one sync at the end. ``between_batches`` is called before
+    every batch (it may raise to stop there).
     """
     step.model.train()
-    step.begin_epoch(lrs)
+    step.begin_epoch(lrs, backbone)
     seen = micro = steps = 0
     for x, y in batches:
         if between_batches is not None:
@@ -184,7 +188,11 @@ class Trainer:
         self.graph_plan = plan_graphs(settings.cuda_graphs, self.device, self.drop_last)
         graphed = self.graph_plan.capture
         self.lr = torch.full((1,), settings.lr, dtype=torch.float32, device=self.device)  # graph-ready steps set it
-        self.optimizer = build_optimizer(self.model, settings, lr=self.lr if graphed else None, capturable=graphed)
+        head = head_parameters(self.model) if splits_backbone(settings) else None
+        self.backbone_lr = torch.full((1,), settings.lr * backbone_factor(0, settings), dtype=torch.float32,
+                                      device=self.device) if head is not None else None
+        self.optimizer = build_optimizer(self.model, settings, lr=self.lr if graphed else None, capturable=graphed,
+                                         backbone_lr=self.backbone_lr if graphed else None, head=head)
         weight = None
         if settings.class_weights is not None:
             weight = torch.tensor(settings.class_weights, dtype=torch.float32, device=self.device)
@@ -193,12 +201,17 @@ class Trainer:
         self.train_static = self._static(settings.batch_size) if graphed else None
         self.train_step = TrainStep(self.model, self.optimizer, loss_fn=self.loss_fn, amp=self.amp, scaler=self.scaler,
                                     lr=self.lr, steps_per_epoch=self.steps_per_epoch,
-                                    accum_steps=settings.accum_steps, static=self.train_static, plan=self.graph_plan)
+                                    accum_steps=settings.accum_steps, static=self.train_static, plan=self.graph_plan,
+                                    backbone_lr=self.backbone_lr if graphed else None)
         # Inference keeps no activations for backward, so twice the batch fits.
         self.val_batch = 2 * settings.batch_size
         self.val_static = self._static(self.val_batch) if graphed and int(self.val_idx.shape[0]) >= self.val_batch else None
+        # TTA views: fixed per seed, the same for every epoch and batch (what `hpsearch predict --tta` repeats).
+        views = None
+        if settings.tta_val > 1:
+            views = tta_rows(tuple(data.input_shape), settings.augment, settings.tta_val, seed, self.device)
         self.eval_step = EvalStep(self.model, loss_fn=self.eval_loss_fn, amp=self.amp, device=self.device,
-                                  static=self.val_static, plan=self.graph_plan)
+                                  static=self.val_static, plan=self.graph_plan, tta=views)
 
     @property
     def graphs(self) -> str:
@@ -245,7 +258,8 @@ class Trainer:
         """Train one epoch (no validation); returns {"loss", "accuracy", "lr", "steps"}."""
         lrs = self._epoch_lrs()
         metrics = train_one_epoch(self.train_step, self._batches(self.train_idx, self.settings.batch_size, train=True),
-                                  lrs, between_batches=self.between_batches)
+                                  lrs, between_batches=self.between_batches,
+                                  backbone=backbone_factor(self.epoch, self.settings))
         self.epoch += 1
         return {**metrics, "lr": lrs[max(0, int(metrics["steps"]) - 1)]}
 
@@ -273,7 +287,8 @@ class Trainer:
         """A few training steps and one validation batch, as a memory probe (the weights change)."""
         lrs = self._epoch_lrs()[:steps]
         train_one_epoch(self.train_step, itertools.islice(self._batches(self.train_idx, self.settings.batch_size, True),
-                                                          steps * self.settings.accum_steps), lrs)
+                                                          steps * self.settings.accum_steps), lrs,
+                        backbone=backbone_factor(self.epoch, self.settings))
         evaluate(self.eval_step, itertools.islice(self._batches(self.val_idx, self.val_batch, False), 1))
 
     def close(self) -> None:
@@ -304,8 +319,8 @@ class Trainer:
         capturable = [group.get("capturable") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         for group, flag in zip(self.optimizer.param_groups, capturable):
-            if self.train_static is not None:
-                group["lr"] = self.lr  # the saved group holds a copy; graph-ready steps update this tensor
+            if self.train_static is not None:  # the saved group holds a copy; graph-ready steps update these tensors
+                group["lr"] = self.backbone_lr if group.get("backbone") and self.backbone_lr is not None else self.lr
             elif isinstance(group["lr"], Tensor):
                 group["lr"] = float(group["lr"])  # a checkpoint of a graphed run, resumed eagerly
             if flag is not None:

@@ -21,8 +21,9 @@ METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}  
 # TrainSettings a study may search (tests/test_settings.py checks both sides).
 TRAIN_PARAMS = (
     "lr", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
-    "warmup_epochs", "step_size", "gamma", "accum_steps", "label_smoothing",
+    "warmup_epochs", "step_size", "gamma", "accum_steps", "label_smoothing", "freeze_epochs", "backbone_lr_scale",
 )
 
 # data.bootstrap: out-of-bag splits per trial, 2 to this (each one trains a model), checked by the schema and data.splits.
 MAX_BOOTSTRAP = 50
+PRETRAINED_BUILTIN = "imagenet"  # model.pretrained's one named source (torchvision's ResNet-18 ImageNet weights)

@@ -28,6 +28,7 @@ from hpsearch.errors import HpsearchError
 from hpsearch.ids import trial_seed
 from hpsearch.models import build_model
 from hpsearch.names import MODELS, TRAIN_PARAMS
+from hpsearch.pretrained import apply_pretrained, load_state, resolve_source
 from hpsearch.settings import settings_from
 from hpsearch.study import artifact_dir, artifact_store, retry_history
 
@@ -70,13 +71,27 @@ def model_spec(cfg: StudyConfig, params: dict[str, Any], data: DeviceData) -> di
             "dropout": dropout, "kwargs": kwargs}
 
 
-def _build_trainers(ctx: WorkerContext, spec: dict[str, Any], settings: TrainSettings, seed: int) -> list[Trainer]:
+def start_from_pretrained(cfg: StudyConfig, model: torch.nn.Module) -> dict[str, Any] | None:
+    """Load ``model.pretrained`` into ``model`` (the file read once per worker); what was loaded, or None."""
+    source = cfg.model.pretrained
+    if source is None:
+        return None
+    path = resolve_source(source, cfg.model.name, cfg.model.download)
+    return apply_pretrained(model, load_state(path), source)
+
+
+def _build_trainers(ctx: WorkerContext, spec: dict[str, Any], settings: TrainSettings, seed: int,
+                    trial: optuna.Trial | None = None) -> list[Trainer]:
     trainers = []
     for train_idx, val_idx in ctx.folds:
         seed_everything(seed)  # every fold starts from the same initial weights: folds differ only in data
         model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], dropout=spec["dropout"],
-                            **spec["kwargs"]).to(ctx.device)
-        trainers.append(Trainer(model, ctx.data, train_idx, val_idx, settings, seed, between_batches=signals.check))
+                            **spec["kwargs"])
+        loaded = start_from_pretrained(ctx.cfg, model)  # tensors that do not fit keep the init just drawn
+        if loaded is not None and trial is not None and not trainers:
+            trial.set_user_attr(records.PRETRAINED, loaded)
+        trainers.append(Trainer(model.to(ctx.device), ctx.data, train_idx, val_idx, settings, seed,
+                                between_batches=signals.check))
     return trainers
 
 
@@ -93,14 +108,16 @@ class _Checkpointer:
     Both are written in the background (the worker's CheckpointWriter); :meth:`flush` waits for them.
     """
 
-    def __init__(self, ctx: WorkerContext, trial: optuna.Trial, params: dict[str, Any], spec: dict[str, Any]):
+    def __init__(self, ctx: WorkerContext, trial: optuna.Trial, params: dict[str, Any], spec: dict[str, Any],
+                 seed: int = 0):
         out = Path(ctx.cfg.out_dir).resolve()
         self.best_enabled = ctx.cfg.train.checkpoint
         self.resume_enabled = ctx.cfg.train.resume_checkpoints
         self.path = out / "checkpoints" / f"trial_{trial.number:05d}.pt"
         self.resume_path = resume_path(out, trial.number)
         self.base = {"params": params, "model_spec": spec, "hpsearch_version": __version__,
-                     "study": ctx.cfg.name, "trial": trial.number, "inputs": ctx.data.inputs}
+                     "study": ctx.cfg.name, "trial": trial.number, "inputs": ctx.data.inputs,
+                     "tta": {"augment": list(ctx.cfg.train.augment), "seed": seed}}  # what predict(x, tta=K) draws
         self.metric = ctx.cfg.metric
         self.writer = ctx.checkpoints
         self.retried: list[Path] = []  # resume files of the trials this one retries: obsolete once it ends
@@ -302,10 +319,10 @@ def _upload_artifacts(trial: optuna.Trial, ctx: WorkerContext, history: list[dic
 def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], settings: TrainSettings,
              seed: int, resume: tuple[int, dict[str, Any]] | None, reported: set[int]) -> float:
     spec = model_spec(ctx.cfg, params, ctx.data)
-    trainers = _build_trainers(ctx, spec, settings, seed)
+    trainers = _build_trainers(ctx, spec, settings, seed, trial)
     progress = _new_progress(ctx.cfg)
     progress.reported = reported
-    files = _Checkpointer(ctx, trial, params, spec)
+    files = _Checkpointer(ctx, trial, params, spec, seed)
     files.retried = [resume_path(Path(ctx.cfg.out_dir).resolve(), n) for n in retry_history(trial)]
     if resume is not None:
         try:

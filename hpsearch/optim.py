@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from hpsearch.settings import TrainSettings
 
-__all__ = ["build_optimizer", "lr_at"]
+__all__ = ["backbone_factor", "build_optimizer", "lr_at", "splits_backbone"]
 
 ONECYCLE_PCT_START = 0.3
 ONECYCLE_DIV_FACTOR = 25.0  # start at lr / 25, as torch.optim.lr_scheduler.OneCycleLR
@@ -49,22 +49,46 @@ def _onecycle(step: int, total_steps: int, peak: float) -> float:
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def splits_backbone(settings: TrainSettings) -> bool:
+    """Whether the head and the backbone train at different rates (some epoch or all): separate param groups."""
+    return settings.freeze_epochs > 0 or settings.backbone_lr_scale != 1.0
+
+
+def backbone_factor(epoch: int, settings: TrainSettings) -> float:
+    """The backbone's learning rate over the head's in epoch ``epoch`` (0-based): 0 while frozen, else the scale.
+
+    Frozen means a learning rate of exactly 0, not requires_grad=False: the weights stay bit for bit
+    (SGD and Adam(W) move a parameter by lr times something finite, weight decay by lr times wd), and
+    the step keeps one shape for all epochs, so a captured CUDA graph stays valid when the freeze ends.
+    """
+    return 0.0 if epoch < settings.freeze_epochs else settings.backbone_lr_scale
+
+
 def build_optimizer(model: nn.Module, settings: TrainSettings, lr: float | Tensor | None = None,
-                    capturable: bool = False) -> torch.optim.Optimizer:
+                    capturable: bool = False, backbone_lr: float | Tensor | None = None,
+                    head: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
     """Optimizer with two groups: weight decay on params with ndim >= 2, none on biases and norms.
 
     ``lr`` (default ``settings.lr``) may be a 1-element device tensor that the training step
     updates in place; ``capturable`` makes Adam/AdamW's step safe to capture in a CUDA graph.
+    With ``head`` (the head's parameters, when :func:`splits_backbone`) each of the two groups is split
+    in head and backbone (group key ``backbone``); the backbone groups start at ``backbone_lr``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": settings.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
     lr = settings.lr if lr is None else lr
+    parts: list[tuple[list[nn.Parameter], bool]] = [(params, False)]
+    if head is not None:
+        ids = {id(p) for p in head}
+        parts = [([p for p in params if id(p) in ids], False), ([p for p in params if id(p) not in ids], True)]
+    groups = []
+    for part, backbone in parts:
+        rate = (lr * settings.backbone_lr_scale if backbone_lr is None else backbone_lr) if backbone else lr
+        groups += [
+            {"params": [p for p in part if p.ndim >= 2], "weight_decay": settings.weight_decay, "backbone": backbone,
+             "lr": rate},
+            {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "backbone": backbone, "lr": rate},
+        ]
+    groups = [g for g in groups if g["params"]]
     # Fused kernels on every device: one launch for all parameters on CUDA, fewer dispatches per
     # step on the CPU too (ops per step and the quickstart's speedup: bench/RESULTS.md).
     if settings.optimizer == "sgd":

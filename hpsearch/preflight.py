@@ -19,8 +19,9 @@ from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.engine import Trainer
 from hpsearch.errors import DataError, ModelError
 from hpsearch.models import build_model
-from hpsearch.objective import WorkerContext, model_spec, release_memory, train_settings
+from hpsearch.objective import WorkerContext, model_spec, release_memory, start_from_pretrained, train_settings
 from hpsearch.plugins import import_callable
+from hpsearch.pretrained import head_parameters, imagenet_file
 from hpsearch.slots import MemoryProbe
 
 log = logging.getLogger("hpsearch")
@@ -51,15 +52,21 @@ def check_factory_arguments(cfg: StudyConfig) -> None:
                              f"or remove {where}")
 
 
-def check_model(cfg: StudyConfig, data: DeviceData) -> None:
+def check_model(cfg: StudyConfig, data: DeviceData, fetch: bool = True) -> None:
     """Build the model and run it on two samples before any trial: a bad name, argument or shape is exit 2.
 
     A model that does not fit the data (a first layer of the wrong size, the wrong number of
-    outputs) would otherwise fail every trial the same way.
+    outputs) would otherwise fail every trial the same way. Pretrained weights are loaded into it (a
+    missing file is exit 2 here, before any trial); without ``fetch`` nothing is downloaded, and
+    ImageNet weights that ``model.download`` would fetch are not checked.
     """
     check_factory_arguments(cfg)
     try:
         model = build_model(cfg.model.name, tuple(data.input_shape), data.num_classes, dropout=0.0, **cfg.model.args)
+        if fetch or not (cfg.model.download and not imagenet_file().is_file()):
+            start_from_pretrained(cfg, model)
+        if _splits_backbone(cfg):
+            head_parameters(model)
     except ModelError as exc:
         raise ModelError(f"{cfg.source}: model: {exc}") from None
     x, _ = next(data.batches(torch.arange(min(2, int(data.y.shape[0]))), 2, shuffle=False))
@@ -75,6 +82,12 @@ def check_model(cfg: StudyConfig, data: DeviceData) -> None:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"{cfg.source}: model: {cfg.model.name} returns {shape} for {x.shape[0]} inputs; it must "
                          f"return one score per class, ({x.shape[0]}, {data.num_classes})")
+
+
+def _splits_backbone(cfg: StudyConfig) -> bool:
+    """Whether some trial trains head and backbone apart (frozen or scaled): the model must have a head."""
+    return (cfg.train.freeze_epochs > 0 or cfg.train.backbone_lr_scale != 1.0
+            or any(name in cfg.space for name in ("freeze_epochs", "backbone_lr_scale")))
 
 
 def load_pool(cfg: StudyConfig) -> ArrayData:
@@ -97,12 +110,15 @@ def split_data(cfg: StudyConfig, labels: torch.Tensor) -> list[tuple[torch.Tenso
         raise DataError(f"{cfg.source}: data.{key}: {exc}") from None
 
 
-def preflight(cfg: StudyConfig) -> None:
-    """Load the data and build the model once on the CPU, so bad input fails before the study is touched."""
+def preflight(cfg: StudyConfig, fetch: bool = True) -> None:
+    """Load the data and build the model once on the CPU, so bad input fails before the study is touched.
+
+    ``fetch=False`` (validate): pretrained weights are not downloaded.
+    """
     with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
         pool = load_pool(cfg)
         split_data(cfg, pool.y)
-        check_model(cfg, DeviceData.place(pool, torch.device("cpu")))
+        check_model(cfg, DeviceData.place(pool, torch.device("cpu")), fetch=fetch)
 
 
 

@@ -46,6 +46,7 @@ RESUME_SKIPPED = "resume_skipped"  # {trial, reason}
 OOM_RETRY = "oom_retry"  # {batch_size, accum_steps}
 CUDA_GRAPHS = "cuda_graphs"  # "on" or "off (reason)"
 INPUTS = "inputs"  # what predict needs: {mean, std, input_shape, dtype, num_classes, class_names, min, max}
+PRETRAINED = "pretrained"  # {source, loaded: n tensors, skipped: [model tensors left at their init], unused: n}
 
 # ------------------------------------------------------------------ inside one history record
 EPOCH = "epoch"  # 1-based

@@ -39,6 +39,9 @@ class TrainSettings:
     or the per-epoch factor of ``exponential`` (default 0.9); None picks that default.
     ``amp`` only acts on CUDA; the CPU always trains in fp32. Every value is cast to its field's
     type (a sampled ``0`` for a float field becomes ``0.0``, a list a tuple).
+    ``freeze_epochs``: the backbone (all but the head, ``pretrained.head_parameters``) trains at learning
+    rate 0 for the first epochs; afterwards at ``backbone_lr_scale`` times the head's rate. ``tta_val``:
+    validation logits averaged over that many views (the original and ``tta_val - 1`` fixed augmentations).
     """
 
     epochs: int
@@ -59,6 +62,9 @@ class TrainSettings:
     amp: str = "auto"
     channels_last: bool = True
     cuda_graphs: str = "auto"
+    freeze_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    tta_val: int = 1
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(TrainSettings)

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hpsearch.data.tta import tta_logits
+
 __all__ = ["EAGER", "WARMUP_STEPS", "EpochSums", "EvalStep", "GraphPlan", "TrainStep", "plan_graphs"]
 
 WARMUP_STEPS = 3  # eager steps before capture: cuDNN has autotuned, grads and optimizer state exist
@@ -152,16 +154,21 @@ class TrainStep:
     as its learning rate, :meth:`advance` sets it from `lr_schedule[step_index]` (the epoch's rates,
     loaded by :meth:`begin_epoch`) and moves the index on, all on the device, and gradients are
     zeroed in place. Where `plan` captures, batches written into the buffers then replay as graphs; any other
-    batch (a last partial one) runs the same code eagerly.
+    batch (a last partial one) runs the same code eagerly. Param groups marked ``backbone`` train at the
+    epoch's backbone factor times that rate (:meth:`begin_epoch`; on the device, `backbone_lr` is their tensor).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  amp: torch.dtype | None, scaler: torch.amp.GradScaler | None, lr: Tensor, steps_per_epoch: int,
-                 accum_steps: int, static: tuple[Tensor, Tensor] | None = None, plan: GraphPlan = EAGER) -> None:
+                 accum_steps: int, static: tuple[Tensor, Tensor] | None = None, plan: GraphPlan = EAGER,
+                 backbone_lr: Tensor | None = None) -> None:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.amp, self.scaler, self.accum_steps = amp, scaler, accum_steps
         device = lr.device
         self.lr = lr
+        self.backbone_lr = backbone_lr
+        self.backbone_scale = torch.ones(1, dtype=torch.float32, device=device)
+        self._host_backbone = 1.0
         self.lr_schedule = torch.zeros(steps_per_epoch, dtype=torch.float32, device=device)
         self._staged: Tensor | None = None
         self._host_lrs: list[float] = []
@@ -177,19 +184,22 @@ class TrainStep:
             if scaler is None:
                 self._step_graph = _Graphed(self._advance, pool, WARMUP_STEPS, plan.required)
 
-    def begin_epoch(self, lrs: list[float]) -> None:
+    def begin_epoch(self, lrs: list[float], backbone: float = 1.0) -> None:
         """Zero the metric sums and load this epoch's learning rates, one per optimizer step.
 
-        The rates go through pinned memory without waiting; the previous epoch's upload finished
-        long ago (the epoch ended with a host sync), so its staging tensor can be dropped.
+        ``backbone`` is the backbone groups' factor on those rates this epoch (0 while frozen). The rates go
+        through pinned memory without waiting; the previous epoch's upload finished long ago (the epoch
+        ended with a host sync), so its staging tensor can be dropped.
         """
         self.sums.reset()
         if len(lrs) > self.lr_schedule.shape[0]:
             raise ValueError(f"{len(lrs)} learning rates for a schedule of {self.lr_schedule.shape[0]} steps")
+        self._host_backbone = backbone
         if self.static is None:
             self._host_lrs = list(reversed(lrs))  # popped one per step
             return
         self.step_index.zero_()
+        self.backbone_scale.fill_(backbone)  # outside any capture: the graphs read this tensor's address
         host = torch.tensor(lrs, dtype=torch.float32)
         if self.lr_schedule.device.type == "cuda":
             host = host.pin_memory()
@@ -223,10 +233,12 @@ class TrainStep:
         graph_ready = self.static is not None
         if graph_ready:
             torch.index_select(self.lr_schedule, 0, self.step_index, out=self.lr)
+            if self.backbone_lr is not None:
+                torch.mul(self.lr, self.backbone_scale, out=self.backbone_lr)
         else:  # a float per step: cheaper than a device tensor where nothing is captured
-            lr = self._host_lrs.pop() if self._host_lrs else self.optimizer.param_groups[0]["lr"]
+            lr = self._host_lrs.pop() if self._host_lrs else self._head_lr()
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * self._host_backbone if group.get("backbone") else lr
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -236,6 +248,10 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=not graph_ready)
         if graph_ready:
             self.step_index.add_(1)
+
+    def _head_lr(self) -> float:
+        head = [g["lr"] for g in self.optimizer.param_groups if not g.get("backbone")]
+        return float(head[0] if head else self.optimizer.param_groups[0]["lr"])
 
     @property
     def failed(self) -> str | None:
@@ -253,8 +269,10 @@ class EvalStep:
     """Forward of one validation batch with its loss and accuracy added to the sums, eager or replayed."""
 
     def __init__(self, model: nn.Module, *, loss_fn: Callable[[Tensor, Tensor], Tensor], amp: torch.dtype | None,
-                 device: torch.device, static: tuple[Tensor, Tensor] | None = None, plan: GraphPlan = EAGER) -> None:
+                 device: torch.device, static: tuple[Tensor, Tensor] | None = None, plan: GraphPlan = EAGER,
+                 tta: Tensor | None = None) -> None:
         self.model, self.loss_fn, self.amp = model, loss_fn, amp
+        self.tta = tta  # (K - 1, H * W) pixel maps of the extra views, fixed: capturable index_selects
         self.sums = EpochSums(device)
         self.static = static
         self._graph: _Graphed | None = None
@@ -275,7 +293,7 @@ class EvalStep:
     def _forward(self, x: Tensor, y: Tensor) -> None:
         with torch.no_grad(), torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None,
                                              cache_enabled=False):
-            logits = self.model(x)
+            logits = self.model(x) if self.tta is None else tta_logits(self.model, x, self.tta)
             self.sums.add(self.loss_fn(logits.float(), y), logits, y)
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WRITTEN = ["runs/quickstart/study.db", "best/weights.pt", "report.html"]  # run, best --export best/, report
+WRITTEN = ["runs/quickstart/study.db", "best/weights.pt", "report.html", "predictions.csv"]  # run, best, report, predict
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")

@@ -26,7 +26,7 @@ SETTINGS_ONLY = {
     "class_weights": "from train.class_weighting",
     "channels_last": "an engine switch for direct users (benchmarks); a study always uses the default",
 }
-FIXED_ONLY = {"epochs", "augment", "amp", "cuda_graphs"}  # settings a study file fixes but never searches
+FIXED_ONLY = {"epochs", "augment", "amp", "cuda_graphs", "tta_val"}  # settings a study file fixes but never searches
 
 
 def test_a_setting_exists_on_both_sides_or_is_listed_as_one_sided() -> None:

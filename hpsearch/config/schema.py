@@ -74,6 +74,19 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     name: str = "mlp"
     args: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    # Start from weights: 'imagenet' (resnet18: torchvision's, from the torch hub cache) or a state-dict file.
+    pretrained: str | None = Field(None, min_length=1)
+    download: bool = False  # pretrained: imagenet may fetch the file into the hub cache (model's own key: data's
+    #                         download is about datasets, and a study may want one without the other)
+
+    @model_validator(mode="after")
+    def _imagenet_for_resnet18(self) -> ModelConfig:
+        if self.pretrained == names.PRETRAINED_BUILTIN and self.name != "resnet18":
+            raise ValueError(f"pretrained: imagenet exists for resnet18 only, not '{self.name}'; "
+                             f"give the path of a state dict instead")
+        if self.download and self.pretrained != names.PRETRAINED_BUILTIN:
+            raise ValueError("download: true fetches pretrained: imagenet only; remove it or set pretrained: imagenet")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -118,6 +131,16 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig | None = None
     checkpoint: bool = True
     resume_checkpoints: bool = True  # per-epoch state so a trial whose worker died resumes, not restarts
+    freeze_epochs: int = Field(0, ge=0, le=100_000)  # the backbone at learning rate 0 for these first epochs
+    backbone_lr_scale: float = Field(1.0, ge=0, le=100)  # backbone LR = lr * this (the head trains at lr)
+    tta_val: int = Field(1, ge=1, le=64)  # validation logits averaged over this many views (1: none)
+
+    @model_validator(mode="after")
+    def _tta_needs_augment(self) -> TrainConfig:
+        if self.tta_val > 1 and not self.augment:
+            raise ValueError(f"tta_val = {self.tta_val} averages over augmented views, but augment is empty; "
+                             f"set augment (e.g. [hflip, crop]) or tta_val: 1")
+        return self
 
 
 class WorkersConfig(Strict):

@@ -10,7 +10,7 @@ it does not fit (`batches`). `inputs` holds the one normalisation and what a pre
 
 from __future__ import annotations
 
-from hpsearch.data.datasets import ArrayData, DEFAULT_ROOT, channel_stats, from_arrays, load_dataset
+from hpsearch.data.datasets import ArrayData, DEFAULT_ROOT, channel_stats, from_arrays, load_dataset, load_test_split
 from hpsearch.data.inputs import inputs_record, normalise, normaliser, prepare_inputs
 from hpsearch.data.splits import bootstrap_splits, split_folds
 from hpsearch.data.batches import DeviceData, apply_augment, augment_table, crop_padding, pinned
@@ -27,6 +27,7 @@ __all__ = [
     "from_arrays",
     "inputs_record",
     "load_dataset",
+    "load_test_split",
     "normalise",
     "normaliser",
     "pinned",

@@ -164,21 +164,35 @@ def _load_digits() -> ArrayData:
     return from_arrays(x, torch.from_numpy(bunch.target), 10, [str(int(n)) for n in bunch.target_names])
 
 
-def _load_torchvision(name: str, root: Path, download: bool) -> ArrayData:
+def load_test_split(name: str, root: str | Path | None = None, download: bool = False,
+                    image_size: int | None = None) -> ArrayData:
+    """The test split of torchvision dataset ``name`` (what ``hpsearch predict --input test`` reads), resized as
+    :func:`load_dataset` resizes the training split."""
+    if name not in _TORCHVISION_FILES:
+        raise DataError(f"dataset '{name}' has no test split of its own (only {', '.join(_TORCHVISION_FILES)} do); "
+                        f"give a folder of images or a .npy file")
+    with _no_new_empty_folders(Path(root or DEFAULT_ROOT)):
+        data = _load_torchvision(name, Path(root or DEFAULT_ROOT), download, train=False)
+    if image_size is not None and data.x.shape[-2:] != (image_size, image_size):
+        data = from_arrays(_resize(data.x, image_size), data.y, data.num_classes, data.class_names)
+    return data
+
+
+def _load_torchvision(name: str, root: Path, download: bool, train: bool = True) -> ArrayData:
     from torchvision import datasets
 
     where = root / _TORCHVISION_FILES[name]
     try:
         if name == "cifar10":
-            ds = datasets.CIFAR10(str(root), train=True, download=download)
+            ds = datasets.CIFAR10(str(root), train=train, download=download)
             x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
             y = torch.as_tensor(ds.targets)
         elif name in ("mnist", "fashion_mnist"):
             cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-            ds = cls(str(root), train=True, download=download)
+            ds = cls(str(root), train=train, download=download)
             x, y = ds.data, ds.targets
         else:
-            ds = datasets.SVHN(str(root), split="train", download=download)
+            ds = datasets.SVHN(str(root), split="train" if train else "test", download=download)
             x, y = torch.from_numpy(ds.data), torch.from_numpy(ds.labels)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, AssertionError, OSError...
         raise DataError(_missing_message(name, where, download, exc)) from exc

@@ -165,6 +165,7 @@ or import it:
 
     from load_model import predict, class_names
     labels = predict(x)  # {expects}
+    labels = predict(x, tta=4)  # logits averaged over x and 3 fixed views of the study's train.augment
 
 predict() applies the normalisation the trial trained with (weights.pt keeps the training data's
 per-channel mean and std); load_model() gives the bare model, which expects normalised inputs.
@@ -178,6 +179,7 @@ from typing import Any
 import torch
 
 from hpsearch.data import prepare_inputs
+from hpsearch.data.tta import tta_logits, tta_rows
 from hpsearch.engine import load_checkpoint
 from hpsearch.models import build_model
 
@@ -223,17 +225,28 @@ def class_names(weights: str | Path = WEIGHTS) -> list[str]:
     return list(record["class_names"])
 
 
-def predict(x: Any, model: torch.nn.Module | None = None, weights: str | Path = WEIGHTS) -> torch.Tensor:
+def tta_views(tta: int, weights: str | Path = WEIGHTS) -> torch.Tensor:
+    """The pixel maps of the tta - 1 extra views: the study's train.augment, fixed by the trial's seed."""
+    if tta == 1:
+        return tta_rows((), (), 1, 0)
+    saved = _checkpoint(weights).get("tta")
+    if saved is None:
+        raise ValueError("this checkpoint records no augmentations (older hpsearch): use tta=1")
+    return tta_rows(inputs(weights)["input_shape"], saved["augment"], tta, int(saved["seed"]))
+
+
+def predict(x: Any, model: torch.nn.Module | None = None, weights: str | Path = WEIGHTS, tta: int = 1) -> torch.Tensor:
     """Class indices (int64, one per sample) for raw inputs `x`: a tensor or numpy array of one sample
     or a batch, in the dataset's raw units (uint8 pixels 0..255 for images, the raw feature values
-    otherwise), normalised here exactly as in training; inputs far outside the training range get a warning."""
+    otherwise), normalised here exactly as in training; inputs far outside the training range get a warning.
+    `tta` > 1 averages the logits over x and tta - 1 fixed augmented views (as `hpsearch predict --tta`)."""
     if model is None:
         key = str(Path(weights).resolve())
         model = _MODELS[key] = _MODELS.get(key) or load_model(weights)
     batch = prepare_inputs(x, inputs(weights))
     device = next(model.parameters()).device
     with torch.no_grad():
-        return model(batch.to(device)).argmax(dim=1).cpu()
+        return tta_logits(model, batch.to(device), tta_views(tta, weights).to(device)).argmax(dim=1).cpu()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""`hpsearch predict` end to end on a tiny digits study: the CSV, TTA, the export's predict, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from conftest import TINY_STUDY
+from hpsearch.cli import main
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two trials trained with crop augmentation and validation scored over 3 TTA views (output_dir absolute)."""
+    root = tmp_path_factory.mktemp("predict")
+    raw = {**TINY_STUDY, "n_trials": 2, "output_dir": str(root / "runs"),
+           "train": {"epochs": 2, "batch_size": 64, "augment": ["crop"], "tta_val": 3}}
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["run", str(path)]) == 0
+    return path
+
+
+def _trials(study: Path) -> list[optuna.trial.FrozenTrial]:
+    url = f"sqlite:///{study.parent / 'runs' / 'study.db'}"
+    return optuna.load_study(study_name="tiny", storage=url).get_trials()
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("number", [None, 0])
+def test_predicting_the_validation_split_reproduces_the_recorded_accuracy(study: Path, tmp_path: Path,
+                                                                        number: int | None) -> None:
+    trials = _trials(study)
+    trial = max(trials, key=lambda t: (t.value, -t.number)) if number is None else trials[number]
+    out = tmp_path / "val.csv"
+    flags = [] if number is None else ["--trial", str(number)]
+    assert main(["predict", str(study), "--input", "val", "--out", str(out), "--tta", "3", *flags]) == 0
+    rows, labels = _rows(out), load_digits().target
+    assert len(rows) == 450  # a quarter of the 1797 digits: the trial's own hold-out
+    correct = sum(int(r["prediction"]) == labels[int(r["input"])] for r in rows)
+    assert correct / len(rows) == trial.value  # exactly: same split, normalisation, batches and views
+
+
+def test_an_array_and_a_folder_of_the_same_images_predict_the_same_and_match_the_export(
+        study: Path, tmp_path: Path) -> None:
+    images = load_digits().images[:12].astype(np.uint8)
+    np.save(tmp_path / "x.npy", images[:, None])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image, mode="L").save(folder / f"img{i:02d}.png")
+    assert main(["predict", str(study), "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "a.csv"),
+                 "--tta", "2"]) == 0
+    assert main(["predict", str(study), "--input", str(folder), "--out", str(tmp_path / "b.csv"), "--tta", "2"]) == 0
+    by_array, by_folder = _rows(tmp_path / "a.csv"), _rows(tmp_path / "b.csv")
+    assert [r["input"] for r in by_folder] == [f"img{i:02d}.png" for i in range(12)]
+    assert [r["prediction"] for r in by_array] == [r["prediction"] for r in by_folder]
+    assert main(["best", str(study), "--export", str(tmp_path / "export")]) == 0
+    spec = importlib.util.spec_from_file_location("load_model_tta", tmp_path / "export" / "load_model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    exported = module.predict(torch.from_numpy(images[:, None].copy()), tta=2)
+    assert [module.class_names()[i] for i in exported.tolist()] == [r["prediction"] for r in by_array]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--trial", "7"], "--trial 7: the study has no trial 7"),
+    (["--input", "nowhere"], "--input nowhere: not a folder of images, a .npy file, 'test' or 'val'"),
+    (["--input", "test"], "--input test: dataset 'digits' has no test split"),
+    (["--out", "missing/p.csv"], "--out: missing/p.csv cannot be written (no such folder)"),
+    (["--tta", "0"], "--tta: must be a positive integer"),
+])
+def test_bad_input_is_one_line_and_exit_2(study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str], flags: list[str], expected: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = {"--input": "val", "--out": "p.csv"}
+    for flag, value in zip(flags[::2], flags[1::2]):
+        args[flag] = value
+    assert main(["predict", str(study), *[item for pair in args.items() for item in pair]]) == 2
+    assert expected in _one_error_line(capsys)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_an_array_of_the_wrong_shape_is_refused(study: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5, 5), dtype=np.uint8))
+    assert main(["predict", str(study), "--input", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "p.csv")]) == 2
+    line = _one_error_line(capsys)
+    assert "bad.npy" in line and "expected (N, 1, 8, 8)" in line
+
+
+def test_a_trial_without_a_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = {**TINY_STUDY, "n_trials": 1, "output_dir": str(tmp_path / "runs"),
+           "train": {"epochs": 1, "batch_size": 64, "checkpoint": False}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(path), "--input", "val", "--out", str(tmp_path / "p.csv")]) == 2
+    assert "trial 0 has no checkpoint" in _one_error_line(capsys)
