@@ -7,8 +7,10 @@ Every use of Optuna's private API is here, so an Optuna upgrade that changes it 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
+from collections import Counter
 from typing import Any
 
 import optuna
@@ -230,3 +232,170 @@ def _without_heartbeat(storage: optuna.storages.RDBStorage, trial_ids: list[int]
         beating = set(conn.execute(sqlalchemy.select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))
                       .scalars())
     return set(trial_ids) - beating
+
+
+# --------------------------------------------------------------------------- facts by query, not by loading trials
+# `status`, `best` and the epoch budget need sums and one row where loading a 20,000-trial study through
+# get_all_trials takes ~20 s. The JSON attribute values are read in SQL on SQLite and PostgreSQL; on any other
+# backend these return None and the caller computes the same fact from the trials.
+
+
+class _SqliteJson:
+    """A stored `value_json` read in SQLite's SQL: an integral number (whole value or under a key), a string, an
+    array's length; NULL for a value of any other kind (as records.as_int: a bool or a fraction is no count)."""
+
+    def integer(self, v: str, key: str | None = None) -> str:
+        path = "'$'" if key is None else f"'$.' || {key}"
+        n = f"json_extract({v}, {path})"
+        return (f"(CASE WHEN json_type({v}, {path}) IN ('integer', 'real') THEN "
+                f"(CASE WHEN {n} = CAST({n} AS INTEGER) THEN CAST({n} AS INTEGER) END) END)")
+
+    def string(self, v: str) -> str:
+        return f"(CASE WHEN json_type({v}) = 'text' THEN json_extract({v}, '$') END)"
+
+    def array_length(self, v: str) -> str:
+        return f"(CASE WHEN json_type({v}) = 'array' THEN json_array_length({v}) END)"
+
+
+class _PostgresJson(_SqliteJson):
+    """The same over PostgreSQL's jsonb (`v` already cast to JSONB); nested CASEs: AND does not order evaluation."""
+
+    def integer(self, v: str, key: str | None = None) -> str:
+        j = v if key is None else f"({v} -> CAST({key} AS TEXT))"
+        n = f"CAST({j} #>> '{{}}' AS NUMERIC)"
+        return f"(CASE WHEN jsonb_typeof({j}) = 'number' THEN (CASE WHEN {n} = TRUNC({n}) THEN CAST({n} AS BIGINT) END) END)"
+
+    def string(self, v: str) -> str:
+        return f"(CASE WHEN jsonb_typeof({v}) = 'string' THEN ({v} #>> '{{}}') END)"
+
+    def array_length(self, v: str) -> str:
+        return f"(CASE WHEN jsonb_typeof({v}) = 'array' THEN jsonb_array_length({v}) END)"
+
+
+def _json(dialect: str) -> _SqliteJson | None:
+    return {"sqlite": _SqliteJson, "postgresql": _PostgresJson}.get(dialect, lambda: None)()
+
+
+def _per_trial_epochs(sql: _SqliteJson, dialect: str) -> str:
+    """One row per trial of the study: state, epochs run, epochs taken over by a resume, budget claim, stop reason.
+
+    The same rules as records.epochs_run (the recorded count, else the history's length, else the last reported
+    step), budget.resumed_epochs and records.stop_reason (a pruned trial that did not say is pruned).
+    """
+    attr = "(SELECT a.value_json FROM trial_user_attributes a WHERE a.trial_id = t.trial_id AND a.key = {key})"
+    if dialect == "postgresql":  # a JSON value, not its text, for the jsonb functions
+        attr = f"CAST({attr} AS JSONB)"
+    resumed = attr.format(key=":resumed")
+    epochs_run = (f"COALESCE({sql.integer(attr.format(key=':epochs_run'))}, "
+                  f"NULLIF({sql.array_length(attr.format(key=':history'))}, 0), "
+                  "(SELECT MAX(i.step) FROM trial_intermediate_values i WHERE i.trial_id = t.trial_id))")
+    return (f"SELECT CAST(t.state AS VARCHAR(16)) AS state, {epochs_run} AS epochs_run, "
+            f"COALESCE({sql.integer(resumed, ':epoch')}, 0) AS resumed, "
+            f"COALESCE({sql.integer(attr.format(key=':claim'))}, 0) AS claim, "
+            f"COALESCE({sql.string(attr.format(key=':stop_reason'))}, "
+            f"CASE WHEN CAST(t.state AS VARCHAR(16)) = 'PRUNED' THEN :pruned END) AS reason "
+            f"FROM trials t WHERE t.study_id = :study_id")
+
+
+def _in_sql(study: optuna.Study) -> bool:
+    """Whether the study lives in an RDB storage (an in-memory study is read through its trials)."""
+    return isinstance(getattr(storage_of(study), "_backend", storage_of(study)), optuna.storages.RDBStorage)
+
+
+def epoch_sums(study: optuna.Study, epochs: int | None) -> tuple[int, int, dict[str, int]] | None:
+    """(epochs spent, epochs committed, epochs saved by stop reason) study-wide, by one aggregate query.
+
+    Spent: each trial's own epochs (epochs run less those a resume took over, never below 0); committed: spent,
+    with a running trial's budget claim where that is more; saved (with `epochs`, the epochs of one trial): the
+    unrun epochs of trials that pruning or early stopping stopped. hpsearch.budget defines these over trials; None
+    where the backend has no JSON functions used here (the caller then reads the trials).
+    """
+    if not _in_sql(study):
+        return None
+    engine = _engine(storage_of(study))
+    sql = _json(engine.dialect.name)
+    if sql is None:
+        return None
+    trained = "(CASE WHEN epochs_run - resumed > 0 THEN epochs_run - resumed ELSE 0 END)"
+    charge = f"(CASE WHEN state = 'RUNNING' AND claim > {trained} THEN claim ELSE {trained} END)"
+    early = ", ".join(f":early_{i}" for i in range(len(records.EARLY_STOP_REASONS)))
+    saved = (f"(CASE WHEN reason IN ({early}) AND epochs_run IS NOT NULL AND :epochs > epochs_run "
+             "THEN :epochs - epochs_run ELSE 0 END)")
+    early_reason = f"(CASE WHEN reason IN ({early}) THEN reason END)"
+    query = sqlalchemy.text(
+        f"SELECT {early_reason}, SUM(COALESCE({trained}, 0)), SUM(COALESCE({charge}, 0)), SUM({saved}) "
+        f"FROM ({_per_trial_epochs(sql, engine.dialect.name)}) per_trial GROUP BY {early_reason}")
+    keys = {"epochs_run": records.EPOCHS_RUN, "history": records.HISTORY, "resumed": records.RESUMED_FROM,
+            "claim": records.BUDGET_CLAIM, "stop_reason": records.STOP_REASON, "epoch": records.EPOCH}
+    params = {**keys, "pruned": records.PRUNED, "study_id": study_id(study), "epochs": epochs or 0,
+              **{f"early_{i}": reason for i, reason in enumerate(records.EARLY_STOP_REASONS)}}
+    spent = committed = 0
+    by_reason: dict[str, int] = {}
+    with engine.connect() as conn:
+        for reason, own, charged, unrun in conn.execute(query, params):
+            spent, committed = spent + int(own or 0), committed + int(charged or 0)
+            if reason is not None and epochs is not None:
+                by_reason[reason] = int(unrun or 0)
+    return spent, committed, {r: by_reason[r] for r in records.EARLY_STOP_REASONS if r in by_reason}
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's best trial as records.best_trial defines it (complete, best finite value, lowest number among
+    equals), found by one ordered query and read alone."""
+    if not _in_sql(study):
+        return records.best_trial(study)
+    from optuna.storages._rdb import models
+
+    trials, values = models.TrialModel.__table__, models.TrialValueModel.__table__
+    value = values.c.value.desc() if records.direction_of(study) == "maximize" else values.c.value.asc()
+    query = (sqlalchemy.select(trials.c.trial_id).join(values, values.c.trial_id == trials.c.trial_id)
+             .where(trials.c.study_id == study_id(study), trials.c.state == optuna.trial.TrialState.COMPLETE,
+                    values.c.objective == 0, values.c.value_type == models.TrialValueModel.TrialValueType.FINITE,
+                    values.c.value.is_not(None))
+             .order_by(value, trials.c.number.asc()).limit(1))
+    with _engine(storage_of(study)).connect() as conn:
+        found = conn.execute(query).scalar_one_or_none()
+    return None if found is None else storage_of(study).get_trial(found)
+
+
+def _system_attr_by_trial(study: optuna.Study, key: str) -> list[tuple[int, Any]]:
+    """(number, value) of every trial that stores the system attribute `key`."""
+    from optuna.storages._rdb import models
+
+    trials, attrs = models.TrialModel.__table__, models.TrialSystemAttributeModel.__table__
+    query = (sqlalchemy.select(trials.c.number, attrs.c.value_json).join(attrs, attrs.c.trial_id == trials.c.trial_id)
+             .where(trials.c.study_id == study_id(study), attrs.c.key == key))
+    with _engine(storage_of(study)).connect() as conn:
+        return [(number, json.loads(text)) for number, text in conn.execute(query)]
+
+
+def worker_states(study: optuna.Study) -> list[tuple[str, optuna.trial.TrialState, int]]:
+    """(worker `host:pid`, state, trials) over the trials that name their worker, counted in SQL."""
+    if not _in_sql(study):
+        counted = Counter((records.worker(t), t.state) for t in study.get_trials(deepcopy=False))
+        return [(worker, state, n) for (worker, state), n in counted.items() if worker is not None]
+    from optuna.storages._rdb import models
+
+    trials, attrs = models.TrialModel.__table__, models.TrialUserAttributeModel.__table__
+    query = (sqlalchemy.select(attrs.c.value_json, trials.c.state, sqlalchemy.func.count())
+             .join(attrs, attrs.c.trial_id == trials.c.trial_id)
+             .where(trials.c.study_id == study_id(study), attrs.c.key == records.WORKER)
+             .group_by(attrs.c.value_json, trials.c.state))
+    with _engine(storage_of(study)).connect() as conn:
+        rows = conn.execute(query).all()
+    return [(str(json.loads(text)), optuna.trial.TrialState[getattr(state, "name", str(state))], int(n))
+            for text, state, n in rows if text is not None and json.loads(text) is not None]
+
+
+def trials_in(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...]) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials in `states`, read alone (the study's cache would first read every trial)."""
+    storage = storage_of(study)
+    return getattr(storage, "_backend", storage).get_all_trials(study_id(study), deepcopy=False, states=states)
+
+
+def successors(study: optuna.Study) -> dict[int, int]:
+    """records.successors of the study, from the trials' retry histories alone."""
+    if not _in_sql(study):
+        return records.successors(study.get_trials(deepcopy=False))
+    return {history[-1]: number for number, stored in _system_attr_by_trial(study, records.RETRY_HISTORY)
+            if (history := records.retry_history_of({records.RETRY_HISTORY: stored}))}
