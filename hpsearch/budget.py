@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import StudyConfig
 from hpsearch.config.rules import first_rung
 from hpsearch import records
-from hpsearch.study.adapter import epoch_sums
+from hpsearch.study.adapter import committed_epochs, epoch_sums
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,16 @@ def can_start(trials: Iterable[FrozenTrial], budget: Budget) -> bool:
     return budget.epochs - committed(trials) >= budget.first_rung
 
 
+def committed_of(study: optuna.Study) -> int:
+    """:func:`committed` over the study's trials: in SQL, reading only the trials open or ended since the last
+    call (see hpsearch.study.adapter.committed_epochs), else from its trials."""
+    counted = committed_epochs(study)
+    return committed(study.get_trials(deepcopy=False)) if counted is None else counted
+
+
 def study_can_start(study: optuna.Study, budget: Budget) -> bool:
-    """:func:`can_start` over the study's trials, counted in SQL."""
-    return budget.epochs - totals_of(study).committed >= budget.first_rung
+    """:func:`can_start` over the study's trials."""
+    return budget.epochs - committed_of(study) >= budget.first_rung
 
 
 def reserve(study: optuna.Study, trial: optuna.Trial, own_epochs: int, budget: Budget) -> bool:
@@ -106,7 +113,7 @@ def reserve(study: optuna.Study, trial: optuna.Trial, own_epochs: int, budget: B
     if own_epochs <= before:
         return True
     trial.set_user_attr(records.BUDGET_CLAIM, own_epochs)
-    if totals_of(study).committed <= budget.epochs:
+    if committed_of(study) <= budget.epochs:
         return True
     trial.set_user_attr(records.BUDGET_CLAIM, before)
     return False

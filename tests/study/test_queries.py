@@ -15,6 +15,8 @@ from optuna.trial import TrialState, create_trial
 
 import study_fixtures as sf
 from hpsearch import budget, records
+from hpsearch.study import adapter
+from hpsearch.study.adapter import committed_epochs
 from hpsearch.study import best_trial, epoch_sums, successors, trials_in, worker_states
 
 X = {"x": FloatDistribution(0, 1)}
@@ -65,6 +67,25 @@ def test_epoch_sums_are_the_budgets_totals_of_the_trials(storage_url: optuna.sto
     assert expected.spent > 19 and expected.committed > expected.spent  # the shapes above all count
     assert epoch_sums(study, epochs) == (expected.spent, expected.committed, expected.saved)
     assert budget.totals_of(study, epochs) == expected
+    assert committed_epochs(study) == expected.committed
+
+
+def test_committed_epochs_read_what_changed_and_stay_exact(storage_url: optuna.storages.RDBStorage) -> None:
+    study = sf.known_epochs_study(storage_url, name="ledger")
+    assert committed_epochs(study) == budget.committed(study.get_trials(deepcopy=False)) == 19
+    trial = study.ask()
+    trial.set_user_attr(records.BUDGET_CLAIM, 4)
+    assert committed_epochs(study) == 23  # the running trial's claim
+    trial.set_user_attr(records.HISTORY, [{"epoch": e} for e in range(1, 6)])
+    assert committed_epochs(study) == 24  # trained past its claim
+    trial.set_user_attr(records.EPOCHS_RUN, 5)
+    study.tell(trial, 0.5)
+    study.add_trials([_finished(TrialState.COMPLETE, 0.5, **{records.EPOCHS_RUN: 2})])
+    assert committed_epochs(study) == budget.committed(study.get_trials(deepcopy=False)) == 26
+    ledger = adapter._LEDGERS[study]
+    ledger.top = 10**9  # as if an id below the highest read had ended unseen: the count tells, all is read again
+    study.add_trials([_finished(TrialState.PRUNED, **{records.EPOCHS_RUN: 1})])
+    assert committed_epochs(study) == 27 and adapter._LEDGERS[study] is not ledger
 
 
 def test_an_in_memory_study_is_summed_from_its_trials() -> None:
