@@ -11,7 +11,7 @@ overspent. (Both may yield; the worker loop then tries again while the rest can 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import StudyConfig
 from hpsearch.config.rules import first_rung
 from hpsearch import records
+from hpsearch.study.adapter import committed_epochs, epoch_sums
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,45 @@ def committed(trials: Iterable[FrozenTrial]) -> int:
     return sum(charge(t) for t in trials)
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Study-wide epochs: spent, committed (spent plus running trials' unspent claims), saved by stop reason."""
+
+    spent: int
+    committed: int
+    saved: dict[str, int] = field(default_factory=dict)
+
+
+def totals(trials: Iterable[FrozenTrial], epochs: int | None = None) -> Totals:
+    """The totals of `trials` (`saved` needs `epochs`, the epochs of one trial: see records.epochs_saved)."""
+    trials = list(trials)
+    return Totals(spent(trials), committed(trials), records.epochs_saved(trials, epochs))
+
+
+def totals_of(study: optuna.Study, epochs: int | None = None) -> Totals:
+    """The study's totals, by one aggregate query where the storage allows (the worker asks before every trial
+    and epoch: reading every trial costs O(trials) each time), else from its trials."""
+    summed = epoch_sums(study, epochs)
+    if summed is None:
+        return totals(study.get_trials(deepcopy=False), epochs)
+    return Totals(*summed)
+
+
 def can_start(trials: Iterable[FrozenTrial], budget: Budget) -> bool:
     """True while the budget not yet committed can pay a new trial's first rung."""
     return budget.epochs - committed(trials) >= budget.first_rung
+
+
+def committed_of(study: optuna.Study) -> int:
+    """:func:`committed` over the study's trials: in SQL, reading only the trials open or ended since the last
+    call (see hpsearch.study.adapter.committed_epochs), else from its trials."""
+    counted = committed_epochs(study)
+    return committed(study.get_trials(deepcopy=False)) if counted is None else counted
+
+
+def study_can_start(study: optuna.Study, budget: Budget) -> bool:
+    """:func:`can_start` over the study's trials."""
+    return budget.epochs - committed_of(study) >= budget.first_rung
 
 
 def reserve(study: optuna.Study, trial: optuna.Trial, own_epochs: int, budget: Budget) -> bool:
@@ -76,7 +113,7 @@ def reserve(study: optuna.Study, trial: optuna.Trial, own_epochs: int, budget: B
     if own_epochs <= before:
         return True
     trial.set_user_attr(records.BUDGET_CLAIM, own_epochs)
-    if committed(study.get_trials(deepcopy=False)) <= budget.epochs:
+    if committed_of(study) <= budget.epochs:
         return True
     trial.set_user_attr(records.BUDGET_CLAIM, before)
     return False

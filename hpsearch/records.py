@@ -244,6 +244,11 @@ def counts_by_state(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     return {state.name: counts.get(state.name, 0) for state in TrialState}
 
 
+def counts_by_state_of(counted: Mapping[TrialState, int]) -> dict[str, int]:
+    """:func:`counts_by_state` from counts already made (a count query's), every state present."""
+    return {state.name: counted.get(state, 0) for state in TrialState}
+
+
 def finished(counts: Mapping[str, int]) -> int:
     """Finished trials (complete or pruned) in :func:`counts_by_state`: the unit of ``n_trials``."""
     return counts.get(TrialState.COMPLETE.name, 0) + counts.get(TrialState.PRUNED.name, 0)

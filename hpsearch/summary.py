@@ -9,6 +9,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import optuna
@@ -17,7 +18,8 @@ from rich.table import Table
 
 from hpsearch import budget, records
 from hpsearch.config import StudyConfig
-from hpsearch.study import redact_url
+from hpsearch.study import (best_trial, redact_url, state_counts, successors, trials_in,
+    worker_states)
 
 log = logging.getLogger("hpsearch")
 
@@ -151,20 +153,19 @@ def progress_line(finished: int, target: int | None, cfg: StudyConfig, hints: Hi
     return f"{done}; to add {batch} more: {run} --n-trials {finished + batch}"
 
 
-def epochs_line(trials: list[optuna.trial.FrozenTrial], epochs: int | None, budget_epochs: int | None) -> str:
+def epochs_line(totals: budget.Totals, epochs: int | None, budget_epochs: int | None) -> str:
     """Epochs spent study-wide (as the budget counts them, against it when set) and those pruning and early
     stopping saved, of `epochs` per trial."""
-    line = f"epochs spent {budget.spent(trials)}" + (f" of budget {budget_epochs}" if budget_epochs is not None else "")
+    line = f"epochs spent {totals.spent}" + (f" of budget {budget_epochs}" if budget_epochs is not None else "")
     if epochs is None:
         return f"{line}; epochs saved unknown (the study records no epochs per trial)"
-    saved = records.epochs_saved(trials, epochs)
-    detail = ", ".join(f"{n} by {reason.replace('_', ' ')}" for reason, n in saved.items())
-    return f"{line}; saved by pruning and early stopping: {sum(saved.values())}" + (f" ({detail})" if detail else "")
+    detail = ", ".join(f"{n} by {reason.replace('_', ' ')}" for reason, n in totals.saved.items())
+    return f"{line}; saved by pruning and early stopping: {sum(totals.saved.values())}" + (f" ({detail})" if detail else "")
 
 
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     """The best trial as plain data: number, value, params, checkpoint, seed, device, epoch."""
-    trial = records.best_trial(study)
+    trial = best_trial(study)  # one query, not every complete trial
     if trial is None:
         return {"study": cfg.name, "metric": cfg.metric, "number": None, "value": None, "params": {},
                 "checkpoint": None}
@@ -191,25 +192,24 @@ def print_best(record: dict[str, Any]) -> None:
         console.print(f"  {record['predict']}", markup=False)
 
 
-def hosts_line(trials: list[optuna.trial.FrozenTrial]) -> str | None:
-    """`workers by host: node1 2 running, 7 finished; ...`: the machines that ran the study (None before any)."""
+def hosts_line(worker_states: Iterable[tuple[str, optuna.trial.TrialState, int]]) -> str | None:
+    """`workers by host: node1 2 running, 7 finished; node2 7 finished`: the machines that ran the study, with
+    the workers running there now (a host with none running shows what it finished); None before any."""
     running: dict[str, set[str]] = {}
     finished: dict[str, int] = {}
-    for trial in trials:
-        worker = records.worker(trial)
-        if worker is None:
-            continue
+    for worker, state, n in worker_states:
         host, _, pid = worker.rpartition(":")
         host = host or worker
         running.setdefault(host, set())
-        finished.setdefault(host, 0)
-        if trial.state == optuna.trial.TrialState.RUNNING:
+        finished[host] = finished.get(host, 0)
+        if state == optuna.trial.TrialState.RUNNING:
             running[host].add(pid)
-        elif trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
-            finished[host] += 1
+        elif state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+            finished[host] += n
     if not running:
         return None
-    parts = [f"{host} {len(running[host])} running, {finished[host]} finished" for host in sorted(running)]
+    parts = [f"{host} {len(running[host])} running, {finished[host]} finished" if running[host]
+             else f"{host} {finished[host]} finished" for host in sorted(running)]
     return "workers by host: " + "; ".join(parts)
 
 
@@ -222,24 +222,25 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     """
     hints = dataclasses.replace(hints or Hints(), out_dir=study_output_dir(study, cfg))
     console = Console(soft_wrap=True)
-    trials = study.get_trials(deepcopy=False)
-    counts = records.counts_by_state(trials)
+    # Counts and sums in SQL, the best trial alone: reading every trial took 19.5 s at 20,000 trials.
+    counts = records.counts_by_state_of(state_counts(study))
     table = Table(title=f"study '{cfg.name}' ({cfg.metric}, {cfg.resolved_direction})")
     for state in counts:
         table.add_column(state.lower(), justify="right")
     table.add_row(*(str(n) for n in counts.values()))
     console.print(table)
     console.print(progress_line(records.finished(counts), records.target_of(study), cfg, hints), markup=False)
-    console.print(epochs_line(trials, records.epochs_of(study), records.budget_of(study)), markup=False)
-    hosts = hosts_line(trials)
+    epochs = records.epochs_of(study)
+    console.print(epochs_line(budget.totals_of(study, epochs), epochs, records.budget_of(study)), markup=False)
+    hosts = hosts_line(worker_states(study))
     if hosts:
         console.print(hosts, markup=False)
     record = best_record(study, cfg)
     if record["number"] is not None:
         print_best(record)
     if show_failed:
-        resumed_as = records.successors(trials)
-        failed = [trial for trial in trials if trial.state == optuna.trial.TrialState.FAIL]
+        resumed_as = successors(study)
+        failed = trials_in(study, (optuna.trial.TrialState.FAIL,))
         for trial in failed:
             console.print(trial_line(trial, cfg.metric, resumed_as.get(trial.number)), markup=False)
         if not failed:

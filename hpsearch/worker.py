@@ -270,7 +270,7 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int, timeout
                 if deadline is not None and time.monotonic() >= deadline:
                     outcome.timed_out = True
                     break
-                if epoch_budget is not None and not budget.can_start(study.get_trials(deepcopy=False), epoch_budget):
+                if epoch_budget is not None and not budget.study_can_start(study, epoch_budget):
                     break
                 if waiting == 0 and sum(claimed.values()) >= n_trials:
                     report.note(study)

@@ -47,8 +47,9 @@ def test_a_running_trial_is_charged_its_reservation_until_it_trains_past_it() ->
     assert not budget.can_start([running, ended], budget.Budget(epochs=7, first_rung=3))
 
 
-def test_reserve_never_overspends_and_gives_back_what_it_cannot_keep() -> None:
-    study = optuna.create_study()
+@pytest.mark.parametrize("where", ["memory", "sqlite"])  # summed from the trials, or by one query
+def test_reserve_never_overspends_and_gives_back_what_it_cannot_keep(where: str, tmp_path: Path) -> None:
+    study = optuna.create_study(storage=None if where == "memory" else f"sqlite:///{tmp_path / 'b.db'}")
     plan = budget.Budget(epochs=5, first_rung=2)
     a, b, c = study.ask(), study.ask(), study.ask()
     assert budget.reserve(study, a, 2, plan) and budget.reserve(study, b, 2, plan)
@@ -58,7 +59,9 @@ def test_reserve_never_overspends_and_gives_back_what_it_cannot_keep() -> None:
     assert budget.reserve(study, a, 2, plan)  # within its reservation: no question asked
     assert budget.reserve(study, a, 3, plan)  # the 5th epoch
     assert not budget.reserve(study, b, 3, plan)  # the 6th would overspend
-    assert budget.committed(study.get_trials(deepcopy=False)) == 5
+    assert budget.committed(study.get_trials(deepcopy=False)) == budget.totals_of(study).committed == 5
+    assert not budget.study_can_start(study, budget.Budget(epochs=5, first_rung=1))
+    assert budget.study_can_start(study, budget.Budget(epochs=6, first_rung=1))
 
 
 def test_budget_below_the_first_rung_is_refused_with_the_fix() -> None:

@@ -13,10 +13,11 @@ from optuna.trial import TrialState
 
 import study_fixtures as sf
 from conftest import TINY_STUDY
-from hpsearch import records
+from hpsearch import budget, records
 from hpsearch.cli import main
 from hpsearch.config import build_config
-from hpsearch.summary import Hints, awaits_successor, epochs_line, invoked_as, progress_line, trial_line
+from hpsearch.summary import (Hints, awaits_successor, epochs_line, hosts_line, invoked_as, progress_line,
+    trial_line)
 
 CFG = build_config({**TINY_STUDY, "n_trials": 20}, source="s.yaml")
 
@@ -94,9 +95,9 @@ def test_the_program_in_the_hints_is_the_one_the_user_typed(workdir: Path, monke
 def test_epochs_spent_count_a_resumed_trial_once_and_saved_ones_by_reason() -> None:
     trials = sf.known_epochs_trials()
     saved = "saved by pruning and early stopping: 6 (4 by pruned, 2 by early stopped)"
-    assert epochs_line(trials, 6, 30) == f"epochs spent 19 of budget 30; {saved}"
-    assert epochs_line(trials, 6, None) == f"epochs spent 19; {saved}"
-    assert epochs_line(trials, None, None) == (
+    assert epochs_line(budget.totals(trials, 6), 6, 30) == f"epochs spent 19 of budget 30; {saved}"
+    assert epochs_line(budget.totals(trials, 6), 6, None) == f"epochs spent 19; {saved}"
+    assert epochs_line(budget.totals(trials), None, None) == (
         "epochs spent 19; epochs saved unknown (the study records no epochs per trial)")
 
 
@@ -275,4 +276,11 @@ def test_status_shows_the_workers_by_host(write_study: Callable[..., Path], caps
         study.add_trial(optuna.trial.create_trial(state=state, value=value, user_attrs={records.WORKER: worker},
                                                   intermediate_values={1: 0.4} if state == TrialState.PRUNED else None))
     assert main(["status", str(path)]) == 0
-    assert "workers by host: node-a 2 running, 1 finished; node-b 0 running, 1 finished" in capsys.readouterr().out
+    assert "workers by host: node-a 2 running, 1 finished; node-b 1 finished\n" in capsys.readouterr().out
+
+
+def test_after_a_run_the_hosts_show_what_they_finished_and_no_zero_running() -> None:
+    done = [("vm:11", TrialState.COMPLETE, 12), ("vm:12", TrialState.PRUNED, 8), ("vm:12", TrialState.FAIL, 1)]
+    assert hosts_line(done) == "workers by host: vm 20 finished"
+    assert hosts_line([]) is None
+    assert hosts_line([*done, ("gpu1:3", TrialState.RUNNING, 1)]) == "workers by host: gpu1 1 running, 0 finished; vm 20 finished"

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import records
 from hpsearch.errors import HpsearchError
+from hpsearch.study import best_trial, state_counts
 
 __all__ = ["export_trials", "export_best", "predict_usage", "trial_record", "FORMATS"]
 
@@ -281,10 +282,10 @@ def predict_usage(study: optuna.Study) -> str:
 
 
 def _best_trial(study: optuna.Study) -> tuple[FrozenTrial, int]:
-    best = records.best_trial(study)
+    best = best_trial(study)  # a query and a count, not every trial: `best --export` on a large study
     if best is None:
         raise HpsearchError(f"study {study.study_name!r} has no completed trial yet; run it first")
-    return best, records.counts_by_state(study.get_trials(deepcopy=False))[TrialState.COMPLETE.name]
+    return best, state_counts(study).get(TrialState.COMPLETE, 0)
 
 
 def _params_header(study: optuna.Study, best: FrozenTrial, n_complete: int) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import warnings
@@ -37,8 +38,9 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     if backend == "postgresql":
         # One connection kept per process (the heartbeat thread borrows a second one briefly): the server's
         # max_connections (100 by default) bounds the workers of all machines together.
+        # application_name: pg_stat_activity names the process that holds each connection (`hpsearch:<pid>`).
         return {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 4,
-                "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S}}
+                "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": f"hpsearch:{os.getpid()}"}}
     return {"pool_pre_ping": True}
 
 
