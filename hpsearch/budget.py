@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import StudyConfig
 from hpsearch.config.rules import first_rung
 from hpsearch import records
-from hpsearch.study.adapter import committed_epochs, epoch_sums
+from hpsearch.study.queries import committed_epochs, epoch_sums
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def can_start(trials: Iterable[FrozenTrial], budget: Budget) -> bool:
 
 def committed_of(study: optuna.Study) -> int:
     """:func:`committed` over the study's trials: in SQL, reading only the trials open or ended since the last
-    call (see hpsearch.study.adapter.committed_epochs), else from its trials."""
+    call (see hpsearch.study.queries.committed_epochs), else from its trials."""
     counted = committed_epochs(study)
     return committed(study.get_trials(deepcopy=False)) if counted is None else counted
 

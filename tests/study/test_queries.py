@@ -1,4 +1,4 @@
-"""The adapter's facts by query (epoch sums, best trial, workers, successors) agree with the same facts computed
+"""The facts by query (study/queries.py: epoch sums, best trial, workers, successors) agree with the same facts computed
 from the trials, on SQLite and PostgreSQL, for every shape of trial record the writers leave."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from optuna.trial import TrialState, create_trial
 
 import study_fixtures as sf
 from hpsearch import budget, records
-from hpsearch.study import adapter
-from hpsearch.study.adapter import committed_epochs
+from hpsearch.study import queries
+from hpsearch.study.queries import committed_epochs
 from hpsearch.study import best_trial, epoch_sums, successors, trials_in, worker_states
 
 X = {"x": FloatDistribution(0, 1)}
@@ -82,10 +82,10 @@ def test_committed_epochs_read_what_changed_and_stay_exact(storage_url: optuna.s
     study.tell(trial, 0.5)
     study.add_trials([_finished(TrialState.COMPLETE, 0.5, **{records.EPOCHS_RUN: 2})])
     assert committed_epochs(study) == budget.committed(study.get_trials(deepcopy=False)) == 26
-    ledger = adapter._LEDGERS[study]
+    ledger = queries._LEDGERS[study]
     ledger.top = 10**9  # as if an id below the highest read had ended unseen: the count tells, all is read again
     study.add_trials([_finished(TrialState.PRUNED, **{records.EPOCHS_RUN: 1})])
-    assert committed_epochs(study) == 27 and adapter._LEDGERS[study] is not ledger
+    assert committed_epochs(study) == 27 and queries._LEDGERS[study] is not ledger
 
 
 def test_an_in_memory_study_is_summed_from_its_trials() -> None:
