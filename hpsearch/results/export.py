@@ -254,14 +254,16 @@ def predict(x: Any, model: torch.nn.Module | None = None, weights: str | Path = 
     sample) for classification, (N, L) class indices per position for multihead (the blank included),
     float32 (N, k) values in the data's own units for regression.
     `tta` > 1 averages the logits over x and tta - 1 fixed augmented views (as `hpsearch predict --tta`)."""
-    return task_from_record(inputs(weights)).predict(_outputs(x, model, weights, tta))
+    outputs = _outputs(x, model, weights, tta)  # first: a checkpoint without an inputs record is refused there
+    return task_from_record(inputs(weights)).predict(outputs)
 
 
 def predict_text(x: Any, model: torch.nn.Module | None = None, weights: str | Path = WEIGHTS,
                  tta: int = 1) -> list[str]:
     """One string per sample, as `hpsearch predict` writes it: the class name, the digit string (blanks
     dropped), or the values in the data's units."""
-    return task_from_record(inputs(weights)).rows(_outputs(x, model, weights, tta))
+    outputs = _outputs(x, model, weights, tta)
+    return task_from_record(inputs(weights)).rows(outputs)
 
 
 if __name__ == "__main__":
