@@ -26,6 +26,7 @@ from hpsearch.optim import backbone_factor, build_optimizer, lr_at, splits_backb
 from hpsearch.pretrained import head_parameters
 from hpsearch.settings import TrainSettings
 from hpsearch.steps import EvalStep, TrainStep, plan_graphs
+from hpsearch.tasks import task_from_record
 
 __all__ = [
     "EarlyStopping",
@@ -54,7 +55,8 @@ def seed_everything(seed: int) -> None:
 
 
 def class_weights_for(y: Tensor, num_classes: int) -> tuple[float, ...]:
-    """Balanced class weights ``n / (k * count_c)``; 0.0 for classes absent from ``y``."""
+    """Balanced class weights ``n / (k * count_c)``; 0.0 for classes absent from ``y`` (every position of (N, L) rows)."""
+    y = y.reshape(-1)
     counts = torch.bincount(y.cpu(), minlength=num_classes).to(torch.float64)
     weights = torch.where(counts > 0, y.numel() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
     return tuple(weights.tolist())
@@ -145,8 +147,9 @@ def _has_conv(model: nn.Module) -> bool:
 class Trainer:
     """One model being trained on one split; the caller drives it epoch by epoch.
 
-    The training loss is CrossEntropyLoss with ``class_weights`` and ``label_smoothing``; the
-    reported validation loss is plain, unweighted cross-entropy so trials stay comparable.
+    The task (`hpsearch.tasks`, from the data's inputs record) owns the losses, the metric sums and the
+    labels' shape: for classification the training loss is CrossEntropyLoss with ``class_weights`` and
+    ``label_smoothing`` and the reported validation loss plain, unweighted cross-entropy so trials stay comparable.
     Shuffling and augmentation draw from a ``torch.Generator`` on the data's device seeded with
     ``seed``; dropout draws from torch's global RNG (seed it before building the model).
     ``between_batches`` is called before every training and validation batch (a stop check).
@@ -193,16 +196,15 @@ class Trainer:
                                       device=self.device) if head is not None else None
         self.optimizer = build_optimizer(self.model, settings, lr=self.lr if graphed else None, capturable=graphed,
                                          backbone_lr=self.backbone_lr if graphed else None, head=head)
-        weight = None
-        if settings.class_weights is not None:
-            weight = torch.tensor(settings.class_weights, dtype=torch.float32, device=self.device)
-        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
-        self.eval_loss_fn = nn.CrossEntropyLoss()
+        self.task = task_from_record(data.inputs, settings.class_weights, settings.label_smoothing)
+        self.loss_fn = self.task.train_loss(self.device)
+        self.eval_loss_fn = self.task.eval_loss(self.device)
         self.train_static = self._static(settings.batch_size) if graphed else None
         self.train_step = TrainStep(self.model, self.optimizer, loss_fn=self.loss_fn, amp=self.amp, scaler=self.scaler,
                                     lr=self.lr, steps_per_epoch=self.steps_per_epoch,
                                     accum_steps=settings.accum_steps, static=self.train_static, plan=self.graph_plan,
-                                    backbone_lr=self.backbone_lr if graphed else None)
+                                    backbone_lr=self.backbone_lr if graphed else None,
+                                    sums=self.task.sums(self.device))
         # Inference keeps no activations for backward, so twice the batch fits.
         self.val_batch = 2 * settings.batch_size
         self.val_static = self._static(self.val_batch) if graphed and int(self.val_idx.shape[0]) >= self.val_batch else None
@@ -211,7 +213,8 @@ class Trainer:
         if settings.tta_val > 1:
             views = tta_rows(tuple(data.input_shape), settings.augment, settings.tta_val, seed, self.device)
         self.eval_step = EvalStep(self.model, loss_fn=self.eval_loss_fn, amp=self.amp, device=self.device,
-                                  static=self.val_static, plan=self.graph_plan, tta=views)
+                                  static=self.val_static, plan=self.graph_plan, tta=views,
+                                  sums=self.task.sums(self.device))
 
     @property
     def graphs(self) -> str:
@@ -231,7 +234,7 @@ class Trainer:
         x = torch.empty((batch_size, *self.data.input_shape), dtype=torch.float32, device=self.device)
         if x.ndim == 4:
             x = x.contiguous(memory_format=layout)
-        return x, torch.empty(batch_size, dtype=torch.int64, device=self.device)
+        return x, self.task.label_buffer(batch_size, self.device)
 
     def _batches(self, indices: Tensor, batch_size: int, train: bool) -> Iterator[tuple[Tensor, Tensor]]:
         batches = self.data.batches(
@@ -275,10 +278,8 @@ class Trainer:
         val = self.validate()
         return {
             "epoch": self.epoch,
-            "train_loss": train["loss"],
-            "train_accuracy": train["accuracy"],
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
+            **{f"train_{key}": train[key] for key in self.task.train_keys},
+            **{f"val_{key}": value for key, value in val.items()},
             "lr": train["lr"],
             "epoch_time": time.perf_counter() - start,
         }

@@ -1,4 +1,8 @@
-"""Model registry: the builtin ``seednet``, ``mlp`` and ``resnet18``, or a custom factory."""
+"""Model registry: the builtin ``seednet``, ``mlp`` and ``resnet18``, or a custom factory.
+
+``seednet`` and ``resnet18`` take ``heads: L`` for the multihead task: the shared backbone ends in L
+linear heads (:class:`PositionHeads`) and the model returns (N, L, num_classes).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from hpsearch import names
 from hpsearch.errors import ModelError
 from hpsearch.plugins import import_callable
 
-__all__ = ["build_model"]
+__all__ = ["PositionHeads", "build_model"]
 
 
 def build_model(
@@ -23,14 +27,15 @@ def build_model(
 
     ``name`` is a builtin from :data:`hpsearch.names.MODELS` (its extra keyword arguments
     listed there) or ``"package.module:callable"``, called as
-    ``factory(input_shape=..., num_classes=..., dropout=..., **kwargs)``.
+    ``factory(input_shape=..., num_classes=..., dropout=..., **kwargs)``; for the multihead task kwargs hold
+    ``num_positions`` (L), for regression ``num_outputs`` (k, also passed as num_classes).
     Raises :class:`ModelError` with a one-line message on any failure.
     """
     input_shape = tuple(int(d) for d in input_shape)
     if not 0.0 <= dropout < 1.0:
         raise ModelError(f"model '{name}': dropout must be in [0, 1), got {dropout}")
-    if num_classes < 2:
-        raise ModelError(f"model '{name}': num_classes must be at least 2, got {num_classes}")
+    if num_classes < 1:  # 1: a regression model's single output
+        raise ModelError(f"model '{name}': num_classes must be at least 1, got {num_classes}")
     if name in _BUILDERS:
         unknown = sorted(set(kwargs) - set(names.MODELS[name]))
         if unknown:
@@ -54,8 +59,29 @@ def _image_shape(name: str, input_shape: tuple[int, ...], smallest: int) -> tupl
     return input_shape  # type: ignore[return-value]
 
 
-def seednet(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0, width: int = 32) -> nn.Module:
-    """The classic CIFAR-10 CNN: three conv5x5-ReLU-maxpool blocks, fc, dropout, fc."""
+class PositionHeads(nn.Module):
+    """L linear heads on shared features, one per character position: (N, features) -> (N, L, num_classes).
+
+    One Linear of L * num_classes outputs: each position's block of rows is its own head (no weights
+    shared between positions), computed in one matmul instead of L small ones.
+    """
+
+    def __init__(self, features: int, positions: int, num_classes: int) -> None:
+        super().__init__()
+        self.positions, self.num_classes = positions, num_classes
+        self.linear = nn.Linear(features, positions * num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).view(x.shape[0], self.positions, self.num_classes)
+
+
+def _head(features: int, num_classes: int, heads: int | None) -> nn.Module:
+    return nn.Linear(features, num_classes) if heads is None else PositionHeads(features, heads, num_classes)
+
+
+def seednet(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0, width: int = 32,
+            heads: int | None = None) -> nn.Module:
+    """The classic CIFAR-10 CNN: three conv5x5-ReLU-maxpool blocks, fc, dropout, fc (``heads``: L heads instead)."""
     c, h, w = _image_shape("seednet", input_shape, 8)
     widths = (width, width, 2 * width)
     layers: list[nn.Module] = []
@@ -69,7 +95,7 @@ def seednet(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0
         nn.Linear(flat, hidden),
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
-        nn.Linear(hidden, num_classes),
+        _head(hidden, num_classes, heads),
     )
 
 
@@ -84,8 +110,11 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0, wi
     return nn.Sequential(*layers)
 
 
-def resnet18(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0) -> nn.Module:
-    """torchvision ResNet-18 with a small-image stem (3x3 stride-1 conv, no maxpool) and dropout before fc."""
+def resnet18(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.0, heads: int | None = None) -> nn.Module:
+    """torchvision ResNet-18 with a small-image stem (3x3 stride-1 conv, no maxpool) and dropout before fc.
+
+    ``heads``: fc ends in L position heads (:class:`PositionHeads`) on the shared 512 features.
+    """
     from torchvision.models import resnet18 as tv_resnet18
 
     c, _, _ = _image_shape("resnet18", input_shape, 8)
@@ -93,7 +122,7 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int, dropout: float = 0.
     # Small images: keep full resolution into layer1 instead of the ImageNet 4x downsampling stem.
     model.conv1 = nn.Conv2d(c, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
-    model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
+    model.fc = nn.Sequential(nn.Dropout(dropout), model.fc if heads is None else _head(512, num_classes, heads))
     return model
 
 

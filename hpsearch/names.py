@@ -8,15 +8,29 @@ library only.
 
 from __future__ import annotations
 
-DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder")
+DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder", "digit_strings", "diabetes")
+# Datasets whose labels are rows of characters padded with a blank class: they take data.max_length.
+SEQUENCE_DATASETS = ("digit_strings",)
+DEFAULT_MAX_LENGTH = 5  # data.max_length of digit_strings: characters per image at most
+MAX_LENGTH_LIMIT = 32
 # Builtin models and their extra arguments (each a positive integer; left out, the model's default).
-MODELS: dict[str, tuple[str, ...]] = {"seednet": ("width",), "mlp": ("width", "depth"), "resnet18": ()}
+# heads: one linear head per character position (task multihead), output (N, heads, classes).
+MODELS: dict[str, tuple[str, ...]] = {"seednet": ("width", "heads"), "mlp": ("width", "depth"), "resnet18": ("heads",)}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 GRAPH_MODES = ("auto", "on", "off")
 AUGMENTATIONS = ("hflip", "crop")
-METRICS: dict[str, str] = {"val_accuracy": "maximize", "val_loss": "minimize"}  # what evaluate reports, prefixed val_
+# What the model learns (the study file's `task:`); hpsearch/tasks.py owns each one's loss, metrics and decoding.
+TASKS = ("classification", "multihead", "regression")
+# Each task's validation metrics (what evaluate reports, prefixed val_) and the direction that improves them.
+TASK_METRICS: dict[str, dict[str, str]] = {
+    "classification": {"val_accuracy": "maximize", "val_loss": "minimize"},
+    "multihead": {"val_accuracy": "maximize", "val_char_accuracy": "maximize", "val_loss": "minimize"},
+    "regression": {"val_mse": "minimize", "val_mae": "minimize", "val_r2": "maximize", "val_loss": "minimize"},
+}
+# Every metric name of any task and its direction (a name means the same in every task that reports it).
+METRICS: dict[str, str] = {name: way for metrics in TASK_METRICS.values() for name, way in metrics.items()}
 # Space parameters that set a training setting rather than a model argument: the fields of TrainConfig and
 # TrainSettings a study may search (tests/test_settings.py checks both sides).
 TRAIN_PARAMS = (

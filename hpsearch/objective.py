@@ -67,8 +67,22 @@ def model_spec(cfg: StudyConfig, params: dict[str, Any], data: DeviceData) -> di
     kwargs: dict[str, Any] = dict(cfg.model.args)
     accepted = MODELS.get(cfg.model.name)
     kwargs.update({k: v for k, v in params.items() if k not in own and (accepted is None or k in accepted)})
+    kwargs.update(task_arguments(cfg.model.name, data.inputs))
     return {"name": cfg.model.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
             "dropout": dropout, "kwargs": kwargs}
+
+
+def task_arguments(model: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What the task adds to a model's arguments: a custom factory's num_positions (multihead) or num_outputs
+    (regression); nothing for a builtin (whose heads come from model.args)."""
+    if model in MODELS:
+        return {}
+    task = inputs.get("task")
+    if task == "multihead":
+        return {"num_positions": int(inputs["max_length"])}
+    if task == "regression":
+        return {"num_outputs": int(inputs["num_classes"])}
+    return {}
 
 
 def start_from_pretrained(cfg: StudyConfig, model: torch.nn.Module) -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ from hpsearch.errors import ConfigError, DataError, HpsearchError
 from hpsearch.models import build_model
 from hpsearch.names import TRAIN_PARAMS
 from hpsearch.settings import settings_from
+from hpsearch.tasks import task_from_record
 from hpsearch.preflight import load_pool, split_data
 
 __all__ = ["Inputs", "decode_predictions", "load_inputs", "pick_trial", "predict_to_csv"]
@@ -100,7 +101,7 @@ def _validation_split(cfg: StudyConfig, record: Mapping[str, Any]) -> Inputs:
         raise DataError(f"--input val: {cfg.source}: the data {cfg.data.dataset} under {cfg.data.root} is not what the "
                         f"trial trained on (other shape, classes or statistics), so its split cannot be rebuilt; "
                         f"restore the data or predict on a folder or .npy file")
-    _, val_idx = split_data(cfg, pool.y)[0]  # the checkpoint's model is the first fold's
+    _, val_idx = split_data(cfg, pool.strata)[0]  # the checkpoint's model is the first fold's
     return Inputs(pool.x.index_select(0, val_idx), [str(int(i)) for i in val_idx])
 
 
@@ -133,12 +134,9 @@ def _image_folder(root: Path, record: Mapping[str, Any]) -> Inputs:
 
 
 def decode_predictions(outputs: torch.Tensor, inputs: Mapping[str, Any]) -> list[str]:
-    """What a CSV row says for each model output: the class name of the highest logit (classification).
-
-    The one place predictions are decoded: a task other than classification routes its decoding here.
-    """
-    names = list(inputs["class_names"])
-    return [names[i] for i in outputs.argmax(dim=1).tolist()]
+    """What a CSV row says for each model output, as the task decodes it (`hpsearch.tasks`): the class name of the
+    highest logit, the digit string without its blanks (multihead), the values in the data's units (regression)."""
+    return task_from_record(inputs).rows(outputs)
 
 
 def build_trained_model(checkpoint: Mapping[str, Any]) -> torch.nn.Module:
@@ -159,7 +157,7 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, record: Mapping[str,
         for start in range(0, int(x.shape[0]), batch_size):
             batch = prepare_inputs(x[start:start + batch_size], record).to(device)
             outputs.append(tta_logits(model, batch, views.to(device)).cpu())
-    return torch.cat(outputs) if outputs else torch.empty((0, int(record["num_classes"])))
+    return torch.cat(outputs) if outputs else torch.empty(task_from_record(record).output_shape(0))
 
 
 def check_out(out: Path) -> None:

@@ -19,10 +19,12 @@ from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.engine import Trainer
 from hpsearch.errors import DataError, ModelError
 from hpsearch.models import build_model
-from hpsearch.objective import WorkerContext, model_spec, release_memory, start_from_pretrained, train_settings
+from hpsearch.objective import (WorkerContext, model_spec, release_memory, start_from_pretrained, task_arguments,
+    train_settings)
 from hpsearch.plugins import import_callable
 from hpsearch.pretrained import head_parameters, imagenet_file
 from hpsearch.slots import MemoryProbe
+from hpsearch.tasks import task_from_record
 
 log = logging.getLogger("hpsearch")
 
@@ -41,7 +43,7 @@ def check_factory_arguments(cfg: StudyConfig) -> None:
         return  # no inspectable signature (some builtins, C extensions): the first build will tell
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return
-    given = ("input_shape", "num_classes", "dropout")  # hpsearch passes these itself
+    given = ("input_shape", "num_classes", "dropout", "num_positions", "num_outputs")  # hpsearch passes these
     accepted = [p.name for p in parameters if p.name not in given and p.kind in (
         inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
     searched = [name for name in cfg.space if name not in names.TRAIN_PARAMS and name != "dropout"]
@@ -62,7 +64,8 @@ def check_model(cfg: StudyConfig, data: DeviceData, fetch: bool = True) -> None:
     """
     check_factory_arguments(cfg)
     try:
-        model = build_model(cfg.model.name, tuple(data.input_shape), data.num_classes, dropout=0.0, **cfg.model.args)
+        model = build_model(cfg.model.name, tuple(data.input_shape), data.num_classes, dropout=0.0,
+                            **cfg.model.args, **task_arguments(cfg.model.name, data.inputs))
         if fetch or not (cfg.model.download and not imagenet_file().is_file()):
             start_from_pretrained(cfg, model)
         if _splits_backbone(cfg):
@@ -70,18 +73,19 @@ def check_model(cfg: StudyConfig, data: DeviceData, fetch: bool = True) -> None:
     except ModelError as exc:
         raise ModelError(f"{cfg.source}: model: {exc}") from None
     x, _ = next(data.batches(torch.arange(min(2, int(data.y.shape[0]))), 2, shuffle=False))
+    task = task_from_record(data.inputs)
+    needs = ", ".join(map(str, task.output_shape(-1)[1:]))
     try:
         with torch.no_grad():
             out = model.to(data.device).eval()(x)
     except Exception as exc:  # noqa: BLE001 - user code: whatever it raises is the message
         raise ModelError(f"{cfg.source}: model: {cfg.model.name} fails on a batch of the data, inputs of shape "
                          f"{tuple(x.shape)} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); make it "
-                         f"accept (N, {', '.join(map(str, data.input_shape))}) and return (N, {data.num_classes})"
+                         f"accept (N, {', '.join(map(str, data.input_shape))}) and return (N, {needs})"
                          ) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], data.num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"{cfg.source}: model: {cfg.model.name} returns {shape} for {x.shape[0]} inputs; it must "
-                         f"return one score per class, ({x.shape[0]}, {data.num_classes})")
+    problem = task.shape_problem(out, int(x.shape[0]), cfg.model.name)
+    if problem is not None:
+        raise ModelError(f"{cfg.source}: model: {problem}")
 
 
 def _splits_backbone(cfg: StudyConfig) -> bool:
@@ -94,13 +98,17 @@ def load_pool(cfg: StudyConfig) -> ArrayData:
     """The dataset the file names, loaded once (on the CPU); a failure names data.dataset."""
     try:
         return load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
-                            image_size=cfg.data.image_size)
+                            image_size=cfg.data.image_size, task=cfg.task, max_length=cfg.data.max_length,
+                            seed=cfg.seed)
     except DataError as exc:
         raise DataError(f"{cfg.source}: data.dataset: {exc}") from None
 
 
 def split_data(cfg: StudyConfig, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (train, validation) index folds, seeded by the study seed; a failure names the split key."""
+    """The (train, validation) index folds, seeded by the study seed; a failure names the split key.
+
+    ``labels`` are what the split stratifies on: the pool's ``strata`` (classes, string lengths, or one stratum).
+    """
     split = cfg.data.split
     try:
         return split_folds(labels, val_split=split["val_split"], cv_folds=split["cv_folds"],
@@ -117,7 +125,7 @@ def preflight(cfg: StudyConfig, fetch: bool = True) -> None:
     """
     with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
         pool = load_pool(cfg)
-        split_data(cfg, pool.y)
+        split_data(cfg, pool.strata)
         check_model(cfg, DeviceData.place(pool, torch.device("cpu")), fetch=fetch)
 
 

@@ -361,11 +361,14 @@ def busy_s(trials: Iterable[FrozenTrial]) -> float:
 
 
 def metric_bounds(metric: str) -> tuple[float | None, float | None]:
-    """The values ``metric`` can take, by its name: an accuracy lies in [0, 1], a loss is >= 0."""
+    """The values ``metric`` can take, by its name: an accuracy lies in [0, 1], a loss or an error (mse, mae) is
+    >= 0, a coefficient of determination (r2) is <= 1."""
     if metric.endswith("accuracy"):
         return 0.0, 1.0
-    if metric.endswith("loss"):
+    if metric.endswith(("loss", "_mse", "_mae")):
         return 0.0, None
+    if metric.endswith("_r2"):
+        return None, 1.0
     return None, None
 
 

@@ -63,7 +63,10 @@ def plan_graphs(mode: str, device: torch.device, full_batches: bool) -> GraphPla
 
 
 class EpochSums:
-    """Loss and correct-prediction sums of an epoch, kept on the device and read once at its end."""
+    """Loss and correct-prediction sums of an epoch, kept on the device and read once at its end.
+
+    Classification's; every task's sums (`hpsearch.tasks`) have this interface: reset, add, read.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -161,7 +164,7 @@ class TrainStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: Callable[[Tensor, Tensor], Tensor],
                  amp: torch.dtype | None, scaler: torch.amp.GradScaler | None, lr: Tensor, steps_per_epoch: int,
                  accum_steps: int, static: tuple[Tensor, Tensor] | None = None, plan: GraphPlan = EAGER,
-                 backbone_lr: Tensor | None = None) -> None:
+                 backbone_lr: Tensor | None = None, sums: Any = None) -> None:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.amp, self.scaler, self.accum_steps = amp, scaler, accum_steps
         device = lr.device
@@ -173,7 +176,7 @@ class TrainStep:
         self._staged: Tensor | None = None
         self._host_lrs: list[float] = []
         self.step_index = torch.zeros(1, dtype=torch.int64, device=device)
-        self.sums = EpochSums(device)
+        self.sums = EpochSums(device) if sums is None else sums  # the task's sums (hpsearch.tasks); these: classification
         self.static = static
         self._micro_graph: _Graphed | None = None
         self._step_graph: _Graphed | None = None
@@ -270,10 +273,10 @@ class EvalStep:
 
     def __init__(self, model: nn.Module, *, loss_fn: Callable[[Tensor, Tensor], Tensor], amp: torch.dtype | None,
                  device: torch.device, static: tuple[Tensor, Tensor] | None = None, plan: GraphPlan = EAGER,
-                 tta: Tensor | None = None) -> None:
+                 tta: Tensor | None = None, sums: Any = None) -> None:
         self.model, self.loss_fn, self.amp = model, loss_fn, amp
         self.tta = tta  # (K - 1, H * W) pixel maps of the extra views, fixed: capturable index_selects
-        self.sums = EpochSums(device)
+        self.sums = EpochSums(device) if sums is None else sums
         self.static = static
         self._graph: _Graphed | None = None
         if static is not None and plan.capture:

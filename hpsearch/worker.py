@@ -70,7 +70,7 @@ def prepare_context(cfg: StudyConfig, slot: Slot | None = None, status: WorkerSt
         status.phase("placing data")
         device = resolve_device(cfg.device, slot.gpu)
         data = DeviceData.place(pool, device, memory_fraction=cfg.data.memory_fraction)
-        folds = split_data(cfg, pool.y)
+        folds = split_data(cfg, pool.strata)
         status.phase("building the model")
         check_model(cfg, data)
         # torch.optim imports torch._dynamo on first use (~2 s): here rather than inside the first trial.

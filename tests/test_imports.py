@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 STDLIB_ONLY = ("errors", "ids", "names", "signals", "status", "plugins", "threads", "__init__")
-TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints", "pretrained")
+TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints", "pretrained", "tasks")
 LIGHT_SIDE = ("budget", "cliargs", "config", "records", "space", "study", "slots", "summary", "monitor", "supervisor",
               "cli", "__main__")
 BRIDGES = ("objective", "preflight", "worker", "predict")  # the only modules that hold both a config or trial and a model

@@ -44,7 +44,7 @@ def test_builtin_kwargs_and_dropout() -> None:
 def test_builtin_errors_name_the_model_and_fix() -> None:
     with pytest.raises(ModelError, match="model 'mlp' got unknown argument.*depht.*accepts: width, depth"):
         build_model("mlp", (1, 8, 8), 10, depht=3)
-    with pytest.raises(ModelError, match="model 'resnet18'.*accepts: no extra arguments"):
+    with pytest.raises(ModelError, match="model 'resnet18'.*accepts: heads"):
         build_model("resnet18", (3, 32, 32), 10, width=3)
     with pytest.raises(ModelError, match="width must be a positive integer"):
         build_model("seednet", (3, 32, 32), 10, width=0)

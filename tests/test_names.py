@@ -80,14 +80,16 @@ def test_every_augmentation_has_a_table(augmentation: str) -> None:
 def test_every_builtin_model_builds_with_its_arguments(model: str) -> None:
     args = {arg: 4 for arg in names.MODELS[model]}
     net = build_model(model, (3, 32, 32), 10, dropout=0.1, **args)
-    assert net.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    heads = (4,) if "heads" in args else ()  # one head per character position (task multihead)
+    assert net.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, *heads, 10)
 
 
 @pytest.mark.parametrize("dataset", names.DATASETS)
 def test_every_dataset_name_reaches_its_loader(dataset: str, tmp_path: Path) -> None:
     try:
-        data = load_dataset(dataset, root=tmp_path / "nothing-here", download=False)
+        task = {"digit_strings": "multihead", "diabetes": "regression"}.get(dataset, "classification")
+        data = load_dataset(dataset, root=tmp_path / "nothing-here", download=False, task=task)
     except DataError as exc:
         assert "is unknown" not in str(exc)  # its loader ran and found no files, as it should offline
     else:
-        assert dataset == "digits" and len(data) == 1797
+        assert dataset in ("digits", "digit_strings", "diabetes") and data.task == task  # bundled: offline

@@ -80,6 +80,8 @@ def test_busy_time_is_the_union_of_trial_intervals() -> None:
 def test_metric_bounds_by_name() -> None:
     assert records.metric_bounds("val_accuracy") == (0.0, 1.0)
     assert records.metric_bounds("val_loss") == (0.0, None)
+    assert records.metric_bounds("val_mse") == records.metric_bounds("val_mae") == (0.0, None)
+    assert records.metric_bounds("val_r2") == (None, 1.0)
     assert records.metric_bounds("objective") == (None, None)
 
 

@@ -250,6 +250,24 @@ def _check_budget(cfg: StudyConfig) -> None:
                                            f"{why}); raise it to at least {rung}")
 
 
+def _check_task(cfg: StudyConfig) -> None:
+    """The metric is one the task reports; class weights and label smoothing only where there are classes."""
+    metrics = names.TASK_METRICS[cfg.task]
+    if cfg.metric not in names.METRICS:
+        raise _error(cfg, "metric", f"unknown metric '{cfg.metric}'{_did_you_mean(cfg.metric, metrics)}; use one of "
+                                    f"{', '.join(metrics)} (task {cfg.task})")
+    if cfg.metric not in metrics:
+        raise _error(cfg, "metric", f"task {cfg.task} does not report '{cfg.metric}'"
+                                    f"{_did_you_mean(cfg.metric, metrics)}; use one of {', '.join(metrics)}")
+    if cfg.task != "regression":
+        return
+    if cfg.train.class_weighting:
+        raise _error(cfg, "train.class_weighting", "task regression has no classes to weight; remove it")
+    if cfg.train.label_smoothing > 0 or "label_smoothing" in cfg.space:
+        where = "space.label_smoothing" if "label_smoothing" in cfg.space else "train.label_smoothing"
+        raise _error(cfg, where, "task regression has no classes to smooth; remove it")
+
+
 def _check_direction(cfg: StudyConfig) -> None:
     natural = names.METRICS[cfg.metric]
     if cfg.direction is not None and cfg.direction != natural:
@@ -271,6 +289,7 @@ def _check_braces(cfg: StudyConfig) -> None:
 
 def _check_cross_fields(cfg: StudyConfig) -> None:
     _check_braces(cfg)
+    _check_task(cfg)
     _check_direction(cfg)
     _check_model_args(cfg)
     _check_space(cfg)

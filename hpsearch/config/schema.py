@@ -40,6 +40,7 @@ class DataConfig(Strict):
     cv_folds: int | None = Field(None, ge=2, le=20)
     bootstrap: int | None = None  # K out-of-bag splits, trained in lockstep like cv_folds (2..names.MAX_BOOTSTRAP)
     image_size: int | None = Field(None, ge=8, le=1024)
+    max_length: int | None = Field(None, ge=1, le=names.MAX_LENGTH_LIMIT)  # characters per sample (digit strings)
     memory_fraction: float = Field(0.5, gt=0, le=0.95)
 
     @field_validator("dataset")
@@ -54,6 +55,13 @@ class DataConfig(Strict):
             raise ValueError(f"bootstrap is the number of out-of-bag splits, between 2 and {names.MAX_BOOTSTRAP} "
                              f"(each one trains a model per trial), got {k}; set a count in that range")
         return k
+
+    @model_validator(mode="after")
+    def _max_length_for_strings(self) -> DataConfig:
+        if self.max_length is not None and self.dataset not in names.SEQUENCE_DATASETS:
+            raise ValueError(f"max_length is for datasets of digit strings ({', '.join(names.SEQUENCE_DATASETS)}), "
+                             f"not '{self.dataset}'; remove it")
+        return self
 
     @model_validator(mode="after")
     def _one_split(self) -> DataConfig:
@@ -188,6 +196,7 @@ class StudyConfig(Strict):
     storage: str | None = None
     output_dir: str | None = None
     direction: Literal["maximize", "minimize"] | None = None
+    task: Literal[names.TASKS] = "classification"  # type: ignore[valid-type]  # what the model learns (hpsearch.tasks)
     metric: str = "val_accuracy"
     n_trials: int = Field(20, ge=1, le=1_000_000)
     timeout: float | None = Field(None, gt=0)
@@ -206,14 +215,6 @@ class StudyConfig(Strict):
     enqueue: list[dict[str, Scalar]] = Field(default_factory=list, max_length=MAX_ENQUEUE)
     source: str = Field("<memory>", exclude=True)
     _sampler_auto: bool = PrivateAttr(False)
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
-        if metric not in names.METRICS:
-            raise ValueError(f"unknown metric '{metric}'{_did_you_mean(metric, names.METRICS)}; "
-                             f"use one of {', '.join(names.METRICS)}")
-        return metric
 
     @model_validator(mode="wrap")
     @classmethod

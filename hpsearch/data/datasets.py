@@ -1,4 +1,5 @@
-"""Loading a dataset once into an ArrayData: digits, torchvision sets, image folders, custom callables."""
+"""Loading a dataset once into an ArrayData: digits, digit strings, diabetes, torchvision sets, image folders, custom
+callables; the labels checked against the study's task (`targets`)."""
 
 from __future__ import annotations
 
@@ -31,11 +32,17 @@ _TORCHVISION_FILES = {
 
 @dataclass(frozen=True)
 class ArrayData:
-    """A whole training pool in memory: inputs, integer labels and per-channel statistics.
+    """A whole training pool in memory: inputs, labels (or targets) and per-channel statistics.
 
     ``x`` is uint8 (N, C, H, W) for images, or float32 (N, ...) for feature data; ``mean`` and
     ``std`` are per channel (dimension 1 of ``x``) in ``x``'s raw units. ``class_names`` defaults
-    to "0", "1", ... when not given.
+    to "0", "1", ... when not given. What ``y`` holds depends on ``task`` (`hpsearch.tasks`):
+
+    - ``classification``: int64 (N,) class indices below ``num_classes``;
+    - ``multihead``: int64 (N, L) class indices, one per character position, padded with ``blank`` (the
+      last class, ``num_classes - 1``; its name is in ``class_names`` too); L is :attr:`max_length`;
+    - ``regression``: float32 (N, k) targets in their own units; ``num_classes`` is k (one output each,
+      ``class_names`` their names) and ``target_mean``/``target_std`` their per-output statistics.
     """
 
     x: torch.Tensor
@@ -44,6 +51,10 @@ class ArrayData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
+    task: str = "classification"
+    blank: int | None = None
+    target_mean: tuple[float, ...] = ()
+    target_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         given = tuple(str(n) for n in self.class_names) or tuple(str(i) for i in range(self.num_classes))
@@ -64,6 +75,20 @@ class ArrayData:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def max_length(self) -> int | None:
+        """Character positions per sample (multihead), else None."""
+        return int(self.y.shape[1]) if self.task == "multihead" else None
+
+    @property
+    def strata(self) -> torch.Tensor:
+        """What hold-out and k-fold splits stratify on: the class, the number of characters, or nothing (one stratum)."""
+        if self.task == "multihead":
+            return (self.y != self.blank).sum(1)
+        if self.task == "regression":
+            return torch.zeros(len(self), dtype=torch.int64)
+        return self.y
+
 
 # --------------------------------------------------------------------------------------------
 # loading
@@ -74,32 +99,45 @@ def load_dataset(
     root: str | Path | None = None,
     download: bool = False,
     image_size: int | None = None,
+    task: str = "classification",
+    max_length: int | None = None,
+    seed: int = 0,
 ) -> ArrayData:
-    """Load the training split of a dataset into memory, once.
+    """Load the training split of a dataset into memory, once, its labels checked against ``task``.
 
     ``name`` is one of :data:`hpsearch.names.DATASETS` or ``"package.module:callable"``. ``image_size``
     resizes images to a square side (default 32 for ``image_folder``, native size otherwise).
-    Raises :class:`DataError` with a one-line message when the data cannot be found or read.
+    ``max_length`` and ``seed`` shape ``digit_strings`` (characters at most, the draw).
+    Raises :class:`DataError` with a one-line message when the data cannot be found or read, or its
+    labels do not fit the task.
     """
     if image_size is not None and image_size < 1:
         raise DataError(f"dataset '{name}': image_size must be a positive integer, got {image_size}")
+    from hpsearch.data.targets import digit_strings, for_task, load_diabetes
+
     if name == "digits":
         data = _load_digits()
+    elif name == "digit_strings":
+        data = digit_strings(max_length or names.DEFAULT_MAX_LENGTH, seed)
+    elif name == "diabetes":
+        data = load_diabetes()
     elif name in _TORCHVISION_FILES:
         with _no_new_empty_folders(Path(root or DEFAULT_ROOT)):
             data = _load_torchvision(name, Path(root or DEFAULT_ROOT), download)
     elif name == "image_folder":
         if root is None:
             raise DataError("dataset 'image_folder': set data.root to a folder of class subfolders")
-        return _load_image_folder(Path(root), image_size or 32)
+        return for_task(_load_image_folder(Path(root), image_size or 32), task, name)
     elif ":" in name:
-        data = _load_custom(name, root)
+        data = _load_custom(name, root, task)
     else:
         choices = ", ".join(names.DATASETS)
         raise DataError(f"dataset '{name}' is unknown; use one of {choices} or 'package.module:callable'")
     if image_size is not None and data.is_image and data.x.shape[-2:] != (image_size, image_size):
-        data = from_arrays(_resize(data.x, image_size), data.y, data.num_classes, data.class_names)
-    return data
+        x = _resize(data.x, image_size)
+        mean, std = channel_stats(x)
+        data = replace(data, x=x, mean=mean, std=std)
+    return for_task(data, task, name)
 
 
 def from_arrays(x: Any, y: Any, num_classes: int | None = None, class_names: Sequence[str] | None = None) -> ArrayData:
@@ -278,7 +316,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def _load_custom(spec: str, root: str | Path | None) -> ArrayData:
+def _load_custom(spec: str, root: str | Path | None, task: str = "classification") -> ArrayData:
     factory = import_callable(spec, "dataset", DataError)
     if not _takes_root(factory):
         raise DataError(f"dataset '{spec}' must accept the keyword argument root (hpsearch calls it with "
@@ -287,6 +325,11 @@ def _load_custom(spec: str, root: str | Path | None) -> ArrayData:
         result = factory(root=root)
     except Exception as exc:
         raise DataError(f"dataset '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    from hpsearch.data.targets import check_class_labels, task_data
+
+    if task != "classification":
+        return task_data(result, task, spec)
+    check_class_labels(result, spec)
     try:
         if isinstance(result, ArrayData):
             checked = from_arrays(result.x, result.y, result.num_classes, result.class_names)

@@ -22,12 +22,20 @@ def inputs_record(data: ArrayData) -> dict[str, Any]:
     ``mean``/``std`` per channel in raw units, ``input_shape`` of one sample, ``dtype`` of the raw
     inputs (uint8 images or float32 features), ``num_classes``, ``class_names``, and ``min``/``max``:
     the range of the training inputs, against which :func:`prepare_inputs` checks what it is given.
+    A task other than classification adds ``task`` and what decoding its outputs needs: ``blank`` and
+    ``max_length`` (multihead), ``target_mean``/``target_std`` per output (regression: the model learns
+    normalised targets, predictions are turned back into the data's units).
     """
     empty = data.x.numel() == 0
-    return {"mean": list(data.mean), "std": list(data.std), "input_shape": list(data.input_shape),
-            "dtype": str(data.x.dtype).removeprefix("torch."), "num_classes": data.num_classes,
-            "class_names": list(data.class_names), "min": None if empty else float(data.x.min()),
-            "max": None if empty else float(data.x.max())}
+    record = {"mean": list(data.mean), "std": list(data.std), "input_shape": list(data.input_shape),
+              "dtype": str(data.x.dtype).removeprefix("torch."), "num_classes": data.num_classes,
+              "class_names": list(data.class_names), "min": None if empty else float(data.x.min()),
+              "max": None if empty else float(data.x.max())}
+    if data.task == "multihead":
+        record.update(task=data.task, blank=data.blank, max_length=data.max_length)
+    elif data.task == "regression":
+        record.update(task=data.task, target_mean=list(data.target_mean), target_std=list(data.target_std))
+    return record
 
 
 def normaliser(mean: Sequence[float], std: Sequence[float], sample_ndim: int,

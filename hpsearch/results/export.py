@@ -164,9 +164,10 @@ hpsearch for the model's architecture and the input normalisation):
 
 or import it:
 
-    from load_model import predict, class_names
+    from load_model import predict, predict_text, class_names
     labels = predict(x)  # {expects}
     labels = predict(x, tta=4)  # logits averaged over x and 3 fixed views of the study's train.augment
+    text = predict_text(x)  # one string per sample: a class name, a digit string, or numbers
 
 predict() applies the normalisation the trial trained with (weights.pt keeps the training data's
 per-channel mean and std); load_model() gives the bare model, which expects normalised inputs.
@@ -183,6 +184,7 @@ from hpsearch.data import prepare_inputs
 from hpsearch.data.tta import tta_logits, tta_rows
 from hpsearch.engine import load_checkpoint
 from hpsearch.models import build_model
+from hpsearch.tasks import task_from_record
 
 WEIGHTS = Path(__file__).resolve().with_name("weights.pt")
 PARAMS = {params!r}  # the trial's hyperparameters
@@ -236,18 +238,33 @@ def tta_views(tta: int, weights: str | Path = WEIGHTS) -> torch.Tensor:
     return tta_rows(inputs(weights)["input_shape"], saved["augment"], tta, int(saved["seed"]))
 
 
-def predict(x: Any, model: torch.nn.Module | None = None, weights: str | Path = WEIGHTS, tta: int = 1) -> torch.Tensor:
-    """Class indices (int64, one per sample) for raw inputs `x`: a tensor or numpy array of one sample
-    or a batch, in the dataset's raw units (uint8 pixels 0..255 for images, the raw feature values
-    otherwise), normalised here exactly as in training; inputs far outside the training range get a warning.
-    `tta` > 1 averages the logits over x and tta - 1 fixed augmented views (as `hpsearch predict --tta`)."""
+def _outputs(x: Any, model: torch.nn.Module | None, weights: str | Path, tta: int) -> torch.Tensor:
     if model is None:
         key = str(Path(weights).resolve())
         model = _MODELS[key] = _MODELS.get(key) or load_model(weights)
     batch = prepare_inputs(x, inputs(weights))
     device = next(model.parameters()).device
     with torch.no_grad():
-        return tta_logits(model, batch.to(device), tta_views(tta, weights).to(device)).argmax(dim=1).cpu()
+        return tta_logits(model, batch.to(device), tta_views(tta, weights).to(device)).cpu()
+
+
+def predict(x: Any, model: torch.nn.Module | None = None, weights: str | Path = WEIGHTS, tta: int = 1) -> torch.Tensor:
+    """Predictions for raw inputs `x`: a tensor or numpy array of one sample or a batch, in the dataset's
+    raw units (uint8 pixels 0..255 for images, the raw feature values otherwise), normalised here exactly
+    as in training; inputs far outside the training range get a warning. Class indices (int64, one per
+    sample) for classification, (N, L) class indices per position for multihead (the blank included),
+    float32 (N, k) values in the data's own units for regression.
+    `tta` > 1 averages the logits over x and tta - 1 fixed augmented views (as `hpsearch predict --tta`)."""
+    outputs = _outputs(x, model, weights, tta)  # first: a checkpoint without an inputs record is refused there
+    return task_from_record(inputs(weights)).predict(outputs)
+
+
+def predict_text(x: Any, model: torch.nn.Module | None = None, weights: str | Path = WEIGHTS,
+                 tta: int = 1) -> list[str]:
+    """One string per sample, as `hpsearch predict` writes it: the class name, the digit string (blanks
+    dropped), or the values in the data's units."""
+    outputs = _outputs(x, model, weights, tta)
+    return task_from_record(inputs(weights)).rows(outputs)
 
 
 if __name__ == "__main__":
@@ -271,8 +288,11 @@ def _expects(inputs: dict[str, Any] | None) -> str:
                 "((x - mean) / std per channel) and call load_model()(x)")
     shape = ", ".join(str(d) for d in inputs["input_shape"])
     units = "raw uint8 pixel values" if inputs["dtype"] == "uint8" else f"raw {inputs['dtype']} feature values"
-    return (f"x: shape (N, {shape}) or one sample, {units} as the dataset holds them (not normalised); "
-            f"returns class indices into class_names() ({inputs['num_classes']} classes)")
+    returns = {"multihead": f"returns (N, {inputs.get('max_length')}) class indices into class_names(), "
+                            f"{inputs.get('blank')} the blank",
+               "regression": f"returns (N, {inputs['num_classes']}) values in the data's units"}.get(
+        inputs.get("task", ""), f"returns class indices into class_names() ({inputs['num_classes']} classes)")
+    return f"x: shape (N, {shape}) or one sample, {units} as the dataset holds them (not normalised); {returns}"
 
 
 def predict_usage(study: optuna.Study) -> str:

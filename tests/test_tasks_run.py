@@ -1,0 +1,212 @@
+"""Multihead and regression studies end to end through `hpsearch run`: metrics, checkpoints, resume, `predict` and
+the export's predict(); models and data that do not fit the task are refused before any trial."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from hpsearch import engine
+from hpsearch.cli import main
+from hpsearch.data import load_dataset
+from hpsearch.signals import StopRequested
+
+DB = Path("runs/tiny/study.db")
+MULTIHEAD: dict[str, Any] = {
+    "task": "multihead", "n_trials": 2, "data": {"dataset": "digit_strings", "max_length": 3, "val_split": 0.25},
+    "model": {"name": "seednet", "args": {"width": 4, "heads": 3}}, "train": {"epochs": 2, "batch_size": 64},
+}
+REGRESSION: dict[str, Any] = {
+    "task": "regression", "metric": "val_mse", "n_trials": 2, "data": {"dataset": "diabetes", "val_split": 0.25},
+    "train": {"epochs": 3, "batch_size": 32},
+}
+
+
+def _study() -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{DB}")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _export(tmp: Path, study: Path, name: str) -> Any:
+    assert main(["best", str(study), "--export", str(tmp / "export")]) == 0
+    spec = importlib.util.spec_from_file_location(name, tmp / "export" / "load_model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_multihead_study_scores_whole_strings_and_predicts_them(write_study: Callable[..., Path],
+                                                                  workdir: Path) -> None:
+    path = write_study(**{**MULTIHEAD, "n_trials": 1})
+    assert main(["run", str(path)]) == 0
+    best = _study().best_trial
+    history = best.user_attrs["history"]
+    assert set(history[0]) >= {"train_loss", "train_accuracy", "train_char_accuracy", "val_loss", "val_accuracy",
+                               "val_char_accuracy"}
+    assert best.value == max(h["val_accuracy"] for h in history)
+    assert best.user_attrs["inputs"]["task"] == "multihead" and best.user_attrs["inputs"]["blank"] == 10
+    out = workdir / "val.csv"
+    assert main(["predict", str(path), "--input", "val", "--out", str(out)]) == 0
+    pool = load_dataset("digit_strings", task="multihead", max_length=3, seed=0)
+    truth = ["".join(str(d) for d in row if d != 10) for row in pool.y.tolist()]
+    rows = _rows(out)
+    assert len(rows) == 750 and all(set(r["prediction"]) <= set("0123456789") for r in rows)
+    right = sum(r["prediction"] == truth[int(r["input"])] for r in rows)
+    assert right / len(rows) == best.value  # the CSV's strings are what the trial scored, exactly
+    module = _export(workdir, path, "load_model_multihead")
+    x = pool.x[[int(r["input"]) for r in rows[:16]]]
+    assert module.predict(x).shape == (16, 3)
+    assert module.predict_text(x) == [r["prediction"] for r in rows[:16]]
+
+
+def test_a_regression_study_reports_and_predicts_in_the_targets_units(write_study: Callable[..., Path],
+                                                                      workdir: Path) -> None:
+    path = write_study(**REGRESSION)
+    assert main(["run", str(path)]) == 0
+    study = _study()
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    best = study.best_trial
+    history = best.user_attrs["history"]
+    assert set(history[0]) >= {"train_loss", "val_loss", "val_mse", "val_mae", "val_r2"}
+    assert best.value == min(h["val_mse"] for h in history)
+    out = workdir / "val.csv"
+    assert main(["predict", str(path), "--input", "val", "--out", str(out)]) == 0
+    pool = load_dataset("diabetes", task="regression")
+    rows = _rows(out)
+    index = [int(r["input"]) for r in rows]
+    predicted = torch.tensor([float(r["prediction"]) for r in rows], dtype=torch.float64)
+    mse = (predicted - pool.y[index, 0].double()).square().mean().item()
+    assert mse == pytest.approx(best.value, rel=1e-4)  # the data's units (a target std of 77, not 1)
+    module = _export(workdir, path, "load_model_regression")
+    values = module.predict(pool.x[index[:8]])
+    assert values.shape == (8, 1)
+    assert values.flatten().tolist() == pytest.approx(predicted[:8].tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("raw", [MULTIHEAD, REGRESSION], ids=["multihead", "regression"])
+def test_a_stopped_trial_of_each_task_resumes_where_it_stopped(raw: dict[str, Any], write_study: Callable[..., Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_study(**{**raw, "n_trials": 1, "train": {**raw["train"], "epochs": 3}})
+    real = engine.Trainer.run_epoch
+    calls: list[int] = []
+
+    def stop_second(self: engine.Trainer) -> dict[str, float]:
+        calls.append(self.epoch)
+        if len(calls) == 2:
+            raise StopRequested("SIGTERM")
+        return real(self)
+
+    monkeypatch.setattr(engine.Trainer, "run_epoch", stop_second)
+    assert main(["run", str(path)]) == 130  # epoch 1 saved, then stopped
+    monkeypatch.setattr(engine.Trainer, "run_epoch", real)
+    assert main(["run", str(path)]) == 0
+    first, resumed = _study().trials
+    assert first.state == TrialState.FAIL and resumed.state == TrialState.COMPLETE
+    assert resumed.user_attrs["resumed_from"] == {"trial": 0, "epoch": 1}
+    history = resumed.user_attrs["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0] == first.user_attrs["history"][0]  # its first epoch, carried over
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"model": {"name": "mlp"}}, "model: mlp returns (2, 11) for 2 inputs; it must return one score per class and "
+                                 "position, (2, 3, 11), for task multihead: set model.args.heads: 3"),
+    ({"model": {"name": "seednet", "args": {"heads": 4}}}, "seednet returns (2, 4, 11)"),
+    ({"task": "classification"}, "data.dataset: dataset 'digit_strings' holds digit strings"),
+    ({"metric": "val_mse"}, "metric: task multihead does not report 'val_mse'"),
+])
+def test_a_multihead_study_that_cannot_work_exits_2_before_any_trial(
+        changes: dict[str, Any], expected: str, write_study: Callable[..., Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(write_study(**{**MULTIHEAD, **changes}))]) == 2
+    assert expected in _one_error_line(capsys)
+    assert not DB.exists()
+
+
+CUSTOM = '''
+import torch
+from torch import nn
+
+
+def floats(root=None):
+    return torch.rand(40, 5), torch.rand(40) * 3
+
+
+def rows(root=None):
+    return torch.rand(40, 5), torch.randint(0, 4, (40, 2))
+
+
+def blank_inside(root=None):
+    from hpsearch.data import ArrayData
+    y = torch.randint(0, 4, (40, 2))
+    return ArrayData(torch.rand(40, 5), y, 4, (0.0,) * 40, (1.0,) * 40, blank=1)
+
+
+def factory(input_shape, num_classes, dropout, num_positions):
+    return nn.Sequential(nn.Flatten(), nn.Linear(5, num_positions * num_classes), nn.Unflatten(1, (num_positions,
+                                                                                                  num_classes)))
+
+
+def regressor(input_shape, num_classes, dropout, num_outputs):
+    return nn.Linear(5, num_outputs)
+'''
+
+
+@pytest.fixture
+def custom(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (workdir / "taskdata.py").write_text(textwrap.dedent(CUSTOM))
+    monkeypatch.syspath_prepend(str(workdir))
+    sys.modules.pop("taskdata", None)
+    return "taskdata"
+
+
+@pytest.mark.parametrize("task, dataset, expected", [
+    ("classification", "floats", "returned float labels; task classification needs integer class indices: set task: "
+                                 "regression"),
+    ("classification", "rows", "returned labels of shape (40, 2); task classification needs (N,) class indices: set "
+                               "task: multihead"),
+    ("regression", "rows", "returned integer labels (torch.int64); task regression needs float targets"),
+    ("multihead", "floats", "returned float labels of shape (40,); task multihead needs integer class indices"),
+    ("multihead", "blank_inside", "the blank class 1 lies inside the real classes (0..3)"),
+])
+def test_custom_data_that_does_not_fit_the_task_exits_2(task: str, dataset: str, expected: str, custom: str,
+                                                        write_study: Callable[..., Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    metric = {"regression": "val_mse"}.get(task, "val_accuracy")
+    path = write_study(task=task, metric=metric, data={"dataset": f"{custom}:{dataset}", "val_split": 0.25})
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert f"data.dataset: dataset '{custom}:{dataset}'" in line and expected in line, line
+    assert not DB.exists()
+
+
+@pytest.mark.parametrize("task, dataset, model, metric", [
+    ("multihead", "rows", "factory", "val_char_accuracy"), ("regression", "floats", "regressor", "val_r2")])
+def test_custom_factories_get_the_tasks_arguments(task: str, dataset: str, model: str, metric: str, custom: str,
+                                                  write_study: Callable[..., Path]) -> None:
+    path = write_study(task=task, metric=metric, n_trials=1, data={"dataset": f"{custom}:{dataset}", "val_split": 0.25},
+                       model={"name": f"{custom}:{model}"}, train={"epochs": 1, "batch_size": 8})
+    assert main(["run", str(path)]) == 0
+    trial = _study().best_trial
+    assert metric in trial.user_attrs["history"][0]
