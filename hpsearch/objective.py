@@ -31,6 +31,7 @@ from hpsearch.names import MODELS, TRAIN_PARAMS
 from hpsearch.pretrained import apply_pretrained, load_state, resolve_source
 from hpsearch.settings import settings_from
 from hpsearch.study import artifact_dir, artifact_store, retry_history
+from hpsearch.tasks import task_arguments
 
 log = logging.getLogger("hpsearch")
 PROGRESS_EVERY_S = 10.0  # a trial logs its latest epoch at most this often
@@ -70,19 +71,6 @@ def model_spec(cfg: StudyConfig, params: dict[str, Any], data: DeviceData) -> di
     kwargs.update(task_arguments(cfg.model.name, data.inputs))
     return {"name": cfg.model.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
             "dropout": dropout, "kwargs": kwargs}
-
-
-def task_arguments(model: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """What the task adds to a model's arguments: a custom factory's num_positions (multihead) or num_outputs
-    (regression); nothing for a builtin (whose heads come from model.args)."""
-    if model in MODELS:
-        return {}
-    task = inputs.get("task")
-    if task == "multihead":
-        return {"num_positions": int(inputs["max_length"])}
-    if task == "regression":
-        return {"num_outputs": int(inputs["num_classes"])}
-    return {}
 
 
 def start_from_pretrained(cfg: StudyConfig, model: torch.nn.Module) -> dict[str, Any] | None:

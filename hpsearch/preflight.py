@@ -19,12 +19,11 @@ from hpsearch.data import ArrayData, DeviceData, load_dataset, split_folds
 from hpsearch.engine import Trainer
 from hpsearch.errors import DataError, ModelError
 from hpsearch.models import build_model
-from hpsearch.objective import (WorkerContext, model_spec, release_memory, start_from_pretrained, task_arguments,
-    train_settings)
+from hpsearch.objective import WorkerContext, model_spec, release_memory, start_from_pretrained, train_settings
 from hpsearch.plugins import import_callable
 from hpsearch.pretrained import head_parameters, imagenet_file
 from hpsearch.slots import MemoryProbe
-from hpsearch.tasks import task_from_record
+from hpsearch.tasks import task_arguments, task_from_record
 
 log = logging.getLogger("hpsearch")
 

@@ -22,9 +22,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from hpsearch.names import MODELS
 from hpsearch.steps import EpochSums
 
-__all__ = ["Classification", "Multihead", "Regression", "Sums", "Task", "task_from_record"]
+__all__ = ["Classification", "Multihead", "Regression", "Sums", "Task", "task_arguments", "task_from_record"]
 
 
 class Sums(Protocol):
@@ -268,3 +269,16 @@ def task_from_record(record: Mapping[str, Any], class_weights: Sequence[float] |
     if kind == "regression":
         return Regression(int(record["num_classes"]), names, record["target_mean"], record["target_std"])
     return Task(int(record["num_classes"]), names, class_weights, label_smoothing)
+
+
+def task_arguments(model: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What the task adds to a model's arguments: a custom factory's num_positions (multihead) or num_outputs
+    (regression); nothing for a builtin (whose heads come from model.args)."""
+    if model in MODELS:
+        return {}
+    task = inputs.get("task")
+    if task == "multihead":
+        return {"num_positions": int(inputs["max_length"])}
+    if task == "regression":
+        return {"num_outputs": int(inputs["num_classes"])}
+    return {}
