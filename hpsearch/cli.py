@@ -116,7 +116,7 @@ def _validate_data_and_model(cfg: StudyConfig) -> str:
     from hpsearch.names import DATASETS
     from hpsearch.preflight import check_factory_arguments, preflight
 
-    downloadable = cfg.data.dataset in DATASETS and cfg.data.dataset not in ("digits", "image_folder")
+    downloadable = cfg.data.dataset in DATASETS and cfg.data.dataset not in ("digits", "image_folder", "label_folder")
     if not (cfg.data.download and downloadable):
         preflight(cfg, fetch=False)
         return "data loaded, model built and run on two samples"

@@ -8,9 +8,10 @@ library only.
 
 from __future__ import annotations
 
-DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder", "digit_strings", "diabetes")
+DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist", "svhn", "image_folder", "digit_strings", "diabetes",
+            "label_folder")
 # Datasets whose labels are rows of characters padded with a blank class: they take data.max_length.
-SEQUENCE_DATASETS = ("digit_strings",)
+SEQUENCE_DATASETS = ("digit_strings", "label_folder")
 DEFAULT_MAX_LENGTH = 5  # data.max_length of digit_strings: characters per image at most
 MAX_LENGTH_LIMIT = 32
 # Builtin models and their extra arguments (each a positive integer; left out, the model's default).

@@ -98,7 +98,7 @@ def load_pool(cfg: StudyConfig) -> ArrayData:
     try:
         return load_dataset(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
                             image_size=cfg.data.image_size, task=cfg.task, max_length=cfg.data.max_length,
-                            seed=cfg.seed)
+                            seed=cfg.seed, labels=cfg.data.labels)
     except DataError as exc:
         raise DataError(f"{cfg.source}: data.dataset: {exc}") from None
 

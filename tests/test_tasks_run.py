@@ -210,3 +210,52 @@ def test_custom_factories_get_the_tasks_arguments(task: str, dataset: str, model
     assert main(["run", str(path)]) == 0
     trial = _study().best_trial
     assert metric in trial.user_attrs["history"][0]
+
+
+def _write_label_folder(root: Path, count: int = 60) -> list[str]:
+    """Digit strings written as PNG files plus the competition's labels.json; the label strings in file order."""
+    from PIL import Image
+
+    pool = load_dataset("digit_strings", task="multihead", max_length=3, seed=1)
+    root.mkdir(parents=True)
+    labels, strings = {}, []
+    for i in range(count):
+        name = f"{i:06d}.png"
+        pixels = pool.x[i, 0].numpy() * 16  # digits' 0..16 levels as 8-bit grey
+        Image.fromarray(pixels.clip(0, 255).astype("uint8")).convert("RGB").save(root / name)
+        digits = [d for d in pool.y[i].tolist() if d != 10]
+        labels[name] = {"label": digits}
+        strings.append("".join(map(str, digits)))
+    (root / "labels.json").write_text(__import__("json").dumps(labels))
+    return strings
+
+
+def test_a_label_folder_in_the_competition_format_trains_and_predicts(write_study: Callable[..., Path],
+                                                                     workdir: Path) -> None:
+    _write_label_folder(workdir / "photos")
+    path = write_study(task="multihead", n_trials=1,
+                       data={"dataset": "label_folder", "root": "photos", "max_length": 3, "image_size": [8, 24],
+                             "val_split": 0.25},
+                       model={"name": "seednet", "args": {"width": 4, "heads": 3}},
+                       train={"epochs": 1, "batch_size": 16})
+    assert main(["run", str(path)]) == 0
+    inputs = _study().best_trial.user_attrs["inputs"]
+    assert inputs["task"] == "multihead" and inputs["blank"] == 10 and inputs["input_shape"] == [3, 8, 24]
+    out = workdir / "photos.csv"
+    assert main(["predict", str(path), "--input", str(workdir / "photos"), "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert [r["input"] for r in rows] == [f"{i:06d}.png" for i in range(60)]
+    assert all(set(r["prediction"]) <= set("0123456789") and len(r["prediction"]) <= 3 for r in rows)
+
+
+@pytest.mark.parametrize("data, key", [({"dataset": "digits", "labels": "x.json"}, "labels"),
+                                       ({"dataset": "digits", "image_size": [8, 16]}, "image_size"),
+                                       ({"dataset": "label_folder", "image_size": [8]}, "image_size")])
+def test_label_folder_keys_are_refused_elsewhere(write_study: Callable[..., Path], workdir: Path,
+                                                 capsys: pytest.CaptureFixture[str], data: dict[str, Any],
+                                                 key: str) -> None:
+    path = write_study(task="multihead" if data["dataset"] == "label_folder" else "classification", data=data)
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"hpsearch: error: {path}: data") and key in line
+    assert not DB.exists()

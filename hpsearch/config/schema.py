@@ -39,7 +39,8 @@ class DataConfig(Strict):
     val_split: float | None = Field(None, gt=0, lt=1)
     cv_folds: int | None = Field(None, ge=2, le=20)
     bootstrap: int | None = None  # K out-of-bag splits, trained in lockstep like cv_folds (2..names.MAX_BOOTSTRAP)
-    image_size: int | None = Field(None, ge=8, le=1024)
+    image_size: int | list[int] | None = None  # a square side, or [height, width] for label_folder
+    labels: str | None = None  # label_folder's label file (relative to root), when not root/labels.json or .csv
     max_length: int | None = Field(None, ge=1, le=names.MAX_LENGTH_LIMIT)  # characters per sample (digit strings)
     memory_fraction: float = Field(0.5, gt=0, le=0.95)
 
@@ -55,6 +56,23 @@ class DataConfig(Strict):
             raise ValueError(f"bootstrap is the number of out-of-bag splits, between 2 and {names.MAX_BOOTSTRAP} "
                              f"(each one trains a model per trial), got {k}; set a count in that range")
         return k
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_side(cls, size: int | list[int] | None) -> int | list[int] | None:
+        sides = [size] if isinstance(size, int) else size or []
+        if isinstance(size, list) and len(size) != 2 or any(not 8 <= side <= 1024 for side in sides):
+            raise ValueError(f"image_size is one side or [height, width], each from 8 to 1024 pixels, got {size}; "
+                             f"for example image_size: 32 or image_size: [64, 128]")
+        return size
+
+    @model_validator(mode="after")
+    def _label_folder_keys(self) -> DataConfig:
+        if self.dataset != "label_folder" and (self.labels is not None or isinstance(self.image_size, list)):
+            key = "labels" if self.labels is not None else "image_size: [height, width]"
+            raise ValueError(f"{key} is for dataset label_folder, not '{self.dataset}'; "
+                             f"{'remove it' if key == 'labels' else 'give one side, e.g. image_size: 32'}")
+        return self
 
     @model_validator(mode="after")
     def _max_length_for_strings(self) -> DataConfig:

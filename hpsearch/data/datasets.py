@@ -98,23 +98,29 @@ def load_dataset(
     name: str,
     root: str | Path | None = None,
     download: bool = False,
-    image_size: int | None = None,
+    image_size: int | list[int] | tuple[int, int] | None = None,
     task: str = "classification",
     max_length: int | None = None,
     seed: int = 0,
+    labels: str | None = None,
 ) -> ArrayData:
     """Load the training split of a dataset into memory, once, its labels checked against ``task``.
 
     ``name`` is one of :data:`hpsearch.names.DATASETS` or ``"package.module:callable"``. ``image_size``
     resizes images to a square side (default 32 for ``image_folder``, native size otherwise).
-    ``max_length`` and ``seed`` shape ``digit_strings`` (characters at most, the draw).
+    ``max_length`` and ``seed`` shape ``digit_strings`` (characters at most, the draw); ``label_folder`` reads
+    ``root``'s images and their ``labels`` file (default labels.json or labels.csv there), resized to
+    ``image_size`` (a side or (height, width), default 32), labels padded to ``max_length``.
     Raises :class:`DataError` with a one-line message when the data cannot be found or read, or its
     labels do not fit the task.
     """
-    if image_size is not None and image_size < 1:
-        raise DataError(f"dataset '{name}': image_size must be a positive integer, got {image_size}")
     from hpsearch.data.targets import digit_strings, for_task, load_diabetes
 
+    if name == "label_folder":
+        return for_task(_load_label_folder(Path(root or DEFAULT_ROOT), image_size or 32,
+                                           max_length or names.DEFAULT_MAX_LENGTH, labels), task, name)
+    if image_size is not None and image_size < 1:
+        raise DataError(f"dataset '{name}': image_size must be a positive integer, got {image_size}")
     if name == "digits":
         data = _load_digits()
     elif name == "digit_strings":
@@ -277,6 +283,18 @@ def _missing_message(name: str, where: Path, download: bool, exc: Exception) -> 
     else:
         what = f"missing or corrupted files in {where} ({detail})"
     return f"dataset '{name}': {what}; set data.download: true on a machine with internet, or copy the files there"
+
+
+def _load_label_folder(root: Path, image_size: int | list[int] | tuple[int, int], max_length: int,
+                       labels: str | None) -> ArrayData:
+    """The competition-format folder as multihead data: 10 digits and the blank (index 10, named "")."""
+    from hpsearch.data.labelfiles import load_label_folder
+    from hpsearch.data.targets import multihead_data
+
+    folder = load_label_folder(root, image_size if isinstance(image_size, int) else tuple(image_size),
+                               max_length, labels)
+    names_ = (*folder.classes, "")
+    return multihead_data(folder.images, folder.labels, len(names_), names_, folder.blank, "label_folder")
 
 
 def _load_image_folder(root: Path, image_size: int) -> ArrayData:

@@ -18,7 +18,7 @@ from hpsearch.errors import DataError
 DIGIT_STRINGS_SIZE = 3000  # images drawn: enough to learn 1-5 digit strings, small enough for a CPU search
 DIGIT_SIDE = 8  # scikit-learn's digits are 8x8
 BLANK_NAME = "blank"
-_TASK_OF = {"digit_strings": "multihead", "diabetes": "regression"}  # every other builtin dataset: classification
+_TASK_OF = {"digit_strings": "multihead", "label_folder": "multihead", "diabetes": "regression"}  # every other builtin dataset: classification
 
 
 def digit_strings(max_length: int, seed: int, n: int = DIGIT_STRINGS_SIZE) -> ArrayData:
