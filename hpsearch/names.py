@@ -23,3 +23,8 @@ TRAIN_PARAMS = (
     "lr", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "scheduler",
     "warmup_epochs", "step_size", "gamma", "accum_steps", "label_smoothing",
 )
+# Costs measured with every trial (hpsearch.costs), each minimised: what objectives: and constraints: may name
+# besides the metrics. `params` is known before training, the others only after it.
+COSTS: dict[str, str] = {"params": "minimize", "latency_ms": "minimize", "peak_memory_mb": "minimize",
+                         "train_time": "minimize"}
+PRE_TRAINING_COSTS = ("params",)

@@ -37,6 +37,24 @@ def check_space_unchanged(study: optuna.Study, cfg: StudyConfig) -> None:
                     f"the two: give the study a new name:, or restore the old space") from None
 
 
+def check_objectives_unchanged(storage: optuna.storages.BaseStorage, cfg: StudyConfig) -> None:
+    """Refuse objectives other than the stored study's (their number, metrics or directions): the trials'
+    values would mean something else. Read only, before anything is written."""
+    study_id = storage.get_study_id_from_name(cfg.name)
+    directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    stored = storage.get_study_user_attrs(study_id).get(records.STUDY_OBJECTIVES)
+    metrics = [g.get("metric") for g in stored] if isinstance(stored, list) else None
+    if len(directions) == 1 and metrics is None:  # a study of an older version: its one metric
+        metrics = [storage.get_study_user_attrs(study_id).get(records.STUDY_METRIC)]
+    old = [f"{m} ({d})" for m, d in zip(metrics or [None] * len(directions), directions)]
+    new = [f"{g.metric} ({g.direction})" for g in cfg.goals]
+    if len(old) != len(new) or (metrics is not None and old != new):
+        raise ConfigError(
+            f"{cfg.source}: objectives: study '{cfg.name}' in {redact_url(cfg.storage_url)} optimises "
+            f"{', '.join(old)}, this file says {', '.join(new)}; its trials' values would mean something else: "
+            f"give the study a new name:, or restore the old objectives")
+
+
 def _shown_distribution(dist: optuna.distributions.BaseDistribution) -> str:
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return f"categorical {list(dist.choices)}"
