@@ -279,6 +279,11 @@ def is_handed_back(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and stop_reason(trial) in HANDED_BACK
 
 
+def first_value(trial: FrozenTrial) -> float | None:
+    """The trial's value, or its first objective's with several (Optuna's ``value`` raises then); None if none."""
+    return trial.values[0] if trial.values else None
+
+
 def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     """The complete feasible trials with a finite (first) value, in the order given."""
     return [t for t in trials if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0])

@@ -72,7 +72,7 @@ def _trial_row(t: FrozenTrial) -> TrialRow:
     return TrialRow(
         number=t.number,
         state=t.state.name,
-        value=float(t.value) if t.value is not None else None,
+        value=records.first_value(t),
         params=dict(t.params),
         start=t.datetime_start,
         end=t.datetime_complete,
@@ -109,7 +109,7 @@ def _best_so_far(ordered: Sequence[FrozenTrial], direction: str, start: dt.datet
     points: list[BestPoint] = []
     best: float | None = None
     for t in ordered:
-        value = float(t.value)  # type: ignore[arg-type]
+        value = float(records.first_value(t))  # type: ignore[arg-type]
         best = value if best is None else pick(best, value)
         elapsed = ((t.datetime_complete - start).total_seconds()
                    if start is not None and t.datetime_complete is not None else None)
@@ -140,7 +140,7 @@ def _summary(study: optuna.Study, trials: Sequence[FrozenTrial], rows: Sequence[
     return Summary(
         n_trials=len(trials),
         by_state={state: counts[state] for state in STATES},
-        best_value=float(best.value) if best is not None else None,  # type: ignore[arg-type]
+        best_value=records.first_value(best) if best is not None else None,  # type: ignore[arg-type]
         best_trial=best.number if best is not None else None,
         best_params=dict(best.params) if best is not None else {},
         busy_s=sum(x.busy_s for x in sessions) if sessions else None,
