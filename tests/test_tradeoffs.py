@@ -148,3 +148,24 @@ def test_changing_the_objectives_of_a_study_is_refused(write_study: Callable[...
     assert db.read_bytes() == before  # nothing written
     one = write_study("obj.yaml", name="obj", n_trials=2, metric="val_accuracy")
     assert main(["run", str(one)]) == 2  # one metric instead of two: refused too
+
+
+def test_a_constrained_two_objective_study_on_postgresql_resumes_to_exact_totals(
+        write_study: Callable[..., Path], empty_pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study("pg.yaml", name="pg", n_trials=2, space=SPACE, enqueue=FORCED,
+                       model={"name": "mlp", "args": {"depth": 1}}, constraints={"params": {"max": 3000}},
+                       objectives=[{"metric": "val_accuracy"}, {"metric": "params"}])
+    assert main(["run", str(path), "--storage", empty_pg_url]) == 0
+    assert main(["run", str(path), "--storage", empty_pg_url, "--n-trials", "3"]) == 0  # the study's total
+    storage = optuna.storages.RDBStorage(empty_pg_url)
+    try:
+        study = optuna.load_study(study_name="pg", storage=storage)
+        trials, names, directions = study.trials, study.metric_names, study.directions
+    finally:
+        storage.engine.dispose()  # psycopg warns about connections left open
+    assert len([t for t in trials if t.state.is_finished()]) == 3
+    assert names == ["val_accuracy", "params"] and len(directions) == 2
+    wide = next(t for t in trials if t.params == FORCED[0])
+    assert records.stop_reason(wide) == records.INFEASIBLE
+    record = _best(path, capsys, "--storage", empty_pg_url)
+    assert record["infeasible"] >= 1 and wide.number not in {e["number"] for e in record["pareto"]}

@@ -42,13 +42,17 @@ def check_objectives_unchanged(storage: optuna.storages.BaseStorage, cfg: StudyC
     values would mean something else. Read only, before anything is written."""
     study_id = storage.get_study_id_from_name(cfg.name)
     directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
-    stored = storage.get_study_user_attrs(study_id).get(records.STUDY_OBJECTIVES)
-    metrics = [g.get("metric") for g in stored] if isinstance(stored, list) else None
-    if len(directions) == 1 and metrics is None:  # a study of an older version: its one metric
-        metrics = [storage.get_study_user_attrs(study_id).get(records.STUDY_METRIC)]
-    old = [f"{m} ({d})" for m, d in zip(metrics or [None] * len(directions), directions)]
+    if len(directions) == 1 and not cfg.multi_objective:
+        return  # one metric on both sides: its direction is checked as before (open_study)
+    attrs = storage.get_study_user_attrs(study_id)
+    stored = attrs.get(records.STUDY_OBJECTIVES)
+    metrics = [g.get("metric") for g in stored if isinstance(g, dict)] if isinstance(stored, list) else []
+    if len(metrics) != len(directions):  # an older or foreign study: its one metric, or none known
+        metrics = [attrs.get(records.STUDY_METRIC)] if len(directions) == 1 else [None] * len(directions)
+    old = [f"{m or '?'} ({d})" for m, d in zip(metrics, directions)]
     new = [f"{g.metric} ({g.direction})" for g in cfg.goals]
-    if len(old) != len(new) or (metrics is not None and old != new):
+    known = all(m is not None for m in metrics)
+    if len(old) != len(new) or directions != [g.direction for g in cfg.goals] or (known and old != new):
         raise ConfigError(
             f"{cfg.source}: objectives: study '{cfg.name}' in {redact_url(cfg.storage_url)} optimises "
             f"{', '.join(old)}, this file says {', '.join(new)}; its trials' values would mean something else: "
