@@ -7,6 +7,8 @@ and which one breaks a bound is known before the assertions, not guessed.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +18,7 @@ from optuna.trial import TrialState
 
 from hpsearch import records
 from hpsearch.cli import main
+from conftest import python_env
 
 NARROW, WIDE = 8, 64  # mlp depth 1 on digits (64 inputs, 10 classes): 610 and 4810 parameters
 PARAMS = {NARROW: 64 * NARROW + NARROW + NARROW * 10 + 10, WIDE: 64 * WIDE + WIDE + WIDE * 10 + 10}
@@ -150,22 +153,35 @@ def test_changing_the_objectives_of_a_study_is_refused(write_study: Callable[...
     assert main(["run", str(one)]) == 2  # one metric instead of two: refused too
 
 
-def test_a_constrained_two_objective_study_on_postgresql_resumes_to_exact_totals(
-        write_study: Callable[..., Path], empty_pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_study("pg.yaml", name="pg", n_trials=2, space=SPACE, enqueue=FORCED,
-                       model={"name": "mlp", "args": {"depth": 1}}, constraints={"params": {"max": 3000}},
-                       objectives=[{"metric": "val_accuracy"}, {"metric": "params"}])
-    assert main(["run", str(path), "--storage", empty_pg_url]) == 0
-    assert main(["run", str(path), "--storage", empty_pg_url, "--n-trials", "3"]) == 0  # the study's total
+def _hpsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=python_env(), text=True,
+                          capture_output=True, timeout=600)
+
+
+@pytest.mark.postgres
+def test_a_constrained_two_objective_study_on_postgresql_reaches_exact_totals_across_workers(
+        write_study: Callable[..., Path], workdir: Path, empty_pg_url: str) -> None:
+    path = str(write_study("pg.yaml", name="pg", n_trials=3, space=SPACE, enqueue=FORCED, storage=empty_pg_url,
+                           model={"name": "mlp", "args": {"depth": 1}}, constraints={"params": {"max": 3000}},
+                           objectives=[{"metric": "val_accuracy"}, {"metric": "params"}],
+                           pruner={"type": "median"}))  # unused with two objectives: the run says so
+    first = _hpsearch("run", path, "--workers", "2", cwd=workdir)  # a supervisor and two worker processes
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("Optuna prunes no multi-objective trial") + first.stderr.count(
+        "Optuna prunes no multi-objective trial") == 1  # said once, by the run, not by every worker
+    again = _hpsearch("run", path, "--n-trials", "4", cwd=workdir)  # resumed: the study's total
+    assert again.returncode == 0, again.stderr
+    best = _hpsearch("best", path, "--json", cwd=workdir)
+    assert best.returncode == 0, best.stderr
     storage = optuna.storages.RDBStorage(empty_pg_url)
     try:
         study = optuna.load_study(study_name="pg", storage=storage)
         trials, names, directions = study.trials, study.metric_names, study.directions
     finally:
         storage.engine.dispose()  # psycopg warns about connections left open
-    assert len([t for t in trials if t.state.is_finished()]) == 3
+    assert len([t for t in trials if t.state.is_finished()]) == 4
     assert names == ["val_accuracy", "params"] and len(directions) == 2
     wide = next(t for t in trials if t.params == FORCED[0])
     assert records.stop_reason(wide) == records.INFEASIBLE
-    record = _best(path, capsys, "--storage", empty_pg_url)
+    record = json.loads(best.stdout)
     assert record["infeasible"] >= 1 and wide.number not in {e["number"] for e in record["pareto"]}
