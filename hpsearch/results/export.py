@@ -86,8 +86,8 @@ def _write_trials_csv(trials: list[FrozenTrial], out: Path) -> None:
                 attr_names.append(k)
     n_values = max((len(t.values or []) for t in trials), default=1)
     cost_names = [c for c in names.COSTS if any(c in records.costs(t) for t in trials)]
-    header = ["number", "state", "value", *(f"values_{i}" for i in range(1, n_values)), "feasible",
-              *(f"costs_{c}" for c in cost_names), "datetime_start", "datetime_complete", "duration_s",
+    header = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s",
+              *(f"values_{i}" for i in range(1, n_values)), "feasible", *(f"costs_{c}" for c in cost_names),
               *(f"params_{p}" for p in param_names), *(f"user_attrs_{a}" for a in attr_names)]
     with out.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -95,10 +95,11 @@ def _write_trials_csv(trials: list[FrozenTrial], out: Path) -> None:
         for t in trials:
             values = list(t.values or [])
             row = [t.number, t.state.name, records.first_value(t),
-                   *(values[i] if i < len(values) else None for i in range(1, n_values)), records.is_feasible(t),
-                   *(records.costs(t).get(c) for c in cost_names), t.datetime_start.isoformat() if t.datetime_start else None,
+                   t.datetime_start.isoformat() if t.datetime_start else None,
                    t.datetime_complete.isoformat() if t.datetime_complete else None,
-                   records.duration_s(t)]
+                   records.duration_s(t),
+                   *(values[i] if i < len(values) else None for i in range(1, n_values)), records.is_feasible(t),
+                   *(records.costs(t).get(c) for c in cost_names)]
             row += [t.params.get(p) for p in param_names]
             row += [t.user_attrs.get(a) if _is_scalar(t.user_attrs.get(a)) else None for a in attr_names]
             w.writerow([_csv_value(v) for v in row])
@@ -284,7 +285,8 @@ def _best_trial(study: optuna.Study, number: int | None = None) -> tuple[FrozenT
         return _chosen_trial(study, number), complete
     best = records.best_trial(study)
     if best is None:
-        raise HpsearchError(f"study {study.study_name!r} has no completed feasible trial yet; run it first")
+        within = " within its constraints" if records.constraints_of(study) else ""
+        raise HpsearchError(f"study {study.study_name!r} has no completed trial{within} yet; run it first")
     return best, complete
 
 
