@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(best)
     best.add_argument("--json", action="store_true", help="print JSON")
     best.add_argument("--export", metavar="DIR", help="write params.yaml, weights.pt and load_model.py to DIR")
+    best.add_argument("--trial", type=int, metavar="N", help="with --export: export trial N (one of the Pareto set "
+                      "with several objectives) instead of the best")
     report = verbs.add_parser("report", help="write an HTML report comparing studies")
     add_common(report, many=True)
     report.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
@@ -222,6 +224,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ[RUN_ENV] = ids.run_id()  # workers inherit it
     if _nothing_to_run(cfg, hints):
         return 0
+    if cfg.multi_objective and cfg.pruner.type != "none":
+        log.info("%d objectives: Optuna prunes no multi-objective trial, so pruner %s is not used (early stopping "
+                 "on %s still is, when train.early_stopping is set)", len(cfg.goals), cfg.pruner.type, cfg.metric)
     slots, auto = plan_slots(cfg, args.gpus, args.workers)
     if len(slots) == 1 and not auto:
         from hpsearch import summary
@@ -279,6 +284,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     from hpsearch.study import guard_storage, open_study
 
     cfg = config_from_args(args.study_file, args)
+    if args.trial is not None and not args.export:
+        raise ConfigError(f"--trial {args.trial}: picks the trial --export writes; add --export DIR")
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
         record = summary.best_record(study, cfg)
@@ -286,7 +293,7 @@ def cmd_best(args: argparse.Namespace) -> int:
             from hpsearch.results.export import export_best, predict_usage
 
             with _writes("--export"):
-                paths = export_best(study, args.export)
+                paths = export_best(study, args.export, trial=args.trial)
             record["exported"] = {k: str(v) for k, v in paths.items()}
             if "loader" in paths:
                 record["predict"] = predict_usage(study)

@@ -104,7 +104,7 @@ class Monitor:
             table.add_row(*row)
         counts = {state.lower(): n for state, n in records.counts_by_state(trials).items() if n}
         top = records.best_among(trials, self.cfg.resolved_direction)
-        best = "-" if top is None else f"{top.value:.4f} (trial #{top.number})"
+        best = "-" if top is None else f"{records.first_value(top):.4f} (trial #{top.number})"
         states = "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return Group(table, f"{states}   best {best}")
 

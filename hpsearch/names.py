@@ -42,3 +42,8 @@ TRAIN_PARAMS = (
 # data.bootstrap: out-of-bag splits per trial, 2 to this (each one trains a model), checked by the schema and data.splits.
 MAX_BOOTSTRAP = 50
 PRETRAINED_BUILTIN = "imagenet"  # model.pretrained's one named source (torchvision's ResNet-18 ImageNet weights)
+# Costs measured with every trial (hpsearch.costs), each minimised: what objectives: and constraints: may name
+# besides the metrics. `params` is known before training, the others only after it.
+COSTS: dict[str, str] = {"params": "minimize", "latency_ms": "minimize", "peak_memory_mb": "minimize",
+                         "train_time": "minimize"}
+PRE_TRAINING_COSTS = ("params",)

@@ -22,6 +22,8 @@ from optuna.artifacts import upload_artifact
 from hpsearch import __version__, budget, records, signals, space
 from hpsearch.config import StudyConfig
 from hpsearch.checkpoints import CheckpointWriter, load_checkpoint
+from hpsearch.costs import MemoryMeter, count_params
+from hpsearch.tradeoffs import latency_of, refuse_infeasible, trial_values
 from hpsearch.data import DeviceData
 from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights_for, seed_everything
 from hpsearch.errors import HpsearchError
@@ -172,6 +174,7 @@ class _Progress:
     best_epoch: int = 0
     best_splits: list[float] = field(default_factory=list)  # each fold's (bootstrap split's) value at best_epoch
     reported: set[int] = field(default_factory=set)
+    train_time: float = 0.0  # seconds in the epoch loop, once it ended
 
     def improved(self, value: float) -> bool:
         return self.best is None or (value > self.best if self.maximize else value < self.best)
@@ -236,12 +239,14 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
     """The epoch loop: train all folds one epoch, report the mean, checkpoint, stop or prune."""
     cfg = ctx.cfg
     started = time.perf_counter()
+    prunable = not cfg.multi_objective  # Optuna neither takes reports nor prunes with several objectives
 
     def finish(reason: str) -> None:
         files.flush()  # the checkpoint attr must name a complete file
+        progress.train_time = time.perf_counter() - started
         for key, value in {records.STOP_REASON: reason, records.EPOCHS_RUN: len(progress.history),
                            records.BEST_EPOCH: progress.best_epoch,
-                           records.TRAIN_TIME: time.perf_counter() - started}.items():
+                           records.TRAIN_TIME: progress.train_time}.items():
             trial.set_user_attr(key, value)
         if len(trainers) > 1 and progress.best_splits:
             trial.set_user_attr(records.SPLIT_VALUES, progress.best_splits)
@@ -252,7 +257,7 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
         files.drop_resume()
 
     for record in progress.history:  # a resumed trial meets the pruner's rungs with its earlier epochs' values
-        if _report(trial, progress, int(record["epoch"]), record[cfg.metric]) and trial.should_prune():
+        if prunable and _report(trial, progress, int(record["epoch"]), record[cfg.metric]) and trial.should_prune():
             finish(records.PRUNED)
             raise optuna.TrialPruned(f"pruned at epoch {int(record['epoch'])} (resumed)")
     first = trainers[0].epoch + 1
@@ -284,11 +289,12 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
             progress.best_splits = [float(r[cfg.metric]) for r in per_split]
         stop = progress.stopper is not None and progress.stopper.step(value)
         files.save_epoch(trainers, progress, improved)
-        _report(trial, progress, epoch, value)
+        if prunable:
+            _report(trial, progress, epoch, value)
         if stop:
             finish(records.EARLY_STOPPED)
             return float(progress.best)
-        if trial.should_prune():
+        if prunable and trial.should_prune():
             finish(records.PRUNED)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
     finish(records.COMPLETED)
@@ -319,7 +325,7 @@ def _upload_artifacts(trial: optuna.Trial, ctx: WorkerContext, history: list[dic
 
 
 def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], settings: TrainSettings,
-             seed: int, resume: tuple[int, dict[str, Any]] | None, reported: set[int]) -> float:
+             seed: int, resume: tuple[int, dict[str, Any]] | None, reported: set[int]) -> float | list[float]:
     spec = model_spec(ctx.cfg, params, ctx.data)
     trainers = _build_trainers(ctx, spec, settings, seed, trial)
     progress = _new_progress(ctx.cfg)
@@ -334,8 +340,18 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
             trainers = _build_trainers(ctx, spec, settings, seed)
             progress = _new_progress(ctx.cfg)
             progress.reported = reported
+    measured: dict[str, float] = {"params": count_params(trainers[0].model)}
+    refuse_infeasible(trial, ctx.cfg, measured)  # before the first epoch: no training time spent on it
+    meter = MemoryMeter(ctx.device)
+    meter.start()
     try:
-        return _fit(trial, ctx, trainers, files, progress)
+        best = _fit(trial, ctx, trainers, files, progress)
+        measured.update(peak_memory_mb=meter.peak_mb(),
+                        latency_ms=latency_of(trainers[0].model, ctx.data, ctx.folds[0][1], ctx.cfg.latency_batch))
+        trial.set_user_attr(records.COSTS, measured)
+        trial.set_user_attr(records.MEMORY_KIND, meter.kind)
+        measured["train_time"] = progress.train_time
+        return trial_values(trial, ctx.cfg, best, progress.history, progress.best_epoch, measured)
     except BaseException:
         files.flush_quietly()  # an interrupted trial resumes from the last epoch it submitted
         raise
@@ -364,8 +380,9 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float:
-    """Train one trial; return its best validation metric, or raise TrialPruned (pruned or diverged).
+def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float | list[float]:
+    """Train one trial; return its best validation metric (one per objective with several), or raise TrialPruned
+    (pruned, diverged, or infeasible before training).
 
     A CUDA out-of-memory error is retried once with half the batch size and twice the gradient
     accumulation (the same effective batch), from the last epoch the trial saved; a second one

@@ -47,6 +47,8 @@ OOM_RETRY = "oom_retry"  # {batch_size, accum_steps}
 CUDA_GRAPHS = "cuda_graphs"  # "on" or "off (reason)"
 INPUTS = "inputs"  # what predict needs: {mean, std, input_shape, dtype, num_classes, class_names, min, max}
 PRETRAINED = "pretrained"  # {source, loaded: n tensors, skipped: [model tensors left at their init], unused: n}
+COSTS = "costs"  # what the model costs (hpsearch.costs): {params, latency_ms, peak_memory_mb}
+MEMORY_KIND = "peak_memory_kind"  # how peak_memory_mb was measured: "cuda_peak_allocated" or "rss_delta" (CPU)
 
 # ------------------------------------------------------------------ inside one history record
 EPOCH = "epoch"  # 1-based
@@ -60,6 +62,7 @@ STUDY_VERSION = "hpsearch_version"
 STUDY_CONFIG = "config"  # the resolved study file, storage URL redacted
 STUDY_TARGET = "n_trials"  # the study-wide count of finished trials the last `hpsearch run` aimed for
 STUDY_BUDGET = "budget_epochs"  # the study-wide epoch budget the last `hpsearch run` set (None: none)
+STUDY_OBJECTIVES = "objectives"  # [{metric, direction}], one per value the trials report
 STUDY_WARM_START = "warm_started_from"  # "<storage>#<study>" of each study whose trials were added, in order
 
 # ------------------------------------------------------------------ system attributes
@@ -81,6 +84,7 @@ CHECKPOINT_FAILED = "checkpoint_failed"
 WORKER_LOST = "worker_lost"  # its heartbeat went stale
 WORKER_DIED = "worker_died"  # the supervisor saw its worker process exit
 BUDGET = "budget"  # the study-wide epoch budget ran out (refused before its first epoch: FAIL)
+INFEASIBLE = "infeasible"  # a constraint known before training (params) refused the trial: PRUNED, no epoch run
 # The trial was cut short through no fault of its own and queued again (unless out of retries) to resume.
 HANDED_BACK = (INTERRUPTED, STORAGE_FAILED, CHECKPOINT_FAILED, WORKER_LOST, WORKER_DIED)
 EARLY_STOP_REASONS = (PRUNED, EARLY_STOPPED)  # the search stopped the trial: its unrun epochs are "saved"
@@ -282,9 +286,15 @@ def is_handed_back(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and stop_reason(trial) in HANDED_BACK
 
 
+def first_value(trial: FrozenTrial) -> float | None:
+    """The trial's value, or its first objective's with several (Optuna's ``value`` raises then); None if none."""
+    return trial.values[0] if trial.values else None
+
+
 def complete_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    """The complete trials with a finite value, in the order given."""
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    """The complete feasible trials with a finite (first) value, in the order given."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0])
+            and is_feasible(t)]
 
 
 def best_among(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | None:
@@ -293,7 +303,7 @@ def best_among(trials: Iterable[FrozenTrial], direction: str) -> FrozenTrial | N
     if not complete:
         return None
     sign = 1.0 if direction == "maximize" else -1.0
-    return max(complete, key=lambda t: (sign * float(t.value), -t.number))  # type: ignore[arg-type]
+    return max(complete, key=lambda t: (sign * float(t.values[0]), -t.number))
 
 
 # A worker asks for its next trial within a second of telling the last; a new `hpsearch run` needs seconds
@@ -413,3 +423,63 @@ def output_dir_of(study: optuna.Study) -> str | None:
 def target_of(study: optuna.Study) -> int | None:
     """The study-wide count of finished trials the last run aimed for, when a run recorded it."""
     return as_int(study.user_attrs.get(STUDY_TARGET))
+
+
+# ------------------------------------------------------------------ costs, constraints, several objectives
+
+def costs(trial: FrozenTrial) -> dict[str, float]:
+    """What the trial's model cost, by name (``names.COSTS``): those measured, with the training time."""
+    stored = trial.user_attrs.get(COSTS)
+    found = {k: v for k, v in (stored.items() if isinstance(stored, dict) else ()) if as_float(v) is not None}
+    if train_time(trial) is not None:
+        found["train_time"] = train_time(trial)
+    return found
+
+
+def memory_kind(trial: FrozenTrial) -> str | None:
+    """How the trial's peak_memory_mb was measured (the device allocator's peak, or the CPU's RSS delta)."""
+    return _as_str(trial.user_attrs.get(MEMORY_KIND))
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """No constraint violated: every constraint value Optuna holds for the trial is <= 0."""
+    return stop_reason(trial) != INFEASIBLE and all(v <= 0 for v in trial.constraints.values())
+
+
+def infeasible_count(trials: Iterable[FrozenTrial]) -> int:
+    """Finished trials that broke a constraint (refused before training, or measured over a bound)."""
+    return sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not is_feasible(t))
+
+
+def dominates(a: FrozenTrial, b: FrozenTrial, directions: list[str]) -> bool:
+    """``a`` is no worse than ``b`` in every objective and better in one."""
+    signs = [1.0 if d == "maximize" else -1.0 for d in directions]
+    pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
+    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+
+def pareto_front(trials: Iterable[FrozenTrial], directions: list[str]) -> list[FrozenTrial]:
+    """The complete feasible trials no other one dominates, by number (equal points both kept)."""
+    candidates = [t for t in complete_trials(trials) if len(t.values) == len(directions)
+                  and all(math.isfinite(v) for v in t.values)]
+    return sorted((t for t in candidates if not any(dominates(o, t, directions) for o in candidates)),
+                  key=lambda t: t.number)
+
+
+def goals_of(study: optuna.Study) -> list[tuple[str, str]]:
+    """(metric, direction) of each objective: the study's ``objectives`` attr, else its one metric."""
+    stored = study.user_attrs.get(STUDY_OBJECTIVES)
+    directions = ["maximize" if d == StudyDirection.MAXIMIZE else "minimize" for d in study.directions]
+    if isinstance(stored, list) and len(stored) == len(directions):
+        return [(str(g.get("metric")), d) for g, d in zip(stored, directions) if isinstance(g, dict)]
+    if len(directions) == 1:
+        return [(metric_of(study), directions[0])]
+    names = study.metric_names or [f"objective {i}" for i in range(len(directions))]
+    return list(zip(names, directions))
+
+
+def constraints_of(study: optuna.Study) -> dict[str, dict[str, float | None]]:
+    """The bounds the study's trials are held to ({name: {min, max}}), from its stored config."""
+    config = study.user_attrs.get(STUDY_CONFIG)
+    found = config.get("constraints") if isinstance(config, dict) else None
+    return found if isinstance(found, dict) else {}

@@ -35,7 +35,8 @@ def format_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
-def trial_line(trial: optuna.trial.FrozenTrial, metric: str, successor: int | None = None) -> str:
+def trial_line(trial: optuna.trial.FrozenTrial, metric: str, successor: int | None = None,
+               others: tuple[str, ...] = ()) -> str:
     """One finished trial, readable: how it ended, its metric and epochs; a handed-back one names its successor."""
     reason = records.stop_reason(trial) or trial.state.name.lower()
     epochs = records.epochs_run(trial)
@@ -47,8 +48,9 @@ def trial_line(trial: optuna.trial.FrozenTrial, metric: str, successor: int | No
         error = records.error(trial)
         cause = error.strip().splitlines()[-1] if error and error.strip() else reason
         return f"trial {trial.number} failed: {cause}"
-    value = "-" if trial.value is None else f"{trial.value:.4f}"
-    return f"trial {trial.number} {reason}: {metric}={value}{after}{_params_note(trial)}"
+    value = "-" if records.first_value(trial) is None else f"{records.first_value(trial):.4f}"
+    rest = "".join(f" {name}={_fmt(v)}" for name, v in zip(others, (trial.values or [])[1:]))  # further objectives
+    return f"trial {trial.number} {reason}: {metric}={value}{rest}{after}{_params_note(trial)}"
 
 
 def _params_note(trial: optuna.trial.FrozenTrial) -> str:
@@ -65,7 +67,7 @@ def trial_logger(cfg: StudyConfig) -> Callable[..., None]:
     """A callback that logs one line per finished trial (and the trial resuming it, when the caller knows)."""
 
     def on_trial(trial: optuna.trial.FrozenTrial, successor: int | None = None) -> None:
-        log.info("%s", trial_line(trial, cfg.metric, successor))
+        log.info("%s", trial_line(trial, cfg.metric, successor, tuple(g.metric for g in cfg.goals[1:])))
 
     return on_trial
 
@@ -166,25 +168,35 @@ def epochs_line(totals: budget.Totals, epochs: int | None, budget_epochs: int | 
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     """The best trial as plain data: number, value, params, checkpoint, seed, device, epoch."""
     trial = best_trial(study)  # one query, not every complete trial
+    extra = _tradeoff_record(study)
     if trial is None:
         return {"study": cfg.name, "metric": cfg.metric, "number": None, "value": None, "params": {},
-                "checkpoint": None}
+                "checkpoint": None, **extra}
     return {"study": cfg.name, "metric": cfg.metric, "direction": cfg.resolved_direction, "number": trial.number,
-            "value": trial.value, "params": trial.params, "checkpoint": records.checkpoint(trial),
+            "value": records.first_value(trial), "params": trial.params, "checkpoint": records.checkpoint(trial),
             "best_epoch": records.best_epoch(trial), "seed": records.seed(trial), "device": records.device(trial),
-            "hpsearch_version": records.version(trial)}
+            "hpsearch_version": records.version(trial), "costs": records.costs(trial),
+            "peak_memory_kind": records.memory_kind(trial), **extra}
 
 
 def print_best(record: dict[str, Any]) -> None:
     """The best trial, readable."""
     console = Console(soft_wrap=True)
+    if record.get("infeasible"):
+        console.print(_infeasible_line(record), markup=False)
     if record["number"] is None:
-        console.print(f"study '{record['study']}' has no completed trial yet")
+        console.print(f"study '{record['study']}' has no completed{' feasible' if record.get('constraints') else ''} "
+                      f"trial yet")
+        return
+    if record.get("pareto") is not None:
+        print_pareto(record, console)
         return
     console.print(f"best trial #{record['number']}: {record['metric']} = {record['value']:.4f} "
                   f"(epoch {record.get('best_epoch')})")
     for key, value in record["params"].items():
         console.print(f"  {key}: {_fmt(value)}")
+    if record.get("costs"):
+        console.print(f"  costs: {costs_text(record['costs'], record.get('peak_memory_kind'))}", markup=False)
     console.print(f"  checkpoint: {record['checkpoint']}")
     for what, path in record.get("exported", {}).items():
         console.print(f"  exported {what}: {path}")
@@ -248,3 +260,63 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     console.print(f"storage: {redact_url(cfg.storage_url)}", markup=False)
     console.print(f"dashboard: {hints.verb('dashboard', cfg.source)}    report: {hints.verb('report', cfg.source)}",
                   markup=False)
+
+
+# --------------------------------------------------------------------------- constraints and several objectives
+
+
+def _tradeoff_record(study: optuna.Study) -> dict[str, Any]:
+    """What `best` adds for constraints (how many trials broke them) and several objectives (the Pareto set)."""
+    goals, constraints = records.goals_of(study), records.constraints_of(study)
+    # A plain study (one metric, no constraints) has no infeasible trial and no front: no read of every trial.
+    trials = study.get_trials(deepcopy=False) if constraints or len(goals) > 1 else []
+    extra: dict[str, Any] = {"objectives": [{"metric": m, "direction": d} for m, d in goals],
+                             "constraints": constraints, "infeasible": records.infeasible_count(trials)}
+    if len(goals) > 1:
+        extra["pareto"] = [pareto_entry(t, [m for m, _ in goals])
+                           for t in records.pareto_front(trials, [d for _, d in goals])]
+    return extra
+
+
+def pareto_entry(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict[str, Any]:
+    """One trial of the Pareto set as plain data: number, a value per objective, params, costs, checkpoint."""
+    return {"number": trial.number, "values": dict(zip(metrics, trial.values)), "params": trial.params,
+            "costs": records.costs(trial), "checkpoint": records.checkpoint(trial)}
+
+
+def costs_text(costs: dict[str, float], memory_kind: str | None = None) -> str:
+    """`params 2410, latency_ms 0.05, peak_memory_mb 3.1 (RSS delta), train_time 1.2`."""
+    kinds = {"rss_delta": "process RSS delta", "cuda_peak_allocated": "CUDA peak allocated"}
+    parts = []
+    for name, value in costs.items():
+        note = f" ({kinds.get(memory_kind, memory_kind)})" if name == "peak_memory_mb" and memory_kind else ""
+        parts.append(f"{name} {_fmt(value)}{note}")
+    return ", ".join(parts)
+
+
+def _infeasible_line(record: dict[str, Any]) -> str:
+    bounds = ", ".join(bound_text(name, b) for name, b in record.get("constraints", {}).items())
+    return (f"{record['infeasible']} finished trial(s) broke a constraint ({bounds}) and are left out of the best"
+            f"{' and the Pareto set' if record.get('pareto') is not None else ''}")
+
+
+def bound_text(name: str, bound: dict[str, Any]) -> str:
+    """`params <= 3000`, `val_accuracy >= 0.9` or `1 <= latency_ms <= 2`."""
+    low, high = bound.get("min"), bound.get("max")
+    if low is not None and high is not None:
+        return f"{_fmt(low)} <= {name} <= {_fmt(high)}"
+    return f"{name} >= {_fmt(low)}" if low is not None else f"{name} <= {_fmt(high)}"
+
+
+def print_pareto(record: dict[str, Any], console: Console) -> None:
+    """The Pareto set: one row per trial (number, each objective, params)."""
+    goals = ", ".join(f"{g['metric']} ({g['direction']})" for g in record["objectives"])
+    console.print(f"Pareto set of {len(record['pareto'])} trial(s) over {goals}; `best --export DIR --trial N` "
+                  f"exports one", markup=False)
+    table = Table()
+    for column in ("trial", *(g["metric"] for g in record["objectives"]), "hyperparameters"):
+        table.add_column(column, justify="left" if column == "hyperparameters" else "right")
+    for entry in record["pareto"]:
+        table.add_row(str(entry["number"]), *(_fmt(v) for v in entry["values"].values()),
+                      format_params(entry["params"]))
+    console.print(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -262,4 +263,35 @@ def known_epochs_study(storage: str | optuna.storages.BaseStorage, name: str = "
     """A study of :func:`known_epochs_trials` whose last run set the budget of :data:`KNOWN_EPOCHS`."""
     study = add_trials(new_study(storage, name, epochs=6), known_epochs_trials())
     study.set_user_attr("budget_epochs", KNOWN_EPOCHS["budget"])
+    return study
+
+
+def make_tradeoff_study(storage: str | optuna.storages.BaseStorage, name: str = "tradeoff", n: int = 24,
+                        metrics: tuple[str, ...] = ("val_accuracy", "latency_ms"), seed: int = 0,
+                        bound: float = 1.5) -> optuna.Study:
+    """A study of several objectives as hpsearch writes one: accuracy rises with width, so do the costs; trials
+    whose latency_ms exceeds ``bound`` carry a broken constraint (Optuna's ``set_constraint`` layout)."""
+    from hpsearch import records
+    from hpsearch.names import COSTS, METRICS
+
+    rng = random.Random(seed)
+    directions = [{**METRICS, **COSTS}[m] for m in metrics]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions)
+    study.set_user_attr(records.STUDY_OBJECTIVES, [{"metric": m, "direction": d} for m, d in zip(metrics, directions)])
+    study.set_user_attr(records.STUDY_CONFIG, {"constraints": {"latency_ms": {"min": None, "max": bound}}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(metrics))
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "width": optuna.distributions.IntDistribution(8, 256)}
+    for _ in range(n):
+        width, lr = rng.randint(8, 256), 10 ** rng.uniform(-4, -1)
+        known = {"val_accuracy": 0.6 + 0.3 * width / 256 + rng.uniform(-0.05, 0.05),
+                 "latency_ms": 0.2 + 2.0 * width / 256 * rng.uniform(0.8, 1.2), "params": 100.0 * width,
+                 "val_loss": 1.0 - 0.5 * width / 256 + rng.uniform(0, 0.1)}
+        study.add_trial(optuna.trial.create_trial(
+            values=[known[m] for m in metrics], params={"lr": lr, "width": width}, distributions=dists,
+            user_attrs={records.COSTS: {"params": known["params"], "latency_ms": known["latency_ms"]},
+                        records.STOP_REASON: records.COMPLETED},
+            constraints={"latency_ms": known["latency_ms"] - bound}))
     return study

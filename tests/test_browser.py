@@ -181,3 +181,13 @@ def test_dashboard_shows_the_study(dashboard_url: str, tmp_path: Path) -> None:
     assert "dash-demo" in dom and 'class="plot-container plotly"' in dom
     assert_real_image(png)
     keep(png)
+
+
+def test_report_draws_the_pareto_front(tmp_path: Path) -> None:
+    study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", "tradeoff", 24)
+    path = write_report([study], tmp_path / "pareto.html")
+    figures = rendered_figures(path, tmp_path)
+    fronts = [f for f in figures if ": Pareto front, val_accuracy x latency_ms (" in f["title"]]
+    assert len(fronts) == 1 and "infeasible (grey" in fronts[0]["title"]
+    assert {"xaxis", "yaxis"} <= set(fronts[0]["axes"])
+    assert any("importances for latency_ms" in f["title"] for f in figures)

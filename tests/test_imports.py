@@ -16,10 +16,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 STDLIB_ONLY = ("errors", "ids", "names", "signals", "status", "plugins", "threads", "__init__")
-TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints", "pretrained", "tasks")
+TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints", "pretrained", "tasks", "costs")
 LIGHT_SIDE = ("budget", "cliargs", "config", "records", "space", "study", "slots", "summary", "monitor", "supervisor",
               "cli", "__main__")
-BRIDGES = ("objective", "preflight", "worker", "predict")  # the only modules that hold both a config or trial and a model
+BRIDGES = ("objective", "preflight", "worker", "predict", "tradeoffs")  # the only modules that hold both a config or trial and a model
 LIGHT_PACKAGES = ("results", "cluster")  # every module under these is light side too
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")
 TORCH = ("torch", "torchvision", *(f"hpsearch.{m}" for m in TORCH_SIDE + BRIDGES))

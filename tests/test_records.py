@@ -283,3 +283,25 @@ def test_a_trial_failed_before_it_trained_joins_no_session() -> None:
     assert [len(s) for s in records.run_sessions(trials)] == [1, 1]
     trials.append(trial(270, TrialState.FAIL, {records.STOP_REASON: records.ERRORED}))  # it trained, then failed
     assert [len(s) for s in records.run_sessions(trials)] == [1, 1, 1]
+
+
+def _scored(number: int, values: list[float], constraints: dict[str, float] | None = None) -> FrozenTrial:
+    system = {f"constraints:{k}": v for k, v in (constraints or {}).items()}  # Optuna's own layout
+    return FrozenTrial(number=number, state=TrialState.COMPLETE, value=None, values=values, datetime_start=T0,
+                       datetime_complete=T0, params={}, distributions={}, user_attrs={}, system_attrs=system,
+                       intermediate_values={}, trial_id=number)
+
+
+def test_the_pareto_front_keeps_the_undominated_feasible_trials() -> None:
+    trials = [_scored(0, [0.9, 5000]), _scored(1, [0.8, 600]), _scored(2, [0.7, 700]),  # 2: beaten by 1
+              _scored(3, [0.95, 9000], {"params": 1.0}), _scored(4, [0.8, 600]), _scored(5, [0.85, 600])]
+    front = records.pareto_front(trials, ["maximize", "minimize"])
+    assert [t.number for t in front] == [0, 5]  # 3 infeasible, 1 and 4 beaten by 5
+    assert records.dominates(trials[5], trials[1], ["maximize", "minimize"])
+    assert not records.dominates(trials[1], trials[4], ["maximize", "minimize"])  # equal: neither
+    assert records.infeasible_count(trials) == 1
+
+
+def test_the_best_trial_is_the_best_feasible_one() -> None:
+    trials = [_scored(0, [0.9], {"params": 2.0}), _scored(1, [0.8], {"params": -1.0}), _scored(2, [0.7])]
+    assert records.best_among(trials, "maximize").number == 1

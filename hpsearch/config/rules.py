@@ -275,6 +275,13 @@ def _check_direction(cfg: StudyConfig) -> None:
                                        f"{natural}d); set direction: {natural} or drop it")
 
 
+def _check_objectives(cfg: StudyConfig) -> None:
+    for key in ("metric", "direction"):
+        if cfg.objectives is not None and key in cfg.model_fields_set:
+            raise _error(cfg, "objectives", f"objectives and {key} are both set; keep objectives (each with its own "
+                                            f"direction) or write {key}: alone")
+
+
 def _check_braces(cfg: StudyConfig) -> None:
     """No '{' or '}' in output_dir or an SQLite path: Optuna fills a storage URL as a str.format template."""
     why = "Optuna reads braces in a storage URL as a template"
@@ -289,6 +296,7 @@ def _check_braces(cfg: StudyConfig) -> None:
 
 def _check_cross_fields(cfg: StudyConfig) -> None:
     _check_braces(cfg)
+    _check_objectives(cfg)
     _check_task(cfg)
     _check_direction(cfg)
     _check_model_args(cfg)

@@ -11,6 +11,7 @@ from pydantic import Field, PrivateAttr, create_model, field_validator, model_va
 from hpsearch import names
 from hpsearch.config.base import CALLABLE_RE, MAX_ENQUEUE, Scalar, Strict
 from hpsearch.config.messages import _did_you_mean
+from hpsearch.config.objectives import Bound, Goal, ObjectiveSpec, check_constraints, check_objectives
 from hpsearch.config.search import (AUTO_GP_MAX_DIM, AUTO_GP_MAX_TRIALS, BudgetConfig, GpSampler, MedianPruner,
     ParamSpec, PrunerConfig, SamplerConfig, TpeSampler, WarmStartConfig, auto_sampler_type, default_min_resource,
     default_pruner, default_sampler)
@@ -231,8 +232,41 @@ class StudyConfig(Strict):
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     enqueue: list[dict[str, Scalar]] = Field(default_factory=list, max_length=MAX_ENQUEUE)
+    # ---- what to optimise besides one metric (config/objectives.py)
+    objectives: list[ObjectiveSpec] | None = None  # two or three, instead of metric:
+    constraints: dict[str, Bound] = Field(default_factory=dict)
+    latency_batch: int = Field(1, ge=1, le=65_536)  # inputs per timed forward pass (latency_ms)
+    # ----
     source: str = Field("<memory>", exclude=True)
     _sampler_auto: bool = PrivateAttr(False)
+
+    @field_validator("objectives")
+    @classmethod
+    def _two_or_three(cls, objectives: list[ObjectiveSpec] | None) -> list[ObjectiveSpec] | None:
+        return check_objectives(objectives)
+
+    @field_validator("constraints")
+    @classmethod
+    def _known_constraints(cls, constraints: dict[str, Bound]) -> dict[str, Bound]:
+        return check_constraints(constraints)
+
+    @model_validator(mode="after")
+    def _first_objective_is_the_metric(self) -> StudyConfig:
+        if self.objectives is None or {"metric", "direction"} & self.model_fields_set:
+            return self  # both given: rules._check_objectives names the clash
+        self.__dict__["metric"] = self.objectives[0].metric  # the first objective is "the metric" everywhere else
+        return self
+
+    @property
+    def goals(self) -> list[Goal]:
+        """The objectives as (metric, direction) pairs: one pair for a study of one metric."""
+        if self.objectives is None:
+            return [Goal(self.metric, self.resolved_direction)]
+        return [o.goal for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.goals) > 1
 
     @model_validator(mode="wrap")
     @classmethod
@@ -291,6 +325,7 @@ class StudyConfig(Strict):
         """Every setting with its default filled in, as plain data (what `validate` prints)."""
         data = self.model_dump(mode="json")
         data.update(direction=self.resolved_direction, storage=self.storage_url, output_dir=self.out_dir)
+        data["objectives"] = [goal._asdict() for goal in self.goals]
         data["data"].update(self.data.split)
         return data
 

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpsearch import budget, records
-from hpsearch.results import params
+from hpsearch.results import params, pareto
 from hpsearch.results.studydata import STATES, BestPoint, Curve, ParamInfo, Session, StudyData, Summary, TrialRow
 
 __all__ = ["collect_study", "MAX_IMPORTANCE_TRIALS"]
@@ -65,6 +65,8 @@ def collect_study(study: optuna.Study) -> StudyData:
         parallel=params.parallel(ordered, infos) if complete else None,
         contour=contour,
         slices=params.slices(ordered, infos) if complete else [],
+        pareto=pareto.collect_pareto(study, trials),
+        objective_importances=pareto.objective_importances(study, complete, [p.name for p in infos if p.varies]),
     )
 
 
@@ -72,7 +74,7 @@ def _trial_row(t: FrozenTrial) -> TrialRow:
     return TrialRow(
         number=t.number,
         state=t.state.name,
-        value=float(t.value) if t.value is not None else None,
+        value=records.first_value(t),
         params=dict(t.params),
         start=t.datetime_start,
         end=t.datetime_complete,
@@ -109,7 +111,7 @@ def _best_so_far(ordered: Sequence[FrozenTrial], direction: str, start: dt.datet
     points: list[BestPoint] = []
     best: float | None = None
     for t in ordered:
-        value = float(t.value)  # type: ignore[arg-type]
+        value = float(records.first_value(t))  # type: ignore[arg-type]
         best = value if best is None else pick(best, value)
         elapsed = ((t.datetime_complete - start).total_seconds()
                    if start is not None and t.datetime_complete is not None else None)
@@ -140,7 +142,7 @@ def _summary(study: optuna.Study, trials: Sequence[FrozenTrial], rows: Sequence[
     return Summary(
         n_trials=len(trials),
         by_state={state: counts[state] for state in STATES},
-        best_value=float(best.value) if best is not None else None,  # type: ignore[arg-type]
+        best_value=records.first_value(best) if best is not None else None,  # type: ignore[arg-type]
         best_trial=best.number if best is not None else None,
         best_params=dict(best.params) if best is not None else {},
         busy_s=sum(x.busy_s for x in sessions) if sessions else None,
@@ -182,14 +184,14 @@ def _importances(study: optuna.Study, complete: Sequence[FrozenTrial],
     if len(complete) > MAX_IMPORTANCE_TRIALS:
         # Evaluators scale with trials; a fixed-seed subsample keeps the ranking and the runtime.
         sample = random.Random(0).sample(list(complete), MAX_IMPORTANCE_TRIALS)
-        target = optuna.create_study(direction=study.direction)
+        target = optuna.create_study(directions=study.directions)
         target.add_trials(sample)
         note_parts.append(f"importances from a random sample of {MAX_IMPORTANCE_TRIALS} of "
                           f"{len(complete)} complete trials")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = optuna.importance.get_param_importances(target, params=varying)
+            result = optuna.importance.get_param_importances(target, params=varying, target=records.first_value)
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         return {}, f"param importances failed: {e}"
     note_parts += sorted({str(w.message) for w in caught})

@@ -19,7 +19,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch import records
+from hpsearch import names, records
 from hpsearch.errors import HpsearchError
 from hpsearch.study import best_trial, state_counts
 
@@ -48,7 +48,11 @@ def trial_record(t: FrozenTrial) -> dict[str, Any]:
     return _json_safe({
         "number": t.number,
         "state": t.state.name,
-        "value": t.value,
+        "value": records.first_value(t),
+        "values": t.values,  # one per objective
+        "feasible": records.is_feasible(t),
+        "constraints": t.constraints,  # Optuna's values: <= 0 is within the bound
+        "costs": records.costs(t),
         "params": dict(t.params),
         "datetime_start": t.datetime_start,
         "datetime_complete": t.datetime_complete,
@@ -81,16 +85,22 @@ def _write_trials_csv(trials: list[FrozenTrial], out: Path) -> None:
             # the history is not a scalar: it goes to the per-epoch file
             if k not in attr_names and k != records.HISTORY and _is_scalar(v):
                 attr_names.append(k)
+    n_values = max((len(t.values or []) for t in trials), default=1)
+    cost_names = [c for c in names.COSTS if any(c in records.costs(t) for t in trials)]
     header = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s",
+              *(f"values_{i}" for i in range(1, n_values)), "feasible", *(f"costs_{c}" for c in cost_names),
               *(f"params_{p}" for p in param_names), *(f"user_attrs_{a}" for a in attr_names)]
     with out.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for t in trials:
-            row = [t.number, t.state.name, t.value,
+            values = list(t.values or [])
+            row = [t.number, t.state.name, records.first_value(t),
                    t.datetime_start.isoformat() if t.datetime_start else None,
                    t.datetime_complete.isoformat() if t.datetime_complete else None,
-                   records.duration_s(t)]
+                   records.duration_s(t),
+                   *(values[i] if i < len(values) else None for i in range(1, n_values)), records.is_feasible(t),
+                   *(records.costs(t).get(c) for c in cost_names)]
             row += [t.params.get(p) for p in param_names]
             row += [t.user_attrs.get(a) if _is_scalar(t.user_attrs.get(a)) else None for a in attr_names]
             w.writerow([_csv_value(v) for v in row])
@@ -301,20 +311,46 @@ def predict_usage(study: optuna.Study) -> str:
     return f"from load_model import predict; predict(x)  # {_expects(records.inputs(best))}"
 
 
-def _best_trial(study: optuna.Study) -> tuple[FrozenTrial, int]:
-    best = best_trial(study)  # a query and a count, not every trial: `best --export` on a large study
+def _best_trial(study: optuna.Study, number: int | None = None) -> tuple[FrozenTrial, int]:
+    """The best feasible trial, or trial ``number`` when it may be chosen: complete and feasible, and on the Pareto
+    set when the study has several objectives."""
+    complete = state_counts(study).get(TrialState.COMPLETE, 0)  # a count query, not every trial
+    if number is not None:
+        return _chosen_trial(study, number), complete
+    best = best_trial(study)  # one query where the study allows it (see study.queries.best_trial)
     if best is None:
-        raise HpsearchError(f"study {study.study_name!r} has no completed trial yet; run it first")
-    return best, state_counts(study).get(TrialState.COMPLETE, 0)
+        within = " within its constraints" if records.constraints_of(study) else ""
+        raise HpsearchError(f"study {study.study_name!r} has no completed trial{within} yet; run it first")
+    return best, complete
+
+
+def _chosen_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    goals = records.goals_of(study)
+    trials = study.get_trials(deepcopy=False)
+    if len(goals) > 1:
+        allowed, what = records.pareto_front(trials, [d for _, d in goals]), "the Pareto set"
+    else:
+        allowed, what = records.complete_trials(trials), "the complete feasible trials"
+    chosen = next((t for t in allowed if t.number == number), None)
+    if chosen is None:
+        listed = ", ".join(str(t.number) for t in allowed[:20]) or "none yet"
+        raise HpsearchError(f"--trial: trial {number} of study {study.study_name!r} is not in {what} ({listed}); "
+                            f"pick one of them (`hpsearch best` lists them)")
+    return chosen
 
 
 def _params_header(study: optuna.Study, best: FrozenTrial, n_complete: int) -> list[str]:
     """The comment lines at the top of params.yaml."""
     header = [
         f"Best trial of hpsearch study {study.study_name!r}: trial {best.number}",
-        f"{records.metric_of(study)} = {best.value!r} ({records.direction_of(study)}; "
+        f"{records.metric_of(study)} = {records.first_value(best)!r} ({records.direction_of(study)}; "
         f"best of {n_complete} complete trials)",
     ]
+    goals = records.goals_of(study)
+    if len(goals) > 1:  # the trial was chosen from the Pareto set: its value for every objective
+        header.append("objectives: " + ", ".join(f"{m} = {v!r} ({d})" for (m, d), v in zip(goals, best.values)))
+    if records.costs(best):
+        header.append("costs: " + ", ".join(f"{k} = {v!r}" for k, v in records.costs(best).items()))
     best_epoch, epochs_run = records.best_epoch(best), records.epochs_run(best)
     if best_epoch is not None:
         header.append(f"best epoch: {best_epoch} of {'?' if epochs_run is None else epochs_run} run")
@@ -324,7 +360,7 @@ def _params_header(study: optuna.Study, best: FrozenTrial, n_complete: int) -> l
     return header
 
 
-def export_best(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
+def export_best(study: optuna.Study, out_dir: str | Path, trial: int | None = None) -> dict[str, Path]:
     """Write the best trial of ``study`` to ``out_dir``; return ``{"params", "weights", "loader"}`` paths.
 
     - ``params.yaml``: ``enqueue: [{...best params...}]`` (paste into a study file to evaluate
@@ -335,9 +371,10 @@ def export_best(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
 
     Without a checkpoint user attr only ``params.yaml`` is written. A checkpoint that is recorded
     but missing on disk raises :class:`HpsearchError` (after ``params.yaml`` is written). No
-    completed trial raises :class:`HpsearchError`.
+    completed trial raises :class:`HpsearchError`. ``trial`` picks another trial (one of the Pareto set of a
+    study of several objectives).
     """
-    best, n_complete = _best_trial(study)
+    best, n_complete = _best_trial(study, trial)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     header = _params_header(study, best, n_complete)
@@ -363,7 +400,7 @@ def export_best(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
 
     loader_path = out_dir / "load_model.py"
     loader_path.write_text(LOADER_TEMPLATE.format(
-        study=study.study_name, number=best.number, metric=records.metric_of(study), value=best.value,
+        study=study.study_name, number=best.number, metric=records.metric_of(study), value=records.first_value(best),
         rel=loader_path, params=dict(best.params), expects=_expects(records.inputs(best)),
     ), encoding="utf-8")
     paths["loader"] = loader_path

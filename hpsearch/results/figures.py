@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch import records
 from hpsearch.results.numbers import HOVER, format_number, padded_range
+from hpsearch.results.pareto import pareto_figures
 from hpsearch.results.studydata import STATES, CompareGroup, Curve, SliceData, StudyData, TrialRow, compare_groups
 
 if TYPE_CHECKING:
@@ -364,6 +365,7 @@ def _study_figures(d: StudyData) -> list[NamedFigure]:
         figs.append((f"{d.name}: parallel coordinates", _fig_parallel(d)))
     if d.importances:
         figs.append((f"{d.name}: param importances", _fig_importances(d)))
+    figs += pareto_figures(d)  # several objectives only: the front(s) and each objective's importances
     if d.contour is not None:
         figs.append((f"{d.name}: lr x batch_size contour", _fig_contour(d)))
     if d.slices:

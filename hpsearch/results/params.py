@@ -109,7 +109,7 @@ def parallel(ordered: Sequence[FrozenTrial], infos: Sequence[ParamInfo]) -> Para
     """One line per complete trial (in number order), one axis per param."""
     return ParallelData(
         trials=[t.number for t in ordered],
-        objective=[float(t.value) for t in ordered],  # type: ignore[arg-type]
+        objective=[float(records.first_value(t)) for t in ordered],  # type: ignore[arg-type]
         dimensions=[_axis(p, ordered) for p in infos],
     )
 
@@ -122,7 +122,7 @@ def slices(ordered: Sequence[FrozenTrial], infos: Sequence[ParamInfo]) -> list[S
         out.append(SliceData(
             p.name, p.kind, p.log,
             [t.params[p.name] if p.kind != "categorical" else str(t.params[p.name]) for t in have],
-            [float(t.value) for t in have],  # type: ignore[arg-type]
+            [float(records.first_value(t)) for t in have],  # type: ignore[arg-type]
             [t.number for t in have],
             len(ordered) - len(have),
             [str(c) for c in p.choices] if p.choices is not None else None,
@@ -204,7 +204,7 @@ def contour(infos: Sequence[ParamInfo], complete: Sequence[FrozenTrial]) -> Cont
     xs, ys = [t.params[xp] for t in pts], [t.params[yp] for t in pts]
     px, gx, x_grid, x_log, x_cats = _positions(by_name[xp], xs, CONTOUR_GRID)
     py, gy, y_grid, y_log, y_cats = _positions(by_name[yp], ys, CONTOUR_GRID // 2)
-    z = np.asarray([float(t.value) for t in pts])  # type: ignore[arg-type]
+    z = np.asarray([float(records.first_value(t)) for t in pts])  # type: ignore[arg-type]
     grid = _smooth(_kernel(gx, px, x_cats is not None), _kernel(gy, py, y_cats is not None), z)
     return ContourData(
         xp, yp, x_log, y_log, x_grid, y_grid,

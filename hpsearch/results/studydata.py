@@ -177,6 +177,26 @@ class SliceData:
 
 
 @dataclass
+class ParetoPoint:
+    """One complete trial in objective space."""
+
+    number: int
+    values: list[float]
+    feasible: bool
+    on_front: bool
+
+
+@dataclass
+class ParetoData:
+    """The complete trials of a study of several objectives, with the Pareto set marked (infeasible trials apart)."""
+
+    metrics: list[str]
+    directions: list[str]
+    points: list[ParetoPoint]
+    infeasible: int  # finished trials that broke a constraint, drawn or not (refused ones have no values)
+
+
+@dataclass
 class StudyData:
     """Everything a report needs about one study, read once from storage."""
 
@@ -197,6 +217,9 @@ class StudyData:
     parallel: ParallelData | None
     contour: ContourData | None
     slices: list[SliceData]
+    # several objectives and constraints (results/pareto.py); a study of one metric leaves them empty
+    pareto: ParetoData | None = None
+    objective_importances: dict[str, dict[str, float]] = field(default_factory=dict)  # per objective after the first
 
 
 @dataclass

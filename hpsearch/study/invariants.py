@@ -37,6 +37,28 @@ def check_space_unchanged(study: optuna.Study, cfg: StudyConfig) -> None:
                     f"the two: give the study a new name:, or restore the old space") from None
 
 
+def check_objectives_unchanged(storage: optuna.storages.BaseStorage, cfg: StudyConfig) -> None:
+    """Refuse objectives other than the stored study's (their number, metrics or directions): the trials'
+    values would mean something else. Read only, before anything is written."""
+    study_id = storage.get_study_id_from_name(cfg.name)
+    directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    if len(directions) == 1 and not cfg.multi_objective:
+        return  # one metric on both sides: its direction is checked as before (open_study)
+    attrs = storage.get_study_user_attrs(study_id)
+    stored = attrs.get(records.STUDY_OBJECTIVES)
+    metrics = [g.get("metric") for g in stored if isinstance(g, dict)] if isinstance(stored, list) else []
+    if len(metrics) != len(directions):  # an older or foreign study: its one metric, or none known
+        metrics = [attrs.get(records.STUDY_METRIC)] if len(directions) == 1 else [None] * len(directions)
+    old = [f"{m or '?'} ({d})" for m, d in zip(metrics, directions)]
+    new = [f"{g.metric} ({g.direction})" for g in cfg.goals]
+    known = all(m is not None for m in metrics)
+    if len(old) != len(new) or directions != [g.direction for g in cfg.goals] or (known and old != new):
+        raise ConfigError(
+            f"{cfg.source}: objectives: study '{cfg.name}' in {redact_url(cfg.storage_url)} optimises "
+            f"{', '.join(old)}, this file says {', '.join(new)}; its trials' values would mean something else: "
+            f"give the study a new name:, or restore the old objectives")
+
+
 def _shown_distribution(dist: optuna.distributions.BaseDistribution) -> str:
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return f"categorical {list(dist.choices)}"

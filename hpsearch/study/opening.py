@@ -12,7 +12,7 @@ from hpsearch.config import StudyConfig
 from hpsearch.errors import StorageError
 from hpsearch.study.adapter import _existing_direction, _trial_count
 from hpsearch.study.factories import derive_seed, make_pruner, make_sampler
-from hpsearch.study.invariants import _record_settings, check_space_unchanged
+from hpsearch.study.invariants import _record_settings, check_objectives_unchanged, check_space_unchanged
 from hpsearch.study.sqlite import _is_missing_file
 from hpsearch.study.storage import _check_usable, _has_optuna_tables, make_storage
 from hpsearch.study.urls import redact_url
@@ -34,6 +34,8 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     existing = _existing_direction(storage, cfg.name)
     if existing is None and not create:
         raise StorageError(f"{missing}; run `hpsearch run {cfg.source}` first or check storage:")
+    if existing is not None:
+        check_objectives_unchanged(storage, cfg)  # before the direction: a changed objectives: is named as such
     if existing is not None and existing != cfg.resolved_direction:
         raise StorageError(f"{cfg.source}: direction: study '{cfg.name}' in the storage is {existing}d, the file says "
                            f"{cfg.resolved_direction}; rename the study or fix direction")
@@ -44,7 +46,7 @@ def open_study(cfg: StudyConfig, create: bool = True, sampler_seed: int | None =
     if not create:  # create_study(load_if_exists=True) tries an INSERT first: a reader must not write
         return optuna.load_study(study_name=cfg.name, storage=storage, sampler=make_sampler(cfg, sampler_seed),
                                  pruner=make_pruner(cfg))
-    study = optuna.create_study(storage=storage, study_name=cfg.name, direction=cfg.resolved_direction,
+    study = optuna.create_study(storage=storage, study_name=cfg.name, directions=[g.direction for g in cfg.goals],
                                 sampler=make_sampler(cfg, sampler_seed), pruner=make_pruner(cfg), load_if_exists=True)
     if existing is None:
         _record_study_attrs(study, cfg)
@@ -76,11 +78,13 @@ def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
 def _record_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:
     resolved = cfg.resolved()
     resolved["storage"] = redact_url(resolved["storage"])
-    attrs = {records.STUDY_METRIC: cfg.metric, records.STUDY_EPOCHS: cfg.train.epochs,
+    attrs = {records.STUDY_METRIC: cfg.metric, records.STUDY_OBJECTIVES: [g._asdict() for g in cfg.goals],
+             records.STUDY_EPOCHS: cfg.train.epochs,
              records.STUDY_OUTPUT_DIR: str(Path(cfg.out_dir).resolve()), records.STUDY_VERSION: __version__,
              records.STUDY_CONFIG: resolved}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([cfg.metric])  # the dashboard labels its axes "val_accuracy", not "Objective 0"
+        # the dashboard labels its axes "val_accuracy", not "Objective 0" (and its Pareto front by both names)
+        study.set_metric_names([g.metric for g in cfg.goals])

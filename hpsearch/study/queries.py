@@ -193,8 +193,9 @@ def _read_ledger(study: optuna.Study, engine: sqlalchemy.engine.Engine, sql: _Sq
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The study's best trial as records.best_trial defines it (complete, best finite value, lowest number among
-    equals), found by one ordered query and read alone."""
-    if not _in_sql(study):
+    equals, feasible), found by one ordered query and read alone; a study with constraints is read trial by trial
+    (feasibility is a system attr per trial)."""
+    if not _in_sql(study) or records.constraints_of(study):
         return records.best_trial(study)
     from optuna.storages._rdb import models
 

@@ -51,18 +51,24 @@ def warm_trials(cfg: StudyConfig) -> list[FrozenTrial]:
     except Exception as exc:  # noqa: BLE001 - a missing file or server is the user's to fix: one line
         raise ConfigError(f"{where}: storage {redact_url(url)} cannot be read ({type(exc).__name__}); "
                           f"check warm_start.storage") from None
-    if previous.direction.name.lower() != cfg.resolved_direction or records.metric_of(previous) != cfg.metric:
-        raise ConfigError(f"{where}: study '{name}' {previous.direction.name.lower()}s {records.metric_of(previous)}, "
-                          f"this file {cfg.resolved_direction}s {cfg.metric}; warm-start from a study of the same metric")
+    theirs = records.goals_of(previous)
+    if theirs != [tuple(goal) for goal in cfg.goals]:
+        raise ConfigError(f"{where}: study '{name}' {_said(theirs)}, this file {_said(cfg.goals)}; warm-start from a "
+                          f"study of the same {'metric' if len(theirs) == 1 else 'objectives'}")
     ours = {key: space.distribution(spec) for key, spec in cfg.space.items()}
-    trials = previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # An infeasible trial would teach this study's sampler a point it must avoid as a good one.
+    trials = [t for t in previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if records.is_feasible(t)]
     _check_fit(cfg, name, trials, ours)
     fitting = [t for t in trials if all(ours[k]._contains(ours[k].to_internal_repr(v)) for k, v in t.params.items())]
     if len(fitting) < len(trials):
         log.info("warm start: %d of %d trials of '%s' lie outside this space's ranges and are left out",
                  len(trials) - len(fitting), len(trials), name)
-    return [create_trial(value=t.value, params=t.params, distributions={k: ours[k] for k in t.params},
+    return [create_trial(values=list(t.values), params=t.params, distributions={k: ours[k] for k in t.params},
                          user_attrs={"warm_start": f"{name}#{t.number}"}) for t in fitting]
+
+
+def _said(goals: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{direction}s {metric}" for metric, direction in goals)
 
 
 def _check_fit(cfg: StudyConfig, name: str, trials: list[FrozenTrial],

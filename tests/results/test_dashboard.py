@@ -290,3 +290,14 @@ def test_a_study_in_its_own_folder_serves_its_artifacts_from_there(write_study: 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_real_dashboard_serves_both_objectives_by_name(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    sf.make_tradeoff_study(url, "two", 12)
+    with _dashboard_process(url, tmp_path / "dashboard.log") as base:
+        summary = _get(f"{base}/api/studies")["study_summaries"][0]
+        assert summary["directions"] == ["maximize", "minimize"]
+        detail = _get(f"{base}/api/studies/{summary['study_id']}")
+        assert detail["objective_names"] == ["val_accuracy", "latency_ms"]  # the Pareto front's axis names
+        assert len(detail["trials"]) == 12 and all(len(t["values"]) == 2 for t in detail["trials"])

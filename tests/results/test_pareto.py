@@ -1,0 +1,52 @@
+"""The report of a study of several objectives: Pareto fronts (infeasible greyed) and importances per objective."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import study_fixtures as sf
+from hpsearch import records
+from hpsearch.results.collect import collect_study
+from hpsearch.results.figures import build_figures
+from hpsearch.results.html import write_report
+from hpsearch.results.pareto import INFEASIBLE_COLOR
+
+
+def test_two_objectives_draw_one_front_with_infeasible_points_grey(tmp_path: Path) -> None:
+    study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=30)
+    d = collect_study(study)
+    assert d.pareto is not None and d.pareto.metrics == ["val_accuracy", "latency_ms"]
+    front = {t.number for t in records.pareto_front(study.trials, ["maximize", "minimize"])}
+    assert {p.number for p in d.pareto.points if p.on_front} == front == {t.number for t in study.best_trials}
+    infeasible = [p for p in d.pareto.points if not p.feasible]
+    assert infeasible and not any(p.on_front for p in infeasible) and d.pareto.infeasible == len(infeasible)
+    figs = dict(build_figures([d]))
+    fig = figs["tradeoff: Pareto front val_accuracy x latency_ms"]
+    traces = {t.name: t for t in fig.data if t.name}
+    assert len(traces["Pareto set"].x) == len(front)
+    assert traces["infeasible"].marker.color == INFEASIBLE_COLOR and len(traces["infeasible"].x) == len(infeasible)
+    assert fig.layout.xaxis.title.text == "val_accuracy (maximize)"
+    assert "tradeoff: param importances for latency_ms" in figs  # width drives both objectives
+    assert "tradeoff: param importances" in figs  # the first objective's, as for one metric
+
+
+def test_three_objectives_draw_every_pair(tmp_path: Path) -> None:
+    study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=20,
+                                   metrics=("val_accuracy", "latency_ms", "params"))
+    names = [name for name, _ in build_figures([collect_study(study)]) if "Pareto front" in name]
+    assert names == ["tradeoff: Pareto front val_accuracy x latency_ms", "tradeoff: Pareto front val_accuracy x params",
+                     "tradeoff: Pareto front latency_ms x params"]
+
+
+def test_a_study_of_one_metric_draws_no_front(tmp_path: Path) -> None:
+    d = collect_study(sf.make_study(f"sqlite:///{tmp_path / 'p.db'}", "one", 10))
+    assert d.pareto is None and d.objective_importances == {}
+    assert not [name for name, _ in build_figures([d]) if "Pareto" in name]
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_few_trials_still_write_a_report(tmp_path: Path, n: int) -> None:
+    study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=n)
+    assert write_report([study], tmp_path / "r.html").is_file()

@@ -1,0 +1,35 @@
+"""costs: parameters, forward latency and peak memory of a model, by the same functions on every device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hpsearch import costs
+
+
+def test_params_count_trainable_ones_once() -> None:
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(4, 2))
+    model[3].bias.requires_grad_(False)
+    assert costs.count_params(model) == 4 * 4 + 4 + 4 * 2
+
+
+def test_latency_is_a_median_of_timed_passes_and_keeps_the_mode() -> None:
+    calls = []
+    model = nn.Sequential(nn.Linear(8, 8))
+    model.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    model.train()
+    ms = costs.latency_ms(model, torch.zeros(3, 8), warmup=2, repeats=5)
+    assert ms > 0 and len(calls) == 7 and not any(calls)  # warm-up included, no autograd
+    assert model.training
+
+
+def test_peak_memory_on_the_cpu_is_the_rss_training_added() -> None:
+    meter = costs.MemoryMeter(torch.device("cpu"))
+    assert meter.kind == costs.RSS_DELTA
+    meter.start()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB touched
+    peak = meter.peak_mb()
+    del block
+    assert peak >= 60  # the high-water mark holds it even once freed
