@@ -118,7 +118,7 @@ BAD_FILES = [
     ("label smoothing searched in regression", _raw(task="regression", metric="val_r2", space=_space(
         label_smoothing={"type": "float", "low": 0.0, "high": 0.2})), r"space.label_smoothing: task regression has no"),
     ("max_length of a dataset without strings", _raw(data={"dataset": "digits", "max_length": 4}),
-     r"data: max_length is for datasets of digit strings \(digit_strings\), not 'digits'; remove it"),
+     r"data: max_length is for datasets of digit strings \(digit_strings, label_folder\), not 'digits'; remove it"),
     ("max_length too long", _raw(data={"dataset": "digit_strings", "max_length": 99}), r"data.max_length: .*32"),
     ("heads for mlp", _raw(model={"name": "mlp", "args": {"heads": 3}}), r"model.*takes no argument 'heads'"),
     ("task key misspelt", _raw(tsak="multihead"), r"tsak"),
