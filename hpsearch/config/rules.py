@@ -250,9 +250,20 @@ def _check_budget(cfg: StudyConfig) -> None:
                                            f"{why}); raise it to at least {rung}")
 
 
+def _check_task_names(cfg: StudyConfig, metrics: dict[str, str]) -> None:
+    """Objectives and constraints that name a metric (not a cost) name one the task reports."""
+    named = [(f"objectives.{i}.metric", o.metric) for i, o in enumerate(cfg.objectives or [])]
+    named += [(f"constraints.{name}", name) for name in cfg.constraints]
+    for where, name in named:
+        if name not in names.COSTS and name not in metrics:
+            raise _error(cfg, where, f"task {cfg.task} does not report '{name}'{_did_you_mean(name, metrics)}; use "
+                                     f"one of {', '.join(metrics)} or a cost ({', '.join(names.COSTS)})")
+
+
 def _check_task(cfg: StudyConfig) -> None:
     """The metric is one the task reports; class weights and label smoothing only where there are classes."""
     metrics = names.TASK_METRICS[cfg.task]
+    _check_task_names(cfg, metrics)
     if cfg.metric not in names.METRICS:
         raise _error(cfg, "metric", f"unknown metric '{cfg.metric}'{_did_you_mean(cfg.metric, metrics)}; use one of "
                                     f"{', '.join(metrics)} (task {cfg.task})")

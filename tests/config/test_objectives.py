@@ -50,6 +50,10 @@ def test_objectives_resolve_with_implied_directions() -> None:
     ({"constraints": {"flops": {"max": 1}}},
      r"constraints: unknown constraint 'flops'; use a metric \(val_accuracy.*\) or a measured cost \(params, "
      r"latency_ms, peak_memory_mb, train_time\)"),
+    ({"objectives": [{"metric": "val_accuracy"}, {"metric": "val_char_accuracy"}]},
+     r"s\.yaml: objectives\.1\.metric: task classification does not report 'val_char_accuracy'.*; use one of "
+     r"val_accuracy, val_loss or a cost \(params, latency_ms, peak_memory_mb, train_time\)"),
+    ({"constraints": {"val_mse": {"max": 3}}}, r"constraints\.val_mse: task classification does not report 'val_mse'"),
     ({"constraints": {"params": {}}}, r"constraints\.params: a constraint needs min:, max: or both"),
     ({"constraints": {"latency_ms": {"min": 3, "max": 2}}}, r"constraints\.latency_ms: min \(3\) exceeds max \(2\)"),
     ({"constraints": {"params": {"max": "1e6"}}}, r"constraints\.params\.max"),
@@ -61,8 +65,8 @@ def test_bad_objectives_and_constraints_are_one_line(changes: dict[str, Any], pa
     assert "\n" not in str(info.value)
 
 
-def test_every_metric_and_cost_may_be_constrained() -> None:
-    bounds = {name: {"max": 1.0e6} for name in {**names.METRICS, **names.COSTS}}
+def test_every_metric_of_the_task_and_every_cost_may_be_constrained() -> None:
+    bounds = {name: {"max": 1.0e6} for name in {**names.TASK_METRICS["classification"], **names.COSTS}}
     assert set(_cfg(constraints=bounds).constraints) == set(bounds)
 
 
