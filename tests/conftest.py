@@ -25,6 +25,19 @@ TINY_STUDY: dict[str, Any] = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the tests and their children as it would from a terminal.
+
+    A runner started in the background of a non-interactive shell (`cmd &`, nohup) hands pytest SIGINT ignored,
+    and every child would inherit that: the Ctrl-C tests would then fail on how CI was launched, not on hpsearch.
+    A handler (unlike SIG_IGN) is reset to the default at exec, so children get Python's usual KeyboardInterrupt.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`gpu` tests skip (with a reason) where CUDA is absent."""
     try:

@@ -207,8 +207,9 @@ def test_each_run_is_its_own_session_in_the_report_even_seconds_apart(write_stud
     assert main(["run", str(path)]) == 0
     assert main(["run", str(path), "--n-trials", "3", "--workers", "2"]) == 0  # a second run, two workers
     study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db")
-    runs = [records.run_of(t) for t in study.trials]
-    assert runs[0] != runs[1] == runs[2]
+    counted = [t for t in study.trials if records.stop_reason(t) != records.SURPLUS]  # lost a race for a place
+    runs = [records.run_of(t) for t in counted]
+    assert len(runs) == 3 and runs[0] != runs[1] == runs[2]
     assert str(runs[1]).split(":")[1] == str(os.getpid())  # the worker processes took the id of the run
     assert [s.n_trials for s in collect_study(study).summary.sessions] == [1, 2]
 
