@@ -21,19 +21,20 @@ from optuna.artifacts import upload_artifact
 
 from hpsearch import __version__, budget, records, signals, space
 from hpsearch.config import StudyConfig
-from hpsearch.checkpoints import CheckpointWriter, load_checkpoint
+from hpsearch.checkpoints import CheckpointWriter
 from hpsearch.costs import MemoryMeter, count_params
 from hpsearch.tradeoffs import latency_of, refuse_infeasible, trial_values
 from hpsearch.data import DeviceData
-from hpsearch.engine import EarlyStopping, Trainer, TrainSettings, class_weights_for, seed_everything
-from hpsearch.errors import HpsearchError
+from hpsearch.engine import Trainer, TrainSettings, class_weights_for, seed_everything
 from hpsearch.ids import trial_seed
 from hpsearch.models import build_model
 from hpsearch.names import MODELS, TRAIN_PARAMS
 from hpsearch.pretrained import apply_pretrained, load_state, resolve_source
 from hpsearch.settings import settings_from
-from hpsearch.study import artifact_dir, artifact_store, retry_history
+from hpsearch.study import artifact_dir, artifact_store
 from hpsearch.tasks import task_arguments
+from hpsearch.trialfiles import (Checkpointer, Progress, drop_resume_files, new_progress, own_state, restore,
+                                 resume_source, skip_resume)
 
 log = logging.getLogger("hpsearch")
 PROGRESS_EVERY_S = 10.0  # a trial logs its latest epoch at most this often
@@ -106,126 +107,7 @@ def _mean_record(records: list[dict[str, float]]) -> dict[str, float]:
     return mean
 
 
-class _Checkpointer:
-    """The trial's files: best weights when the metric improves, resumable state every epoch.
-
-    Both are written in the background (the worker's CheckpointWriter); :meth:`flush` waits for them.
-    """
-
-    def __init__(self, ctx: WorkerContext, trial: optuna.Trial, params: dict[str, Any], spec: dict[str, Any],
-                 seed: int = 0):
-        out = Path(ctx.cfg.out_dir).resolve()
-        self.best_enabled = ctx.cfg.train.checkpoint
-        self.resume_enabled = ctx.cfg.train.resume_checkpoints
-        self.path = out / "checkpoints" / f"trial_{trial.number:05d}.pt"
-        self.resume_path = resume_path(out, trial.number)
-        self.base = {"params": params, "model_spec": spec, "hpsearch_version": __version__,
-                     "study": ctx.cfg.name, "trial": trial.number, "inputs": ctx.data.inputs,
-                     "tta": {"augment": list(ctx.cfg.train.augment), "seed": seed}}  # what predict(x, tta=K) draws
-        self.metric = ctx.cfg.metric
-        self.writer = ctx.checkpoints
-        self.retried: list[Path] = []  # resume files of the trials this one retries: obsolete once it ends
-
-    def save_epoch(self, trainers: list[Trainer], progress: _Progress, improved: bool) -> None:
-        """Submit the epoch's files together (weights shared by both are copied once): best, resume."""
-        files: dict[Path, dict[str, Any]] = {}
-        if improved and self.best_enabled:
-            first = trainers[0]
-            files[self.path] = {**self.base, "model": first.model.state_dict(), "optimizer": first.optimizer.state_dict(),
-                                "epoch": progress.best_epoch, "metric": {"name": self.metric, "value": progress.best}}
-            if len(trainers) > 1:
-                files[self.path]["fold_models"] = [t.model.state_dict() for t in trainers]
-        if self.resume_enabled:
-            files[self.resume_path] = {**self.base, "trainers": [t.state_dict() for t in trainers], **progress.state_dict()}
-        if files:
-            self.writer.submit(files)
-
-    def flush(self) -> None:
-        """Wait until every checkpoint of this trial submitted so far is on disk."""
-        self.writer.flush()
-
-    def flush_quietly(self) -> None:
-        """:meth:`flush` while another error is on its way: a write error is logged, not raised."""
-        try:
-            self.writer.flush()
-        except HpsearchError as exc:
-            log.warning("trial %d: %s", self.base["trial"], exc)
-
-    def drop_resume(self) -> None:
-        """The trial ended: neither its own state nor that of the trials it retries is needed any more."""
-        self.flush()  # a write still in flight would bring the file back
-        for path in [self.resume_path, *self.retried]:
-            path.unlink(missing_ok=True)
-
-
-def resume_path(out_dir: Path, trial_number: int) -> Path:
-    """Where a trial keeps its per-epoch resumable state."""
-    return out_dir / "resume" / f"trial_{trial_number:05d}.pt"
-
-
-@dataclass
-class _Progress:
-    """Where a trial stands: history, best value and epoch, early-stopping state, reported steps."""
-
-    maximize: bool
-    stopper: EarlyStopping | None
-    history: list[dict[str, float]] = field(default_factory=list)
-    best: float | None = None
-    best_epoch: int = 0
-    best_splits: list[float] = field(default_factory=list)  # each fold's (bootstrap split's) value at best_epoch
-    reported: set[int] = field(default_factory=set)
-    train_time: float = 0.0  # seconds in the epoch loop, once it ended
-
-    def improved(self, value: float) -> bool:
-        return self.best is None or (value > self.best if self.maximize else value < self.best)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
-                "best_splits": self.best_splits, "stopper": None if self.stopper is None else self.stopper.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history, self.best, self.best_epoch = list(state["history"]), state["best"], state["best_epoch"]
-        self.best_splits = list(state.get("best_splits", []))  # a file from before splits were kept has none
-        if self.stopper is not None and state.get("stopper") is not None:
-            self.stopper.load_state_dict(state["stopper"])
-
-
-def _new_progress(cfg: StudyConfig) -> _Progress:
-    maximize = cfg.resolved_direction == "maximize"
-    stopper = None
-    if cfg.train.early_stopping is not None:
-        es = cfg.train.early_stopping
-        stopper = EarlyStopping(es.patience, es.min_delta, mode="max" if maximize else "min")
-    return _Progress(maximize=maximize, stopper=stopper)
-
-
-def _resume_source(ctx: WorkerContext, trial: optuna.Trial) -> tuple[int, dict[str, Any]] | None:
-    """The newest state saved along the chain of trials this one retries (their workers died or stopped).
-
-    A retry of a retry that stopped before saving anything resumes from the trial before; a file
-    that cannot be read is skipped (recorded as `resume_skipped`), and with none left the trial
-    starts from scratch.
-    """
-    if not ctx.cfg.train.resume_checkpoints:
-        return None
-    out = Path(ctx.cfg.out_dir).resolve()
-    for number in reversed(retry_history(trial)):
-        path = resume_path(out, number)
-        if not path.is_file():
-            continue
-        try:
-            return number, load_checkpoint(path, map_location=ctx.device)
-        except HpsearchError as exc:
-            _skip_resume(trial, number, str(exc))
-    return None
-
-
-def _skip_resume(trial: optuna.Trial, source: int, why: str) -> None:
-    log.warning("trial %d cannot resume trial %d (%s); it starts from scratch", trial.number, source, why)
-    trial.set_user_attr(records.RESUME_SKIPPED, {"trial": source, "reason": why[:500]})
-
-
-def _report(trial: optuna.Trial, progress: _Progress, epoch: int, value: float) -> bool:
+def _report(trial: optuna.Trial, progress: Progress, epoch: int, value: float) -> bool:
     """Report the epoch's value unless reported already (an OOM retry must not report a step twice); True if it was."""
     if epoch in progress.reported:
         return False
@@ -234,8 +116,8 @@ def _report(trial: optuna.Trial, progress: _Progress, epoch: int, value: float) 
     return True
 
 
-def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files: _Checkpointer,
-         progress: _Progress) -> float:
+def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files: Checkpointer,
+         progress: Progress) -> float:
     """The epoch loop: train all folds one epoch, report the mean, checkpoint, stop or prune."""
     cfg = ctx.cfg
     started = time.perf_counter()
@@ -328,17 +210,16 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
              seed: int, resume: tuple[int, dict[str, Any]] | None, reported: set[int]) -> float | list[float]:
     spec = model_spec(ctx.cfg, params, ctx.data)
     trainers = _build_trainers(ctx, spec, settings, seed, trial)
-    progress = _new_progress(ctx.cfg)
+    progress = new_progress(ctx.cfg)
     progress.reported = reported
-    files = _Checkpointer(ctx, trial, params, spec, seed)
-    files.retried = [resume_path(Path(ctx.cfg.out_dir).resolve(), n) for n in retry_history(trial)]
+    files = Checkpointer(ctx.cfg, ctx.checkpoints, trial, params, spec, ctx.data.inputs, seed)
     if resume is not None:
         try:
-            _restore(trial, trainers, progress, resume)
+            restore(trial, trainers, progress, resume)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a file of another shape: start afresh
-            _skip_resume(trial, resume[0], f"{type(exc).__name__}: {exc}")
+            skip_resume(trial, resume[0], f"{type(exc).__name__}: {exc}")
             trainers = _build_trainers(ctx, spec, settings, seed)
-            progress = _new_progress(ctx.cfg)
+            progress = new_progress(ctx.cfg)
             progress.reported = reported
     measured: dict[str, float] = {"params": count_params(trainers[0].model)}
     refuse_infeasible(trial, ctx.cfg, measured)  # before the first epoch: no training time spent on it
@@ -358,19 +239,6 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
     finally:
         for trainer in trainers:
             trainer.close()
-
-
-def _restore(trial: optuna.Trial, trainers: list[Trainer], progress: _Progress,
-             resume: tuple[int, dict[str, Any]]) -> None:
-    source, state = resume
-    if len(state["trainers"]) != len(trainers):
-        raise ValueError(f"{len(state['trainers'])} folds or bootstrap splits saved, {len(trainers)} to train")
-    for trainer, trainer_state in zip(trainers, state["trainers"]):
-        trainer.load_state_dict(trainer_state)
-    progress.load_state_dict(state)
-    if source != trial.number:  # its own state (an OOM retry) is no resume from another trial
-        trial.set_user_attr(records.RESUMED_FROM, {"trial": source, "epoch": trainers[0].epoch})
-        log.info("trial %d resumes trial %d from epoch %d", trial.number, source, trainers[0].epoch)
 
 
 def release_memory(device: torch.device) -> None:
@@ -398,14 +266,14 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float | list[float]:
     settings = train_settings(cfg, params, ctx.labels, ctx.data.num_classes)
     reported: set[int] = set()
     try:
-        return _attempt(trial, ctx, params, settings, seed, _resume_source(ctx, trial), reported)
+        return _attempt(trial, ctx, params, settings, seed, resume_source(cfg, ctx.device, trial), reported)
     except torch.cuda.OutOfMemoryError:
         if settings.batch_size < 2:
-            _drop_resume_files(ctx, trial)
+            drop_resume_files(cfg, ctx.checkpoints, trial)
             raise
     release_memory(ctx.device)  # outside the except block: the traceback no longer pins the tensors
     smaller = replace(settings, batch_size=settings.batch_size // 2, accum_steps=settings.accum_steps * 2)
-    resume = _own_state(ctx, trial) or _resume_source(ctx, trial)
+    resume = own_state(cfg, ctx.device, trial) or resume_source(cfg, ctx.device, trial)
     done = 0 if resume is None else int(resume[1]["trainers"][0]["epoch"])
     trial.set_user_attr(records.OOM_RETRY, {"batch_size": smaller.batch_size, "accum_steps": smaller.accum_steps,
                                       "from_epoch": done})
@@ -414,24 +282,5 @@ def run_trial(trial: optuna.Trial, ctx: WorkerContext) -> float | list[float]:
     try:
         return _attempt(trial, ctx, params, smaller, seed, resume, reported)
     except torch.cuda.OutOfMemoryError:
-        _drop_resume_files(ctx, trial)  # it fails for good: nobody will resume it
+        drop_resume_files(cfg, ctx.checkpoints, trial)  # it fails for good: nobody will resume it
         raise
-
-
-def _own_state(ctx: WorkerContext, trial: optuna.Trial) -> tuple[int, dict[str, Any]] | None:
-    """The state this trial saved at its last finished epoch, before an out-of-memory error (if any)."""
-    path = resume_path(Path(ctx.cfg.out_dir).resolve(), trial.number)
-    if not ctx.cfg.train.resume_checkpoints or not path.is_file():
-        return None
-    try:
-        return trial.number, load_checkpoint(path, map_location=ctx.device)
-    except HpsearchError as exc:
-        _skip_resume(trial, trial.number, str(exc))
-        return None
-
-
-def _drop_resume_files(ctx: WorkerContext, trial: optuna.Trial) -> None:
-    out = Path(ctx.cfg.out_dir).resolve()
-    ctx.checkpoints.flush()
-    for number in [trial.number, *retry_history(trial)]:
-        resume_path(out, number).unlink(missing_ok=True)

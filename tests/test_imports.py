@@ -19,7 +19,8 @@ STDLIB_ONLY = ("errors", "ids", "names", "signals", "status", "plugins", "thread
 TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints", "pretrained", "tasks", "costs")
 LIGHT_SIDE = ("budget", "cliargs", "config", "records", "space", "study", "slots", "summary", "monitor", "supervisor",
               "cli", "__main__")
-BRIDGES = ("objective", "preflight", "worker", "predict", "tradeoffs")  # the only modules that hold both a config or trial and a model
+# the only modules that hold both a config or trial and a model
+BRIDGES = ("objective", "trialfiles", "preflight", "worker", "predict", "tradeoffs")
 LIGHT_PACKAGES = ("results", "cluster")  # every module under these is light side too
 FORBIDDEN_ON_TORCH_SIDE = ("optuna", "hpsearch.config", "hpsearch.space", "hpsearch.study", "pydantic", "yaml")
 TORCH = ("torch", "torchvision", *(f"hpsearch.{m}" for m in TORCH_SIDE + BRIDGES))
