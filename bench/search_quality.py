@@ -139,7 +139,7 @@ def read_trials(db: Path, name: str) -> list[dict[str, Any]]:
     """The study's finished trials in completion order: epochs run, value (complete only), end time, state."""
     import optuna
 
-    from hpsearch import records
+    from hpsearch import records, trialsets
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
@@ -148,7 +148,7 @@ def read_trials(db: Path, name: str) -> list[dict[str, Any]]:
     if not done:
         return []
     start = min(t.datetime_start for t in done)
-    complete = {t.number for t in records.complete_trials(done)}
+    complete = {t.number for t in trialsets.complete_trials(done)}
     return [{"number": t.number, "state": t.state.name, "stop_reason": records.stop_reason(t),
              "epochs": records.epochs_run(t) or 0, "value": t.value if t.number in complete else None,
              "end_s": round((t.datetime_complete - start).total_seconds(), 3)} for t in done]

@@ -7,7 +7,7 @@ Fills the study with ``bench/report_scale.fill`` (one bulk transaction; skipped 
 exists), then times, each on a fresh Study (no warm cache) unless said otherwise:
 - status: ``summary.print_summary`` as of commit ea18a9c (loaded from git) against today's; both outputs are
   compared line by line (only the `workers by host` line changed on purpose);
-- best: ``records.best_trial`` (every complete trial) against ``study.best_trial`` by query;
+- best: ``trialsets.best_trial`` (every complete trial) against ``study.best_trial`` by query;
 - budget: a worker's per-trial / per-epoch check with a warm cache (``budget.committed(study.get_trials())``, as
   the worker loop called it) against ``budget.committed_of(study)`` (SQL, reading what changed since its last call), median of --repeat calls;
 - report: how many times ``write_report`` has the storage load trials (the backend's ``_get_trials``).
@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 import study_fixtures  # noqa: E402
 from report_scale import fill  # noqa: E402
 
-from hpsearch import budget, records, summary  # noqa: E402
+from hpsearch import budget, summary, trialsets  # noqa: E402
 from hpsearch.config import build_config  # noqa: E402
 from hpsearch.study import best_trial  # noqa: E402
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     result["status_lines_that_differ"] = differs + ([("length", len(old_out), len(new_out))]
                                                     if len(old_out) != len(new_out) else [])
 
-    old_best_s, old_best = timed(records.best_trial, load())
+    old_best_s, old_best = timed(trialsets.best_trial, load())
     new_best_s, new_best = timed(best_trial, load())
     result["best_s"] = {"old": round(old_best_s, 2), "new": round(new_best_s, 3),
                         "same": (old_best.number, old_best.value) == (new_best.number, new_best.value)}

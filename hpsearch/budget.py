@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.config.rules import first_rung
-from hpsearch import records
+from hpsearch import records, trialsets
 from hpsearch.study.queries import committed_epochs, epoch_sums
 
 
@@ -73,9 +73,9 @@ class Totals:
 
 
 def totals(trials: Iterable[FrozenTrial], epochs: int | None = None) -> Totals:
-    """The totals of `trials` (`saved` needs `epochs`, the epochs of one trial: see records.epochs_saved)."""
+    """The totals of `trials` (`saved` needs `epochs`, the epochs of one trial: see trialsets.epochs_saved)."""
     trials = list(trials)
-    return Totals(spent(trials), committed(trials), records.epochs_saved(trials, epochs))
+    return Totals(spent(trials), committed(trials), trialsets.epochs_saved(trials, epochs))
 
 
 def totals_of(study: optuna.Study, epochs: int | None = None) -> Totals:

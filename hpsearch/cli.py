@@ -348,14 +348,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hpsearch import records
+    from hpsearch import trialsets
     from hpsearch.predict import pick_trial, predict_to_csv
     from hpsearch.study import guard_storage, open_study
 
     cfg = config_from_args(args.study_file, args)
     with guard_storage(cfg):
         study = open_study(cfg, create=False)
-        trial, checkpoint = pick_trial(study.get_trials(deepcopy=False), records.best_trial(study), args.trial)
+        trial, checkpoint = pick_trial(study.get_trials(deepcopy=False), trialsets.best_trial(study), args.trial)
     rows = predict_to_csv(cfg, trial, checkpoint, args.input, Path(args.out), tta=args.tta)
     print(f"{rows} predictions of trial {trial.number} written to {args.out}")
     return 0

@@ -18,7 +18,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from hpsearch import records
+from hpsearch import records, trialsets
 from hpsearch.config import StudyConfig
 from hpsearch.slots import Slot
 from hpsearch.summary import awaits_successor, trial_logger
@@ -102,8 +102,8 @@ class Monitor:
             table.add_column(column)
         for row in worker_rows(trials, self.slots, self.cfg, self.statuses):
             table.add_row(*row)
-        counts = {state.lower(): n for state, n in records.counts_by_state(trials).items() if n}
-        top = records.best_among(trials, self.cfg.resolved_direction)
+        counts = {state.lower(): n for state, n in trialsets.counts_by_state(trials).items() if n}
+        top = trialsets.best_among(trials, self.cfg.resolved_direction)
         best = "-" if top is None else f"{records.first_value(top):.4f} (trial #{top.number})"
         states = "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return Group(table, f"{states}   best {best}")
@@ -118,7 +118,7 @@ class Monitor:
             return
         self.last = now
         trials = [] if self.study is None else self.study.get_trials(deepcopy=False)
-        resumed_as = records.successors(trials)
+        resumed_as = trialsets.successors(trials)
         for trial in trials:
             if trial.state.is_finished() and trial.number not in self.seen:
                 successor = resumed_as.get(trial.number)

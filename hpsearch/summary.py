@@ -16,7 +16,7 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from hpsearch import budget, records
+from hpsearch import budget, records, trialsets
 from hpsearch.config import StudyConfig
 from hpsearch.study import (best_trial, redact_url, state_counts, successors, trials_in,
     worker_states)
@@ -235,13 +235,13 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     hints = dataclasses.replace(hints or Hints(), out_dir=study_output_dir(study, cfg))
     console = Console(soft_wrap=True)
     # Counts and sums in SQL, the best trial alone: reading every trial took 19.5 s at 20,000 trials.
-    counts = records.counts_by_state_of(state_counts(study))
+    counts = trialsets.counts_by_state_of(state_counts(study))
     table = Table(title=f"study '{cfg.name}' ({cfg.metric}, {cfg.resolved_direction})")
     for state in counts:
         table.add_column(state.lower(), justify="right")
     table.add_row(*(str(n) for n in counts.values()))
     console.print(table)
-    console.print(progress_line(records.finished(counts), records.target_of(study), cfg, hints), markup=False)
+    console.print(progress_line(trialsets.finished(counts), records.target_of(study), cfg, hints), markup=False)
     epochs = records.epochs_of(study)
     console.print(epochs_line(budget.totals_of(study, epochs), epochs, records.budget_of(study)), markup=False)
     hosts = hosts_line(worker_states(study))
@@ -271,10 +271,10 @@ def _tradeoff_record(study: optuna.Study) -> dict[str, Any]:
     # A plain study (one metric, no constraints) has no infeasible trial and no front: no read of every trial.
     trials = study.get_trials(deepcopy=False) if constraints or len(goals) > 1 else []
     extra: dict[str, Any] = {"objectives": [{"metric": m, "direction": d} for m, d in goals],
-                             "constraints": constraints, "infeasible": records.infeasible_count(trials)}
+                             "constraints": constraints, "infeasible": trialsets.infeasible_count(trials)}
     if len(goals) > 1:
         extra["pareto"] = [pareto_entry(t, [m for m, _ in goals])
-                           for t in records.pareto_front(trials, [d for _, d in goals])]
+                           for t in trialsets.pareto_front(trials, [d for _, d in goals])]
     return extra
 
 

@@ -25,7 +25,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpsearch import budget, ids, records, signals
+from hpsearch import budget, ids, records, signals, trialsets
 from hpsearch.config import RUN_ENV, StudyConfig
 from hpsearch.data import DeviceData
 from hpsearch.errors import CheckpointError, DeviceError, TrialFailureError
@@ -211,7 +211,7 @@ def _trial(study: optuna.Study, objective: Objective, n_trials: int, max_retries
     except KeyboardInterrupt:
         failed = hand_back(study, trial, records.INTERRUPTED, max_retries)
         if failed is not None and on_trial is not None:
-            on_trial(failed, records.retried_as(study.get_trials(deepcopy=False), failed.number))
+            on_trial(failed, trialsets.retried_as(study.get_trials(deepcopy=False), failed.number))
         raise
     except STORAGE_EXCEPTIONS:
         _hand_back_quietly(study, trial, max_retries, records.STORAGE_FAILED)

@@ -17,8 +17,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 STDLIB_ONLY = ("errors", "ids", "names", "signals", "status", "plugins", "threads", "__init__")
 TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints", "pretrained", "tasks", "costs")
-LIGHT_SIDE = ("budget", "cliargs", "config", "records", "space", "study", "slots", "summary", "monitor", "supervisor",
-              "cli", "__main__")
+LIGHT_SIDE = ("budget", "cliargs", "config", "records", "trialsets", "space", "study", "slots", "summary", "monitor",
+              "supervisor", "cli", "__main__")
 # the only modules that hold both a config or trial and a model
 BRIDGES = ("objective", "trialfiles", "preflight", "worker", "predict", "tradeoffs")
 LIGHT_PACKAGES = ("results", "cluster")  # every module under these is light side too

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 import study_fixtures as sf
 from conftest import TINY_STUDY
-from hpsearch import budget, records
+from hpsearch import budget, records, trialsets
 from hpsearch.cli import main
 from hpsearch.config import build_config
 from hpsearch.summary import (Hints, awaits_successor, epochs_line, hosts_line, invoked_as, progress_line,
@@ -122,7 +122,7 @@ def test_the_end_of_run_summary_shows_epochs_spent_of_the_budget(write_study: Ca
 
 def test_an_interrupted_trial_names_the_trial_that_resumes_it() -> None:
     trials = [_trial(5, TrialState.FAIL, "interrupted", epochs_run=3), _trial(9, TrialState.WAITING, retries=[5])]
-    successor = records.retried_as(trials, 5)
+    successor = trialsets.retried_as(trials, 5)
     assert successor == 9
     line = trial_line(trials[0], "val_accuracy", successor)
     assert line.startswith("trial 5 interrupted after 3 epochs, resumes as trial 9")
@@ -132,9 +132,9 @@ def test_an_interrupted_trial_names_the_trial_that_resumes_it() -> None:
 def test_the_successor_is_the_next_link_of_the_retry_chain() -> None:
     trials = [_trial(5, TrialState.FAIL, "worker_died"), _trial(9, TrialState.FAIL, "interrupted", retries=[5]),
               _trial(12, TrialState.RUNNING, retries=[5, 9])]
-    assert records.retried_as(trials, 5) == 9
-    assert records.retried_as(trials, 9) == 12
-    assert records.successors(trials) == {5: 9, 9: 12}
+    assert trialsets.retried_as(trials, 5) == 9
+    assert trialsets.retried_as(trials, 9) == 12
+    assert trialsets.successors(trials) == {5: 9, 9: 12}
     assert trial_line(trials[0], "m", 9).startswith("trial 5 worker died, resumes as trial 9")
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpsearch import budget, records
+from hpsearch import budget, records, trialsets
 from hpsearch.results import params, pareto
 from hpsearch.results.studydata import STATES, BestPoint, Curve, ParamInfo, Session, StudyData, Summary, TrialRow
 
@@ -31,7 +31,7 @@ def collect_study(study: optuna.Study) -> StudyData:
     collected_at = dt.datetime.now()
     trials = study.get_trials(deepcopy=False)
     metric, direction, epochs = records.metric_of(study), records.direction_of(study), records.epochs_of(study)
-    complete = records.complete_trials(trials)
+    complete = trialsets.complete_trials(trials)
     ordered = sorted(complete, key=lambda t: t.number)  # the order the sampler saw them
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     start = min(starts) if starts else None
@@ -134,11 +134,11 @@ def _notes(trials: Sequence[FrozenTrial], complete: Sequence[FrozenTrial], epoch
 
 def _summary(study: optuna.Study, trials: Sequence[FrozenTrial], rows: Sequence[TrialRow],
              complete: Sequence[FrozenTrial], direction: str, epochs: int | None, notes: list[str]) -> Summary:
-    best = records.best_among(complete, direction)
-    counts = records.counts_by_state(trials)
-    sessions = [_session(group) for group in records.run_sessions(trials)]
+    best = trialsets.best_among(complete, direction)
+    counts = trialsets.counts_by_state(trials)
+    sessions = [_session(group) for group in trialsets.run_sessions(trials)]
     durations = [r.duration_s for r in rows if r.duration_s is not None and r.state != "RUNNING"]
-    saved = records.epochs_saved(trials, epochs)
+    saved = trialsets.epochs_saved(trials, epochs)
     return Summary(
         n_trials=len(trials),
         by_state={state: counts[state] for state in STATES},
@@ -167,7 +167,7 @@ def _session(trials: Sequence[FrozenTrial]) -> Session:
     start = min(t.datetime_start for t in trials)  # type: ignore[type-var]
     end = max(t.datetime_complete or t.datetime_start for t in trials)  # type: ignore[type-var]
     wall = (end - start).total_seconds()  # type: ignore[operator]
-    return Session(start, end, wall, records.busy_s(trials), len(trials),  # type: ignore[arg-type]
+    return Session(start, end, wall, trialsets.busy_s(trials), len(trials),  # type: ignore[arg-type]
                    sorted({w for w in map(records.worker, trials) if w}))
 
 

@@ -19,7 +19,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch import names, records
+from hpsearch import names, records, trialsets
 from hpsearch.errors import HpsearchError
 from hpsearch.study import best_trial, state_counts
 
@@ -328,9 +328,9 @@ def _chosen_trial(study: optuna.Study, number: int) -> FrozenTrial:
     goals = records.goals_of(study)
     trials = study.get_trials(deepcopy=False)
     if len(goals) > 1:
-        allowed, what = records.pareto_front(trials, [d for _, d in goals]), "the Pareto set"
+        allowed, what = trialsets.pareto_front(trials, [d for _, d in goals]), "the Pareto set"
     else:
-        allowed, what = records.complete_trials(trials), "the complete feasible trials"
+        allowed, what = trialsets.complete_trials(trials), "the complete feasible trials"
     chosen = next((t for t in allowed if t.number == number), None)
     if chosen is None:
         listed = ", ".join(str(t.number) for t in allowed[:20]) or "none yet"

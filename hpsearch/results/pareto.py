@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpsearch import records
+from hpsearch import records, trialsets
 from hpsearch.results.numbers import HOVER
 from hpsearch.results.studydata import ParetoData, ParetoPoint, StudyData
 
@@ -27,11 +27,11 @@ def collect_pareto(study: optuna.Study, trials: Sequence[FrozenTrial]) -> Pareto
     if len(goals) < 2:
         return None
     directions = [d for _, d in goals]
-    front = {t.number for t in records.pareto_front(trials, directions)}
+    front = {t.number for t in trialsets.pareto_front(trials, directions)}
     points = [ParetoPoint(t.number, list(t.values), records.is_feasible(t), t.number in front)
               for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values
               and len(t.values) == len(goals)]
-    return ParetoData([m for m, _ in goals], directions, points, records.infeasible_count(trials))
+    return ParetoData([m for m, _ in goals], directions, points, trialsets.infeasible_count(trials))
 
 
 def objective_importances(study: optuna.Study, complete: Sequence[FrozenTrial],

@@ -77,7 +77,7 @@ class BestPoint:
 
 @dataclass
 class Session:
-    """One run session: the trials one `hpsearch run` started (records.run_sessions)."""
+    """One run session: the trials one `hpsearch run` started (trialsets.run_sessions)."""
 
     start: dt.datetime
     end: dt.datetime

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 
-from hpsearch import records
+from hpsearch import records, trialsets
 from hpsearch.study.adapter import _engine, storage_of, study_id
 
 log = logging.getLogger("hpsearch")
@@ -192,11 +192,11 @@ def _read_ledger(study: optuna.Study, engine: sqlalchemy.engine.Engine, sql: _Sq
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's best trial as records.best_trial defines it (complete, best finite value, lowest number among
+    """The study's best trial as trialsets.best_trial defines it (complete, best finite value, lowest number among
     equals, feasible), found by one ordered query and read alone; a study with constraints is read trial by trial
     (feasibility is a system attr per trial)."""
     if not _in_sql(study) or records.constraints_of(study):
-        return records.best_trial(study)
+        return trialsets.best_trial(study)
     from optuna.storages._rdb import models
 
     trials, values = models.TrialModel.__table__, models.TrialValueModel.__table__
@@ -247,8 +247,8 @@ def trials_in(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...]) 
 
 
 def successors(study: optuna.Study) -> dict[int, int]:
-    """records.successors of the study, from the trials' retry histories alone."""
+    """trialsets.successors of the study, from the trials' retry histories alone."""
     if not _in_sql(study):
-        return records.successors(study.get_trials(deepcopy=False))
+        return trialsets.successors(study.get_trials(deepcopy=False))
     return {history[-1]: number for number, stored in _system_attr_by_trial(study, records.RETRY_HISTORY)
             if (history := records.retry_history_of({records.RETRY_HISTORY: stored}))}

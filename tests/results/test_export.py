@@ -221,7 +221,7 @@ print(json.dumps({"correct": int((predicted == y[val]).sum()), "n": len(val), "n
 def test_exported_predict_matches_the_trials_validation_accuracy(write_study, workdir: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from hpsearch.cli import main
-    from hpsearch import records
+    from hpsearch import records, trialsets
 
     path = write_study(n_trials=2)
     assert main(["run", str(path)]) == 0
@@ -231,7 +231,7 @@ def test_exported_predict_matches_the_trials_validation_accuracy(write_study, wo
     assert "predict(x)" in out and "(N, 1, 8, 8)" in out and "raw uint8 pixel values" in out
     assert "(N, 1, 8, 8)" in (workdir / "best" / "load_model.py").read_text()
 
-    best = records.best_trial(optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db"))
+    best = trialsets.best_trial(optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db"))
     assert records.inputs(best)["class_names"] == list("0123456789")
     (workdir / "predict_val.py").write_text(PREDICT_VAL)
     run = subprocess.run([sys.executable, str(workdir / "predict_val.py"), "0.25", "0"], capture_output=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import study_fixtures as sf
-from hpsearch import records
+from hpsearch import trialsets
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import build_figures
 from hpsearch.results.html import write_report
@@ -18,7 +18,7 @@ def test_two_objectives_draw_one_front_with_infeasible_points_grey(tmp_path: Pat
     study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=30)
     d = collect_study(study)
     assert d.pareto is not None and d.pareto.metrics == ["val_accuracy", "latency_ms"]
-    front = {t.number for t in records.pareto_front(study.trials, ["maximize", "minimize"])}
+    front = {t.number for t in trialsets.pareto_front(study.trials, ["maximize", "minimize"])}
     assert {p.number for p in d.pareto.points if p.on_front} == front == {t.number for t in study.best_trials}
     infeasible = [p for p in d.pareto.points if not p.feasible]
     assert infeasible and not any(p.on_front for p in infeasible) and d.pareto.infeasible == len(infeasible)

@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 import study_fixtures as sf
-from hpsearch import budget, records
+from hpsearch import budget, records, trialsets
 from hpsearch.study import queries
 from hpsearch.study.queries import committed_epochs
 from hpsearch.study import best_trial, epoch_sums, successors, trials_in, worker_states
@@ -102,7 +102,7 @@ def test_the_best_trial_by_query_is_records_best_trial(storage_url: optuna.stora
     assert best_trial(study) is None
     values = [0.5, math.inf, -math.inf, 0.25, 0.75, 0.25, 0.75]  # infinities are no best; equals: lowest number
     study.add_trials([_finished(TrialState.COMPLETE, v) for v in values])
-    expected = records.best_trial(study)
+    expected = trialsets.best_trial(study)
     assert expected is not None and expected.value in (0.25, 0.75)
     found = best_trial(study)
     assert found is not None and (found.number, found.value) == (expected.number, expected.value)
@@ -121,5 +121,5 @@ def test_workers_successors_and_failed_trials_by_query(storage_url: optuna.stora
     running.set_user_attr(records.WORKER, "b:3")
     assert sorted(worker_states(study)) == [("a:1", TrialState.COMPLETE, 1), ("a:1", TrialState.FAIL, 1),
                                             ("b:2", TrialState.PRUNED, 1), ("b:3", TrialState.RUNNING, 1)]
-    assert successors(study) == records.successors(study.get_trials(deepcopy=False)) == {1: 4, 4: 5}
+    assert successors(study) == trialsets.successors(study.get_trials(deepcopy=False)) == {1: 4, 4: 5}
     assert [t.number for t in trials_in(study, (TrialState.FAIL,))] == [1]
