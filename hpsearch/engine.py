@@ -23,7 +23,7 @@ from hpsearch.data import DeviceData
 from hpsearch.errors import ConfigError, DeviceError
 from hpsearch.data.tta import tta_rows
 from hpsearch.optim import backbone_factor, build_optimizer, lr_at, splits_backbone
-from hpsearch.pretrained import head_parameters
+from hpsearch.pretrained import Backbone, head_parameters
 from hpsearch.settings import TrainSettings
 from hpsearch.steps import EvalStep, TrainStep, plan_graphs
 from hpsearch.tasks import task_from_record
@@ -97,15 +97,19 @@ def train_one_epoch(
     lrs: list[float],
     between_batches: Callable[[], None] | None = None,
     backbone: float = 1.0,
+    held: Iterable[nn.Module] = (),
 ) -> dict[str, float]:
     """Train over ``batches`` once; return {"loss", "accuracy", "steps"}.
 
     An optimizer step every ``step.accum_steps`` micro-batches (and one for a trailing partial
     group), optimizer step i at learning rate ``lrs[i]`` (the backbone's groups at ``backbone`` times
     it). Metrics stay on the device until one sync at the end. ``between_batches`` is called before
-    every batch (it may raise to stop there).
+    every batch (it may raise to stop there). The modules in ``held`` stay in eval mode (a frozen
+    backbone's BatchNorms).
     """
     step.model.train()
+    for module in held:
+        module.eval()
     step.begin_epoch(lrs, backbone)
     seen = micro = steps = 0
     for x, y in batches:
@@ -196,6 +200,8 @@ class Trainer:
                                       device=self.device) if head is not None else None
         self.optimizer = build_optimizer(self.model, settings, lr=self.lr if graphed else None, capturable=graphed,
                                          backbone_lr=self.backbone_lr if graphed else None, head=head)
+        # After the optimizer: its backbone groups hold the parameters a freeze switches off and back on.
+        self.backbone = Backbone(self.model, head) if head is not None and settings.freeze_epochs > 0 else None
         self.task = task_from_record(data.inputs, settings.class_weights, settings.label_smoothing)
         self.loss_fn = self.task.train_loss(self.device)
         self.eval_loss_fn = self.task.eval_loss(self.device)
@@ -260,11 +266,22 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch (no validation); returns {"loss", "accuracy", "lr", "steps"}."""
         lrs = self._epoch_lrs()
+        held = self._freeze(self.epoch < self.settings.freeze_epochs)
         metrics = train_one_epoch(self.train_step, self._batches(self.train_idx, self.settings.batch_size, train=True),
                                   lrs, between_batches=self.between_batches,
-                                  backbone=backbone_factor(self.epoch, self.settings))
+                                  backbone=backbone_factor(self.epoch, self.settings), held=held)
         self.epoch += 1
         return {**metrics, "lr": lrs[max(0, int(metrics["steps"]) - 1)]}
+
+    def _freeze(self, frozen: bool) -> list[nn.Module]:
+        """Freeze or thaw the backbone for this epoch (a pure function of the epoch, so resuming anywhere repeats
+        it); the norms it holds in eval mode. A change redoes the step's CUDA graphs: they replay what they
+        recorded, the backbone's gradients and BatchNorm mode included."""
+        if self.backbone is None:
+            return []
+        if self.backbone.freeze(frozen):
+            self.train_step.recapture()
+        return self.backbone.norms if frozen else []
 
     def validate(self) -> dict[str, float]:
         """Loss and accuracy on the validation indices."""
@@ -285,17 +302,23 @@ class Trainer:
         }
 
     def sample_steps(self, steps: int) -> None:
-        """A few training steps and one validation batch, as a memory probe (the weights change)."""
+        """A few training steps and one validation batch, as a memory probe (the weights change).
+
+        The backbone trains too, frozen or not: the probe measures the epochs with its gradients, the larger ones.
+        """
         lrs = self._epoch_lrs()[:steps]
+        self._freeze(False)
         train_one_epoch(self.train_step, itertools.islice(self._batches(self.train_idx, self.settings.batch_size, True),
                                                           steps * self.settings.accum_steps), lrs,
-                        backbone=backbone_factor(self.epoch, self.settings))
+                        backbone=self.settings.backbone_lr_scale)
         evaluate(self.eval_step, itertools.islice(self._batches(self.val_idx, self.val_batch, False), 1))
 
     def close(self) -> None:
-        """Free the CUDA graphs' memory; the trainer is not used again."""
+        """Free the CUDA graphs' memory and give a frozen backbone its gradients back; the trainer is not used again."""
         self.train_step.close()
         self.eval_step.close()
+        if self.backbone is not None:
+            self.backbone.freeze(False)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: weights, optimizer, scaler, epoch and RNG states.

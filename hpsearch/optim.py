@@ -57,9 +57,9 @@ def splits_backbone(settings: TrainSettings) -> bool:
 def backbone_factor(epoch: int, settings: TrainSettings) -> float:
     """The backbone's learning rate over the head's in epoch ``epoch`` (0-based): 0 while frozen, else the scale.
 
-    Frozen means a learning rate of exactly 0, not requires_grad=False: the weights stay bit for bit
-    (SGD and Adam(W) move a parameter by lr times something finite, weight decay by lr times wd), and
-    the step keeps one shape for all epochs, so a captured CUDA graph stays valid when the freeze ends.
+    A rate of exactly 0 while frozen keeps the weights bit for bit even where a gradient reached them (SGD and
+    Adam(W) move a parameter by lr times something finite, weight decay by lr times wd); the trainer also switches
+    the backbone's gradients off and holds its BatchNorms in eval mode (``pretrained.Backbone``).
     """
     return 0.0 if epoch < settings.freeze_epochs else settings.backbone_lr_scale
 

@@ -117,6 +117,19 @@ def split_data(cfg: StudyConfig, labels: torch.Tensor) -> list[tuple[torch.Tenso
         raise DataError(f"{cfg.source}: data.{key}: {exc}") from None
 
 
+def check_image_keys(cfg: StudyConfig, pool: ArrayData) -> None:
+    """TTA and augmentation flip and crop images: data of another shape (tabular features) is refused here, once,
+    instead of failing every trial."""
+    if pool.is_image:
+        return
+    train = cfg.train
+    key, value = ("tta_val", train.tta_val) if train.tta_val > 1 else ("augment", list(train.augment))
+    if train.tta_val > 1 or train.augment:
+        raise DataError(f"{cfg.source}: train.{key}: {key} = {value} flips or crops images (N, C, H, W), but dataset "
+                        f"'{cfg.data.dataset}' has samples of shape {tuple(pool.input_shape)}; set "
+                        f"{'tta_val: 1 and ' if key == 'tta_val' else ''}augment: [] for this data")
+
+
 def preflight(cfg: StudyConfig, fetch: bool = True) -> None:
     """Load the data and build the model once on the CPU, so bad input fails before the study is touched.
 
@@ -124,6 +137,7 @@ def preflight(cfg: StudyConfig, fetch: bool = True) -> None:
     """
     with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
         pool = load_pool(cfg)
+        check_image_keys(cfg, pool)
         split_data(cfg, pool.strata)
         check_model(cfg, DeviceData.place(pool, torch.device("cpu")), fetch=fetch)
 

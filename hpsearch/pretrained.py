@@ -22,7 +22,8 @@ from torch import nn
 from hpsearch import names
 from hpsearch.errors import ModelError
 
-__all__ = ["IMAGENET", "apply_pretrained", "head_parameters", "imagenet_file", "load_state", "resolve_source"]
+__all__ = ["IMAGENET", "Backbone", "apply_pretrained", "head_parameters", "imagenet_file", "load_state",
+           "resolve_source"]
 
 IMAGENET = names.PRETRAINED_BUILTIN
 HEAD_NAMES = ("fc", "head", "heads", "classifier")  # a top-level child of these names is the model's head
@@ -122,3 +123,27 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
         raise ModelError(f"train.freeze_epochs / backbone_lr_scale: {type(model).__name__} has no head (no child "
                          f"named {', '.join(HEAD_NAMES)} and no nn.Linear); name the head module fc")
     return list(linears[-1].parameters())
+
+
+class Backbone:
+    """What ``train.freeze_epochs`` holds still: the trainable parameters outside the head and the norms with running
+    statistics (BatchNorm) outside it. :meth:`freeze` switches the parameters' gradients off or on; while frozen the
+    trainer keeps ``norms`` in eval mode, so their statistics stay as loaded and normalise the batches."""
+
+    def __init__(self, model: nn.Module, head: list[nn.Parameter]) -> None:
+        ids = {id(p) for p in head}
+        self.params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        # _NormBase: the BatchNorm and InstanceNorm family, the norms whose running statistics training mode updates.
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                      and not any(id(p) in ids for p in m.parameters(recurse=False))]
+        self.frozen = False
+
+    def freeze(self, frozen: bool) -> bool:
+        """Freeze (or thaw) the backbone; whether that changed anything (the training step then computes other
+        things)."""
+        if frozen == self.frozen:
+            return False
+        for p in self.params:
+            p.requires_grad_(not frozen)
+        self.frozen = frozen
+        return True

@@ -39,8 +39,9 @@ class TrainSettings:
     or the per-epoch factor of ``exponential`` (default 0.9); None picks that default.
     ``amp`` only acts on CUDA; the CPU always trains in fp32. Every value is cast to its field's
     type (a sampled ``0`` for a float field becomes ``0.0``, a list a tuple).
-    ``freeze_epochs``: the backbone (all but the head, ``pretrained.head_parameters``) trains at learning
-    rate 0 for the first epochs; afterwards at ``backbone_lr_scale`` times the head's rate. ``tta_val``:
+    ``freeze_epochs``: the backbone (all but the head, ``pretrained.head_parameters``) is frozen for the first
+    epochs (no gradients, learning rate 0, BatchNorm statistics held); afterwards it trains at
+    ``backbone_lr_scale`` times the head's rate. ``tta_val``:
     validation logits averaged over that many views (the original and ``tta_val - 1`` fixed augmentations).
     """
 

@@ -147,6 +147,13 @@ class _Graphed:
             self.graph.reset()
             self.graph = None
 
+    def again(self, warmup: int) -> None:
+        """Drop the captured graph and capture anew after ``warmup`` eager calls: ``fn`` now launches other
+        kernels (a graph replays exactly the kernels it recorded). One that failed stays eager."""
+        self.close()
+        if self.failed is None:
+            self.warmup_left = warmup
+
 
 class TrainStep:
     """Forward/backward of one micro-batch and the optimizer step, eager or as two CUDA graphs.
@@ -251,6 +258,13 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=not graph_ready)
         if graph_ready:
             self.step_index.add_(1)
+
+    def recapture(self) -> None:
+        """The step's work changed (a frozen backbone thaws: its gradients and BatchNorm's batch statistics come
+        back): the next calls warm up eagerly again and capture graphs of what the step does now."""
+        for graphed in (self._micro_graph, self._step_graph):
+            if graphed is not None:
+                graphed.again(WARMUP_STEPS)
 
     def _head_lr(self) -> float:
         head = [g["lr"] for g in self.optimizer.param_groups if not g.get("backbone")]

@@ -30,7 +30,7 @@ from hpsearch.config import RUN_ENV, StudyConfig
 from hpsearch.data import DeviceData
 from hpsearch.errors import CheckpointError, DeviceError, TrialFailureError
 from hpsearch.objective import WorkerContext, release_memory, run_trial
-from hpsearch.preflight import check_model, load_pool, probe_memory, split_data
+from hpsearch.preflight import check_image_keys, check_model, load_pool, probe_memory, split_data
 from hpsearch.slots import Slot
 from hpsearch.status import WorkerStatus, process_start_time, read_status
 from hpsearch.study import (STORAGE_EXCEPTIONS, Heartbeat, check_storage_file, claim_output_dir, fail_stale_trials,
@@ -67,6 +67,7 @@ def prepare_context(cfg: StudyConfig, slot: Slot | None = None, status: WorkerSt
     with signals.interruptible():  # nothing to hand back yet: a stop signal ends the loading at once
         status.phase("loading data")
         pool = load_pool(cfg)
+        check_image_keys(cfg, pool)
         status.phase("placing data")
         device = resolve_device(cfg.device, slot.gpu)
         data = DeviceData.place(pool, device, memory_fraction=cfg.data.memory_fraction)

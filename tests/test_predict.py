@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -17,6 +19,8 @@ from sklearn.datasets import load_digits
 
 from conftest import TINY_STUDY
 from hpsearch.cli import main
+from hpsearch.data import load_test_split
+from torch_fixtures import skip_md5_checks, write_cifar10, write_mnist
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +43,16 @@ def _trials(study: Path) -> list[optuna.trial.FrozenTrial]:
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _export_module(tmp: Path, study: Path, name: str) -> Any:
+    """The exported load_model.py of the study's best trial, imported as module ``name``."""
+    assert main(["best", str(study), "--export", str(tmp / "export")]) == 0
+    spec = importlib.util.spec_from_file_location(name, tmp / "export" / "load_model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -75,11 +89,7 @@ def test_an_array_and_a_folder_of_the_same_images_predict_the_same_and_match_the
     by_array, by_folder = _rows(tmp_path / "a.csv"), _rows(tmp_path / "b.csv")
     assert [r["input"] for r in by_folder] == [f"img{i:02d}.png" for i in range(12)]
     assert [r["prediction"] for r in by_array] == [r["prediction"] for r in by_folder]
-    assert main(["best", str(study), "--export", str(tmp_path / "export")]) == 0
-    spec = importlib.util.spec_from_file_location("load_model_tta", tmp_path / "export" / "load_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _export_module(tmp_path, study, "load_model_tta")
     exported = module.predict(torch.from_numpy(images[:, None].copy()), tta=2)
     assert [module.class_names()[i] for i in exported.tolist()] == [r["prediction"] for r in by_array]
 
@@ -119,3 +129,23 @@ def test_a_trial_without_a_checkpoint_is_named(tmp_path: Path, capsys: pytest.Ca
     capsys.readouterr()
     assert main(["predict", str(path), "--input", "val", "--out", str(tmp_path / "p.csv")]) == 2
     assert "trial 0 has no checkpoint" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("dataset, image_size", [("mnist", 16), ("cifar10", None)])
+def test_the_test_split_of_a_torchvision_set_is_predicted_one_row_per_sample_as_the_export_does(
+        write_study: Callable[..., Path], workdir: Path, monkeypatch: pytest.MonkeyPatch, dataset: str,
+        image_size: int | None) -> None:
+    # The real formats (idx files, pickle batches): 40 or 50 training images, 10 in the test split.
+    write_mnist(workdir / "data", n=40) if dataset == "mnist" else write_cifar10(workdir / "data", per_batch=10)
+    skip_md5_checks(monkeypatch)
+    data = {"dataset": dataset, "root": "data", "val_split": 0.25, "image_size": image_size}
+    path = write_study(n_trials=1, data={k: v for k, v in data.items() if v is not None},
+                       train={"epochs": 1, "batch_size": 8})
+    assert main(["run", str(path)]) == 0
+    out = workdir / "test.csv"
+    assert main(["predict", str(path), "--input", "test", "--out", str(out)]) == 0
+    rows = _rows(out)
+    test = load_test_split(dataset, workdir / "data", image_size=image_size)
+    assert len(test) == 10 and [r["input"] for r in rows] == [str(i) for i in range(10)]
+    module = _export_module(workdir, path, f"load_model_{dataset}_test")
+    assert [r["prediction"] for r in rows] == [module.class_names()[i] for i in module.predict(test.x).tolist()]

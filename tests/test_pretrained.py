@@ -15,7 +15,7 @@ from hpsearch import pretrained
 from hpsearch.cli import main
 from hpsearch.config import StudyConfig
 from hpsearch.data import DeviceData, load_dataset
-from hpsearch.engine import Trainer, TrainSettings, load_checkpoint
+from hpsearch.engine import Trainer, TrainSettings, load_checkpoint, save_checkpoint
 from hpsearch.errors import ModelError
 from hpsearch.models import build_model
 from hpsearch.pretrained import apply_pretrained, head_parameters, imagenet_file, load_state, resolve_source
@@ -118,19 +118,87 @@ def test_backbone_trains_at_the_scaled_rate_and_not_at_all_while_frozen(digits: 
     assert rates[True] == pytest.approx(0.1 * rates[False])  # the schedule applies to both groups
 
 
-def test_resume_mid_freeze_trains_as_uninterrupted(digits: DeviceData) -> None:
-    straight = _trainer(digits, freeze_epochs=2)
-    for _ in range(3):
-        straight.run_epoch()
-    first = _trainer(digits, freeze_epochs=2)
-    first.run_epoch()
-    state = copy.deepcopy(first.state_dict())
-    resumed = _trainer(digits, freeze_epochs=2)
-    resumed.load_state_dict(state)
-    resumed.run_epoch()
-    resumed.run_epoch()
+class BatchNormNet(nn.Module):
+    """A conv backbone with BatchNorm and an fc head: what a freeze must hold still, running statistics included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def _bn_trainer(data: DeviceData, **settings: Any) -> Trainer:
+    torch.manual_seed(0)
+    values = {"epochs": 3, "lr": 0.01, "batch_size": 64, "optimizer": "adamw", "weight_decay": 0.01,
+              "scheduler": "cosine", "freeze_epochs": 1, "augment": ("crop",), **settings}
+    return Trainer(BatchNormNet(), data, torch.arange(0, 600), torch.arange(600, 800), TrainSettings(**values),
+                   seed=3)
+
+
+def _backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's parameters and BatchNorm buffers (running_mean, running_var, num_batches_tracked)."""
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("features.")}
+
+
+def test_a_frozen_epoch_leaves_the_backbone_and_its_batchnorm_statistics_bit_identical(digits: DeviceData) -> None:
+    trainer = _bn_trainer(digits)
+    start, head = _backbone_state(trainer.model), trainer.model.fc.weight.clone()
+    trainer.train_epoch()
+    after = _backbone_state(trainer.model)
+    assert {k for k in start if "running" in k} == {"features.1.running_mean", "features.1.running_var"}
+    for key, value in start.items():
+        assert torch.equal(after[key], value), key  # bit for bit: weights, running statistics and the batch count
+    assert not torch.equal(trainer.model.fc.weight, head)
+    assert all(p.grad is None for p in trainer.model.features.parameters())  # never computed, not just unused
+    trainer.validate()
+    trainer.train_epoch()  # thawed: everything trains, BatchNorm in training mode again
+    thawed = _backbone_state(trainer.model)
+    assert [k for k in start if torch.equal(thawed[k], start[k])] == []
+    trainer.close()
+    assert all(p.requires_grad for p in trainer.model.parameters())  # what the trial's costs and export see
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3], ids=["inside-the-freeze", "as-it-ends", "after-it"])
+def test_a_trial_resumed_inside_or_after_the_freeze_trains_as_uninterrupted(digits: DeviceData, stop: int,
+                                                                            tmp_path: Path) -> None:
+    straight = _bn_trainer(digits, freeze_epochs=2, epochs=4)
+    expected = [straight.run_epoch() for _ in range(4)][stop:]
+    first = _bn_trainer(digits, freeze_epochs=2, epochs=4)
+    for _ in range(stop):
+        first.run_epoch()
+    save_checkpoint(tmp_path / "state.pt", first.state_dict())
+    resumed = _bn_trainer(digits, freeze_epochs=2, epochs=4)
+    torch.manual_seed(7)  # the restore sets every RNG itself
+    resumed.load_state_dict(load_checkpoint(tmp_path / "state.pt"))
+    got = [resumed.run_epoch() for _ in range(4 - stop)]
+    assert [{k: v for k, v in r.items() if k != "epoch_time"} for r in got] == [
+        {k: v for k, v in r.items() if k != "epoch_time"} for r in expected]
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.gpu
+def test_the_freeze_holds_and_ends_under_cuda_graphs() -> None:
+    """The graphs captured while frozen skip the backbone; the thaw captures new ones that train it."""
+    placed = DeviceData.place(load_dataset("digits"), torch.device("cuda"))
+    histories = {}
+    for mode in ("on", "off"):
+        trainer = _bn_trainer(placed, cuda_graphs=mode, amp="off", freeze_epochs=2, epochs=4)
+        start = _backbone_state(trainer.model)
+        histories[mode] = [trainer.run_epoch() for _ in range(2)]
+        for key, value in _backbone_state(trainer.model).items():
+            assert torch.equal(value, start[key]), (mode, key)
+        histories[mode] += [trainer.run_epoch() for _ in range(2)]
+        thawed = _backbone_state(trainer.model)
+        assert all(not torch.equal(thawed[k], start[k]) for k in start), mode
+        assert trainer.graphs == ("on" if mode == "on" else "off (train.cuda_graphs: off)")
+        trainer.close()
+    for on, off in zip(histories["on"], histories["off"]):
+        assert on["train_loss"] == pytest.approx(off["train_loss"], rel=1e-3)
+        assert on["val_loss"] == pytest.approx(off["val_loss"], rel=1e-3)
 
 
 def _study(write_study: Callable[..., Path], weights: str, **train: Any) -> Path:

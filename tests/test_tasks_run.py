@@ -81,7 +81,8 @@ def test_a_multihead_study_scores_whole_strings_and_predicts_them(write_study: C
 
 
 def test_a_regression_study_reports_and_predicts_in_the_targets_units(write_study: Callable[..., Path],
-                                                                      workdir: Path) -> None:
+                                                                      workdir: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study(**REGRESSION)
     assert main(["run", str(path)]) == 0
     study = _study()
@@ -102,6 +103,9 @@ def test_a_regression_study_reports_and_predicts_in_the_targets_units(write_stud
     values = module.predict(pool.x[index[:8]])
     assert values.shape == (8, 1)
     assert values.flatten().tolist() == pytest.approx(predicted[:8].tolist(), rel=1e-6)
+    capsys.readouterr()
+    assert main(["predict", str(path), "--input", "val", "--tta", "2", "--out", str(workdir / "tta.csv")]) == 2
+    assert "--tta 2: tta = 2 needs image inputs (C, H, W), but samples have shape (10,)" in _one_error_line(capsys)
 
 
 @pytest.mark.parametrize("raw", [MULTIHEAD, REGRESSION], ids=["multihead", "regression"])
@@ -170,6 +174,15 @@ def factory(input_shape, num_classes, dropout, num_positions):
 
 def regressor(input_shape, num_classes, dropout, num_outputs):
     return nn.Linear(5, num_outputs)
+
+
+def bright(root=None):
+    # Images (uint8 digits) with two float targets: the digit and the mean brightness of the left half.
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x = torch.from_numpy(digits.images.astype("uint8")).unsqueeze(1)[:400]
+    y = torch.stack([torch.from_numpy(digits.target[:400]).float(), x[:, 0, :, :4].float().mean((1, 2))], 1)
+    return x, y
 '''
 
 
@@ -210,6 +223,42 @@ def test_custom_factories_get_the_tasks_arguments(task: str, dataset: str, model
     assert main(["run", str(path)]) == 0
     trial = _study().best_trial
     assert metric in trial.user_attrs["history"][0]
+
+
+def test_regression_with_tta_reproduces_its_validation_mse_through_predict_and_the_export(
+        custom: str, write_study: Callable[..., Path], workdir: Path) -> None:
+    path = write_study(task="regression", metric="val_mse", n_trials=1,
+                       data={"dataset": f"{custom}:bright", "val_split": 0.25},
+                       train={"epochs": 2, "batch_size": 32, "augment": ["hflip", "crop"], "tta_val": 3})
+    assert main(["run", str(path)]) == 0
+    best = _study().best_trial
+    out = workdir / "val.csv"
+    assert main(["predict", str(path), "--input", "val", "--tta", "3", "--out", str(out)]) == 0
+    x, y = sys.modules[custom].bright()
+    rows = _rows(out)
+    index = [int(r["input"]) for r in rows]
+    assert len(rows) == 100
+    predicted = torch.tensor([[float(v) for v in r["prediction"].split()] for r in rows], dtype=torch.float64)
+    mse = (predicted - y[index].double()).square().mean().item()  # the mean over both outputs, in their units
+    assert mse == pytest.approx(best.value, rel=1e-4)
+    plain = workdir / "plain.csv"
+    assert main(["predict", str(path), "--input", "val", "--out", str(plain)]) == 0
+    assert [r["prediction"] for r in _rows(plain)] != [r["prediction"] for r in rows]  # the views did count
+    module = _export(workdir, path, "load_model_regression_tta")
+    exported = module.predict(x[index[:8]], tta=3).double()
+    assert exported.flatten().tolist() == pytest.approx(predicted[:8].flatten().tolist(), rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("train, key", [({"augment": ["hflip"], "tta_val": 2}, "train.tta_val"),
+                                        ({"augment": ["crop"]}, "train.augment")])
+def test_tta_and_augmentation_of_data_without_images_exit_2_before_any_trial(
+        train: dict[str, Any], key: str, write_study: Callable[..., Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(**{**REGRESSION, "train": {**REGRESSION["train"], **train}})
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert f"study.yaml: {key}" in line and "dataset 'diabetes'" in line and "shape (10,)" in line, line
+    assert not DB.exists()
 
 
 def _write_label_folder(root: Path, count: int = 60) -> list[str]:

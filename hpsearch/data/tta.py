@@ -5,6 +5,10 @@ shift, mirrored or not), K - 1 of them other than the identity, drawn once by a 
 view for the whole batch, so a sample's prediction does not depend on the batch it comes in or on its
 position there. The views gather pixels of the normalised batch: a pixel permutation within each channel
 commutes with the per-channel normalisation, so this equals augmenting the raw uint8 image first.
+Regression outputs are averaged in their normalised units, before ``Regression.predict`` maps them back: that map
+is affine per output, so the mean is the same in the data's units, and validation's ``val_mse`` under
+``train.tta_val`` is what ``hpsearch predict --tta`` scores. Data without images (tabular features) has no view
+to take: ``preflight.check_image_keys`` refuses ``train.tta_val`` and ``train.augment`` there before any trial.
 """
 
 from __future__ import annotations
