@@ -252,3 +252,60 @@ def successors(study: optuna.Study) -> dict[int, int]:
         return trialsets.successors(study.get_trials(deepcopy=False))
     return {history[-1]: number for number, stored in _system_attr_by_trial(study, records.RETRY_HISTORY)
             if (history := records.retry_history_of({records.RETRY_HISTORY: stored}))}
+
+
+def all_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Every trial of the study, in number order, as Optuna's own storage would return them.
+
+    Read by six plain selects instead of Optuna's ORM loading, which built an object per stored row: 93 s for a
+    20,000-trial SQLite study against ~8 s here (the report reads every trial once)."""
+    if not _in_sql(study):
+        return study.get_trials(deepcopy=False)
+    from optuna.storages._rdb import models
+
+    trial_rows, parts = _trial_tables(study, models)
+    made = []
+    for row in trial_rows:
+        tid = row.trial_id
+        values = parts["values"].get(tid)
+        made.append(optuna.trial.FrozenTrial(
+            number=row.number, state=row.state, value=None,
+            values=[v for _, v in sorted(values.items())] if values else None,
+            datetime_start=row.datetime_start, datetime_complete=row.datetime_complete,
+            params={name: dist.to_external_repr(v) for name, (v, dist) in parts["params"].get(tid, {}).items()},
+            distributions={name: dist for name, (_, dist) in parts["params"].get(tid, {}).items()},
+            user_attrs=parts["user"].get(tid, {}), system_attrs=parts["system"].get(tid, {}),
+            intermediate_values=parts["steps"].get(tid, {}), trial_id=tid))
+    return made
+
+
+def _trial_tables(study: optuna.Study, models: Any) -> tuple[list[Any], dict[str, dict[int, dict[Any, Any]]]]:
+    """The study's trial rows and, per kind, {trial_id: {key: value}} decoded as Optuna decodes them."""
+    trials = models.TrialModel.__table__
+    mine = sqlalchemy.select(trials.c.trial_id).where(trials.c.study_id == study_id(study)).scalar_subquery()
+    in_study = lambda table: table.c.trial_id.in_(mine)  # noqa: E731
+    p, v = models.TrialParamModel.__table__, models.TrialValueModel.__table__
+    i, u = models.TrialIntermediateValueModel.__table__, models.TrialUserAttributeModel.__table__
+    s = models.TrialSystemAttributeModel.__table__
+    decoded_dists: dict[str, Any] = {}  # thousands of trials share a handful of distributions: parse each once
+    parts: dict[str, dict[int, dict[Any, Any]]] = {"params": {}, "values": {}, "steps": {}, "user": {}, "system": {}}
+    with _engine(storage_of(study)).connect() as conn:
+        rows = conn.execute(sqlalchemy.select(trials).where(trials.c.study_id == study_id(study))
+                            .order_by(trials.c.number)).all()
+        for tid, name, value, text in conn.execute(sqlalchemy.select(
+                p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json).where(in_study(p))
+                .order_by(p.c.param_id)):
+            dist = decoded_dists.get(text) or decoded_dists.setdefault(text, optuna.distributions.json_to_distribution(text))
+            parts["params"].setdefault(tid, {})[name] = (value, dist)
+        for tid, objective, value, kind in conn.execute(sqlalchemy.select(
+                v.c.trial_id, v.c.objective, v.c.value, v.c.value_type).where(in_study(v))):
+            parts["values"].setdefault(tid, {})[objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
+        for tid, step, value, kind in conn.execute(sqlalchemy.select(
+                i.c.trial_id, i.c.step, i.c.intermediate_value, i.c.intermediate_value_type).where(in_study(i))):
+            parts["steps"].setdefault(tid, {})[step] = (
+                models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind))
+        for table, kind in ((u, "user"), (s, "system")):
+            for tid, key, text in conn.execute(sqlalchemy.select(
+                    table.c.trial_id, table.c.key, table.c.value_json).where(in_study(table))):
+                parts[kind].setdefault(tid, {})[key] = json.loads(text)
+    return rows, parts
