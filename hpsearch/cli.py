@@ -199,12 +199,14 @@ def _nothing_to_run(cfg: StudyConfig, hints: Any) -> bool:
 
     Read-only: no worker starts and nothing is written, not even this run's target.
     """
-    from hpsearch.study import find_study, finished_count, guard_storage
+    from hpsearch.study import dispose_storage, find_study, finished_count, guard_storage
 
     with guard_storage(cfg):
         study = find_study(cfg, create=False)
         finished = 0 if study is None else finished_count(study)
         if study is None or finished < cfg.n_trials:
+            if study is not None:
+                dispose_storage(study)  # the run opens storages of its own: this one's connection would idle
             return False
         log.info("nothing to run: study '%s' already has %d finished trials and n_trials is %d (the study's total)",
                  cfg.name, finished, cfg.n_trials)

@@ -1,5 +1,5 @@
 """What keeps many workers cheap on one database (bench/scale.py measures it): counts, not trial loads; one
-pooled connection per process."""
+pooled connection per process, which its threads take in turns."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from hpsearch import worker
 from hpsearch.study import state_counts
+from hpsearch.study.pool import TurnPool
 from hpsearch.study.storage import _engine_kwargs
 
 
@@ -50,4 +51,5 @@ def test_the_worker_loop_counts_claimed_trials_without_loading_them(tmp_path: Pa
 def test_postgresql_engines_keep_one_connection_per_process() -> None:
     kwargs = _engine_kwargs("postgresql+psycopg://user@db-host/hpsearch")
     assert kwargs["pool_size"] == 1  # SQLAlchemy's default 5 kept the heartbeat thread's connection open too
+    assert kwargs["poolclass"] is TurnPool  # heartbeat and main thread take turns instead of opening a second
     assert kwargs["pool_pre_ping"] is True

@@ -13,8 +13,8 @@ from hpsearch.study.failures import (STORAGE_EXCEPTIONS, guard_storage, is_stora
     storage_failure)
 from hpsearch.study.storage import PG_CONNECT_TIMEOUT_S, dispose_storages, make_storage
 from hpsearch.study.factories import derive_seed, make_pruner, make_sampler
-from hpsearch.study.adapter import (FINISHED, Heartbeat, current_state, fail_stale_trials, finished_count, hand_back,
-    requeue, retry_history, set_study_system_attr, state_counts, storage_of, stored_distributions, study_id,
+from hpsearch.study.adapter import (FINISHED, Heartbeat, current_state, dispose_storage, fail_stale_trials,
+    finished_count, hand_back, requeue, retry_history, set_study_system_attr, state_counts, storage_of, stored_distributions, study_id,
     study_system_attrs, trial_id)
 from hpsearch.study.queries import best_trial, epoch_sums, successors, trials_in, worker_states
 from hpsearch.study.invariants import SETTINGS_SECTIONS, check_space_unchanged, run_settings, settings_id
@@ -47,6 +47,7 @@ __all__ = [
     "claim_output_dir",
     "current_state",
     "derive_seed",
+    "dispose_storage",
     "dispose_storages",
     "driver_url",
     "epoch_sums",

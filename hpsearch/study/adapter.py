@@ -16,6 +16,7 @@ import sqlalchemy
 
 from hpsearch import records
 from hpsearch.study.failures import storage_cause
+from hpsearch.study.pool import patience
 from hpsearch.study.urls import _first_line
 
 log = logging.getLogger("hpsearch")
@@ -91,7 +92,9 @@ class Heartbeat:
     """A running trial's heartbeat thread: beats at once, then every interval, until the block ends.
 
     A storage error in the thread is logged once (the main thread meets the same storage soon and
-    reports it); it never prints a thread traceback.
+    reports it); it never prints a thread traceback. On PostgreSQL a beat waits for the process's one
+    connection while the main thread uses it (pool.py), at most half the time a late beat can spare before
+    the trial looks stale; after that it beats on a second connection rather than let the trial be failed.
     """
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
@@ -99,10 +102,15 @@ class Heartbeat:
         self.url = _engine(self.storage).url.render_as_string(hide_password=False)  # for scrubbing messages
         self.trial_id = trial_id(trial)
         self.interval = self.storage.get_heartbeat_interval()
+        self.patience = None if self.interval is None else _beat_patience(self.storage, self.interval)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.trial_id}", daemon=True)
 
     def _beat(self) -> None:
+        with patience(self.patience):
+            self._beat_until_stopped()
+
+    def _beat_until_stopped(self) -> None:
         failed = False
         while True:
             try:
@@ -125,6 +133,12 @@ class Heartbeat:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join()
+
+
+def _beat_patience(storage: optuna.storages.BaseStorage, interval: int) -> float:
+    """Half the slack between the interval and the grace period (Optuna's default grace: two intervals)."""
+    grace = getattr(getattr(storage, "_backend", storage), "grace_period", None) or 2 * interval
+    return max(0.0, min(interval, grace - interval) / 2)
 
 
 def fail_stale_trials(study: optuna.Study, grace_period: float, max_retries: int) -> list[int]:
@@ -189,6 +203,11 @@ def stored_distributions(study: optuna.Study) -> dict[str, list[optuna.distribut
         for name, text in conn.execute(query):
             found.setdefault(name, []).append(optuna.distributions.json_to_distribution(text))
     return found
+
+
+def dispose_storage(study: optuna.Study) -> None:
+    """Close the connection pool of the study's storage (it reconnects if used again)."""
+    _engine(storage_of(study)).dispose()
 
 
 def _engine(storage: optuna.storages.BaseStorage) -> sqlalchemy.engine.Engine:

@@ -70,9 +70,12 @@ def find_study(cfg: StudyConfig, create: bool = True) -> optuna.Study | None:
         return None
     storage = make_storage(cfg.storage_url, cfg.source, cfg.workers, create=False)
     if _existing_direction(storage, cfg.name) is None:
+        storage.engine.dispose()  # its kept connection would stay open for the rest of the run
         return None
-    # A writer needs a storage of its own (heartbeats, BEGIN IMMEDIATE); a reader goes on with this one.
-    return open_study(cfg, create=create, storage=None if create else storage)
+    if not create:
+        return open_study(cfg, create=False, storage=storage)  # a reader goes on with this storage
+    storage.engine.dispose()  # a writer needs a storage of its own (heartbeats, BEGIN IMMEDIATE)
+    return open_study(cfg, create=True)
 
 
 def _record_study_attrs(study: optuna.Study, cfg: StudyConfig) -> None:

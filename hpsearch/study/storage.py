@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQL
 from hpsearch.config import WorkersConfig
 from hpsearch.errors import StorageError
 from hpsearch.study.failures import _damage, _damaged
+from hpsearch.study.pool import TurnPool, closed_on_failure
 from hpsearch.study.sqlite import (SQLITE_BUSY_TIMEOUT_S, _DamagedFile, _begin_immediate, _is_read_only,
     _prepare_sqlite, _read_only_url, _remember_file, _sqlite_file, check_writable)
 from hpsearch.study.urls import _first_line, check_storage, driver_url, redact_url
@@ -36,10 +37,11 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
         # Several local workers share one file: wait for the lock instead of failing at once.
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if backend == "postgresql":
-        # One connection kept per process (the heartbeat thread borrows a second one briefly): the server's
-        # max_connections (100 by default) bounds the workers of all machines together.
+        # One connection per process, which its threads (a worker's main and heartbeat threads) take in turns
+        # (pool.py): the server's max_connections (100 by default) bounds the workers of all machines together.
+        # The overflow serves only a thread's own nested checkout and a checkout that waited out its patience.
         # application_name: pg_stat_activity names the process that holds each connection (`hpsearch:<pid>`).
-        return {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 4,
+        return {"pool_pre_ping": True, "poolclass": TurnPool, "pool_size": 1, "max_overflow": 4,
                 "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": f"hpsearch:{os.getpid()}"}}
     return {"pool_pre_ping": True}
 
@@ -61,8 +63,15 @@ def _optuna_url(url: str) -> str:
 def _rdb_storage(url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-        storage = optuna.storages.RDBStorage(_optuna_url(url), engine_kwargs=_engine_kwargs(url), **heartbeat)
-    _ENGINES.add(storage.engine)
+        # Optuna's own schema check reads the version inside an open session: two connections at once.
+        with closed_on_failure():  # a start-up race lost in Optuna's constructor must not leave its connection open
+            storage = optuna.storages.RDBStorage(_optuna_url(url), engine_kwargs=_engine_kwargs(url),
+                                                 skip_compatibility_check=True, **heartbeat)
+        _ENGINES.add(storage.engine)
+        if storage.get_current_version() != storage.get_head_version():
+            storage.engine.dispose()
+            optuna.storages.RDBStorage(_optuna_url(url), engine_kwargs=_engine_kwargs(url), skip_table_creation=True,
+                                       **heartbeat)  # raises Optuna's message: which versions, how to upgrade
     return storage
 
 

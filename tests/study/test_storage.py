@@ -316,3 +316,63 @@ def test_workers_opening_a_new_postgres_database_together_all_succeed(pg_url: st
 
     errors = open_together(pg.temporary_database, n_procs=4, rounds=4)
     assert not errors, errors
+
+
+class ConnectionSampler:
+    """Samples pg_stat_activity every 50 ms from a thread: connections of each `hpsearch:<pid>` to `database`."""
+
+    def __init__(self, database: str) -> None:
+        import threading
+
+        import pg
+
+        self.database, self.peaks, self.samples = database, Counter[str](), 0
+        self.conn, _ = pg.admin_connection()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.conn.cursor() as cur:
+            while not self.stopping.wait(0.05):  # sampling, not a timed assertion
+                cur.execute("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s "
+                            "AND application_name LIKE 'hpsearch:%%' GROUP BY 1", (self.database,))
+                for app, count in cur.fetchall():
+                    self.peaks[app] = max(self.peaks[app], count)
+                self.samples += 1
+
+    def __enter__(self) -> ConnectionSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.conn.close()
+
+
+@pytest.mark.postgres
+def test_cli_run_two_workers_hold_one_postgres_connection_per_process(empty_pg_url: str, tmp_path: Path) -> None:
+    """Issue #21: the heartbeat thread and the main thread take turns on their process's one connection.
+
+    Every process of `hpsearch run --workers 2` (the supervisor and each worker, `application_name`
+    hpsearch:<pid>) holds at most one connection at any sampled moment, opening included. The tables are made
+    first: the process that creates them uses a second connection for a moment (Optuna stamps the schema
+    version inside an open connection), once per study.
+    """
+    from sqlalchemy.engine import make_url
+
+    optuna.storages.RDBStorage(empty_pg_url).engine.dispose()  # the tables, as any earlier run leaves them
+    study = {"name": "conn", "storage": empty_pg_url, "n_trials": 6, "seed": 0, "device": "cpu",
+             "sampler": {"type": "random"}, "pruner": {"type": "none"},
+             "data": {"dataset": "digits", "val_split": 0.25}, "model": {"name": "mlp", "args": {"width": 16}},
+             "train": {"epochs": 3, "batch_size": 64}, "workers": {"heartbeat_interval": 1, "grace_period": 10},
+             "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    with ConnectionSampler(str(make_url(empty_pg_url).database)) as sampler:
+        proc = subprocess.run([sys.executable, "-m", "hpsearch", "run", "study.yaml", "--workers", "2"],
+                              cwd=tmp_path, env=python_env(), text=True, capture_output=True, timeout=300)
+    logs = tmp_path / "runs" / "conn" / "logs"
+    assert proc.returncode == 0, proc.stderr + "\n".join(p.read_text() for p in sorted(logs.glob("*.log")))
+    workers = {f"hpsearch:{json.loads(p.read_text())['pid']}" for p in logs.glob("worker-*.json")}
+    assert len(workers) == 2 and workers <= set(sampler.peaks), (workers, sampler.peaks, sampler.samples)
+    assert max(sampler.peaks.values()) == 1, sampler.peaks  # a beat overlapping a trial's write made it 2
