@@ -34,11 +34,12 @@ def collect_pareto(study: optuna.Study, trials: Sequence[FrozenTrial]) -> Pareto
     return ParetoData([m for m, _ in goals], directions, points, trialsets.infeasible_count(trials))
 
 
-def objective_importances(study: optuna.Study, complete: Sequence[FrozenTrial],
+def objective_importances(study: optuna.Study, target: optuna.Study | None,
                           varying: list[str]) -> dict[str, dict[str, float]]:
-    """Param importances for each objective after the first (the report's usual importances are the first's)."""
+    """Param importances for each objective after the first (the report's usual importances are the first's), over
+    the complete feasible trials in `target` (collect.importance_study; None with fewer than 2)."""
     goals = records.goals_of(study)
-    if len(goals) < 2 or len(complete) < 2 or not varying:
+    if len(goals) < 2 or target is None or not varying:
         return {}
     found: dict[str, dict[str, float]] = {}
     for i, (metric, _) in enumerate(goals[1:], start=1):
@@ -46,7 +47,7 @@ def objective_importances(study: optuna.Study, complete: Sequence[FrozenTrial],
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = optuna.importance.get_param_importances(
-                    study, params=varying, target=lambda t, i=i: t.values[i])  # type: ignore[misc]
+                    target, params=varying, target=lambda t, i=i: t.values[i])  # type: ignore[misc]
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue  # e.g. a constant objective: no importance to show
         found[metric] = {k: float(v) for k, v in result.items()}
