@@ -226,9 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ[RUN_ENV] = ids.run_id()  # workers inherit it
     if _nothing_to_run(cfg, hints):
         return 0
-    if cfg.multi_objective and cfg.pruner.type != "none":
-        log.info("%d objectives: Optuna prunes no multi-objective trial, so pruner %s is not used (early stopping "
-                 "on %s still is, when train.early_stopping is set)", len(cfg.goals), cfg.pruner.type, cfg.metric)
+    if cfg.unused_pruner is not None:
+        log.info("%s", cfg.unused_pruner)
     slots, auto = plan_slots(cfg, args.gpus, args.workers)
     if len(slots) == 1 and not auto:
         from hpsearch import summary

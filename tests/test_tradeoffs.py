@@ -153,6 +153,23 @@ def test_changing_the_objectives_of_a_study_is_refused(write_study: Callable[...
     assert main(["run", str(one)]) == 2  # one metric instead of two: refused too
 
 
+@pytest.mark.parametrize("pruner", [None, {"type": "median"}])
+def test_validate_says_no_pruner_is_used_with_two_objectives(write_study: Callable[..., Path],
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             pruner: dict[str, str] | None) -> None:
+    two = [{"metric": "val_accuracy"}, {"metric": "latency_ms"}]
+    path = write_study("v.yaml", name="v", objectives=two, pruner=pruner)
+    capsys.readouterr()
+    assert main(["validate", str(path), "--config-only"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# pruner:")]
+    kind = pruner["type"] if pruner else "successive_halving"
+    assert said == [f"# pruner: none used: 2 objectives: Optuna prunes no multi-objective trial, so pruner {kind} "
+                    "is not used (early stopping on val_accuracy still is, when train.early_stopping is set)"]
+    one = write_study("v1.yaml", name="v1", pruner=None)  # one metric: the default pruner, used as before
+    assert main(["validate", str(one), "--config-only"]) == 0
+    assert "# pruner: default: successive halving (ASHA)" in capsys.readouterr().out
+
+
 def _hpsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=python_env(), text=True,
                           capture_output=True, timeout=600)

@@ -304,10 +304,20 @@ class StudyConfig(Strict):
                               f"when: and <= {AUTO_GP_MAX_TRIALS} trials, else TPE)")
         elif "sampler" not in self.model_fields_set:
             out["sampler"] = f"default: TPE, n_startup_trials = {len(self.space)} (the space's parameters)"
-        if "pruner" not in self.model_fields_set:
+        if self.unused_pruner is not None:
+            out["pruner"] = f"none used: {self.unused_pruner}"
+        elif "pruner" not in self.model_fields_set:
             out["pruner"] = (f"default: successive halving (ASHA), min_resource = ceil(train.epochs / 9) = "
                              f"{default_min_resource(self.train.epochs)}, reduction_factor 3")
         return out
+
+    @property
+    def unused_pruner(self) -> str | None:
+        """Why the pruner set (or chosen by default) is not used: several objectives; None when it is used."""
+        if not self.multi_objective or self.pruner.type == "none":
+            return None
+        return (f"{len(self.goals)} objectives: Optuna prunes no multi-objective trial, so pruner {self.pruner.type} "
+                f"is not used (early stopping on {self.metric} still is, when train.early_stopping is set)")
 
     @property
     def resolved_direction(self) -> str:

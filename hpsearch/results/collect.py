@@ -141,6 +141,7 @@ def _summary(study: optuna.Study, trials: Sequence[FrozenTrial], rows: Sequence[
     sessions = [_session(group) for group in trialsets.run_sessions(trials)]
     durations = [r.duration_s for r in rows if r.duration_s is not None and r.state != "RUNNING"]
     saved = trialsets.epochs_saved(trials, epochs)
+    goals, constraints = records.goals_of(study), records.constraints_of(study)
     return Summary(
         n_trials=len(trials),
         by_state={state: counts[state] for state in STATES},
@@ -161,6 +162,9 @@ def _summary(study: optuna.Study, trials: Sequence[FrozenTrial], rows: Sequence[
         slots=sorted({r.slot for r in rows if r.slot is not None}),
         devices=sorted({r.device for r in rows if r.device}),
         notes=notes,
+        objectives=goals if len(goals) > 1 else [],
+        constraints=constraints,
+        infeasible=trialsets.infeasible_count(trials) if constraints else None,
     )
 
 

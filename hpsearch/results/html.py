@@ -69,7 +69,7 @@ def _params_text(params: dict[str, Any]) -> str:
 def _summary_html(d: StudyData) -> str:
     s = d.summary
     rows: list[tuple[str, str]] = [
-        ("objective", f"{d.direction} {d.metric}"),
+        _objective_row(d),
         ("trials", f"{s.n_trials} total: " + ", ".join(f"{v} {k.lower()}" for k, v in s.by_state.items() if v)
          if s.n_trials else "0 (no trials yet)"),
         ("best value", f"{_fmt_value(s.best_value)} (trial {s.best_trial})" if s.best_trial is not None else "—"),
@@ -80,6 +80,8 @@ def _summary_html(d: StudyData) -> str:
         ("epochs spent", f"{s.epochs_spent}" + (f" of budget {s.budget_epochs}" if s.budget_epochs is not None else "")
          + (f" (max {s.epochs_max} per trial)" if s.epochs_max else "")),
     ]
+    if s.infeasible is not None:
+        rows.insert(2, ("infeasible trials", f"{s.infeasible} (constraints: {_constraints_text(s)})"))
     if s.epochs_max:
         full = s.epochs_spent + s.epochs_saved
         pct = f" = {100 * s.epochs_saved / full:.0f}% of the epochs a full run would take" if full else ""
@@ -99,6 +101,23 @@ def _summary_html(d: StudyData) -> str:
     for note in notes + ([d.importance_note] if d.importance_note and d.importances else []):
         out += f'<p class="note">{_e(note)}</p>'
     return out
+
+
+def _objective_row(d: StudyData) -> tuple[str, str]:
+    """The metric and direction optimised, or each objective's with several."""
+    if d.summary.objectives:
+        return "objectives", ", ".join(f"{direction} {metric}" for metric, direction in d.summary.objectives)
+    return "objective", f"{d.direction} {d.metric}"
+
+
+def _constraints_text(s: Summary) -> str:
+    """Each constraint as its bounds: ``latency_ms <= 1.5``, ``1000 <= params <= 5e4``."""
+    parts = []
+    for name, bound in s.constraints.items():
+        low, high = bound.get("min"), bound.get("max")
+        parts.append((f"{_fmt_value(low)} <= " if low is not None else "") + name
+                     + (f" <= {_fmt_value(high)}" if high is not None else ""))
+    return ", ".join(parts)
 
 
 def _busy_text(s: Summary) -> str:

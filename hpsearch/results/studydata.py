@@ -110,6 +110,9 @@ class Summary:
     slots: list[int]
     devices: list[str]
     notes: list[str] = field(default_factory=list)
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction) each; empty for one
+    constraints: dict[str, dict[str, float | None]] = field(default_factory=dict)  # {name: {min, max}}
+    infeasible: int | None = None  # finished trials that broke a constraint; None for a study without any
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,37 @@ def test_a_study_of_one_metric_draws_no_front(tmp_path: Path) -> None:
 def test_few_trials_still_write_a_report(tmp_path: Path, n: int) -> None:
     study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=n)
     assert write_report([study], tmp_path / "r.html").is_file()
+
+
+def _summary_rows(page: str) -> dict[str, str]:
+    """The report's summary table as {heading: cell} (one study)."""
+    table = re.search(r'<table class="summary">(.*?)</table>', page, re.S)
+    assert table is not None
+    return dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", table.group(1)))
+
+
+def test_the_summary_names_each_objective_and_counts_the_infeasible_trials(tmp_path: Path) -> None:
+    study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=30)
+    s = collect_study(study).summary
+    broken = sum(1 for t in study.trials if t.constraints["latency_ms"] > 0)
+    assert s.objectives == [("val_accuracy", "maximize"), ("latency_ms", "minimize")]
+    assert s.constraints == {"latency_ms": {"min": None, "max": 1.5}} and s.infeasible == broken > 0
+    rows = _summary_rows(write_report([study], tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert rows["objectives"] == "maximize val_accuracy, minimize latency_ms" and "objective" not in rows
+    assert rows["infeasible trials"] == f"{broken} (constraints: latency_ms &lt;= 1.5)"
+
+
+def test_one_constrained_metric_counts_infeasible_trials_and_names_one_objective(tmp_path: Path) -> None:
+    study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=12, metrics=("val_accuracy",))
+    s = collect_study(study).summary
+    assert s.objectives == [] and s.infeasible == sum(1 for t in study.trials if t.constraints["latency_ms"] > 0)
+    rows = _summary_rows(write_report([study], tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert "objectives" not in rows and rows["infeasible trials"].startswith(f"{s.infeasible} (constraints: ")
+
+
+def test_one_unconstrained_metric_keeps_its_summary(tmp_path: Path) -> None:
+    study = sf.make_study(f"sqlite:///{tmp_path / 'p.db'}", "one", 10)
+    s = collect_study(study).summary
+    assert s.objectives == [] and s.constraints == {} and s.infeasible is None
+    rows = _summary_rows(write_report([study], tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert rows["objective"] == "maximize val_accuracy" and "objectives" not in rows and "infeasible trials" not in rows
