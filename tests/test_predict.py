@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
@@ -18,6 +14,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from conftest import TINY_STUDY
+from cli_fixtures import csv_rows, export_module, one_error_line
 from hpsearch.cli import main
 from hpsearch.data import load_test_split
 from torch_fixtures import skip_md5_checks, write_cifar10, write_mnist
@@ -40,27 +37,6 @@ def _trials(study: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="tiny", storage=url).get_trials()
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _export_module(tmp: Path, study: Path, name: str) -> Any:
-    """The exported load_model.py of the study's best trial, imported as module ``name``."""
-    assert main(["best", str(study), "--export", str(tmp / "export")]) == 0
-    spec = importlib.util.spec_from_file_location(name, tmp / "export" / "load_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
 @pytest.mark.parametrize("number", [None, 0])
 def test_predicting_the_validation_split_reproduces_the_recorded_accuracy(study: Path, tmp_path: Path,
                                                                         number: int | None) -> None:
@@ -69,7 +45,7 @@ def test_predicting_the_validation_split_reproduces_the_recorded_accuracy(study:
     out = tmp_path / "val.csv"
     flags = [] if number is None else ["--trial", str(number)]
     assert main(["predict", str(study), "--input", "val", "--out", str(out), "--tta", "3", *flags]) == 0
-    rows, labels = _rows(out), load_digits().target
+    rows, labels = csv_rows(out), load_digits().target
     assert len(rows) == 450  # a quarter of the 1797 digits: the trial's own hold-out
     correct = sum(int(r["prediction"]) == labels[int(r["input"])] for r in rows)
     assert correct / len(rows) == trial.value  # exactly: same split, normalisation, batches and views
@@ -86,10 +62,10 @@ def test_an_array_and_a_folder_of_the_same_images_predict_the_same_and_match_the
     assert main(["predict", str(study), "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "a.csv"),
                  "--tta", "2"]) == 0
     assert main(["predict", str(study), "--input", str(folder), "--out", str(tmp_path / "b.csv"), "--tta", "2"]) == 0
-    by_array, by_folder = _rows(tmp_path / "a.csv"), _rows(tmp_path / "b.csv")
+    by_array, by_folder = csv_rows(tmp_path / "a.csv"), csv_rows(tmp_path / "b.csv")
     assert [r["input"] for r in by_folder] == [f"img{i:02d}.png" for i in range(12)]
     assert [r["prediction"] for r in by_array] == [r["prediction"] for r in by_folder]
-    module = _export_module(tmp_path, study, "load_model_tta")
+    module = export_module(tmp_path, study, "load_model_tta")
     exported = module.predict(torch.from_numpy(images[:, None].copy()), tta=2)
     assert [module.class_names()[i] for i in exported.tolist()] == [r["prediction"] for r in by_array]
 
@@ -108,7 +84,7 @@ def test_bad_input_is_one_line_and_exit_2(study: Path, tmp_path: Path, monkeypat
     for flag, value in zip(flags[::2], flags[1::2]):
         args[flag] = value
     assert main(["predict", str(study), *[item for pair in args.items() for item in pair]]) == 2
-    assert expected in _one_error_line(capsys)
+    assert expected in one_error_line(capsys)
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -116,7 +92,7 @@ def test_an_array_of_the_wrong_shape_is_refused(study: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     np.save(tmp_path / "bad.npy", np.zeros((3, 5, 5), dtype=np.uint8))
     assert main(["predict", str(study), "--input", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "p.csv")]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "bad.npy" in line and "expected (N, 1, 8, 8)" in line
 
 
@@ -128,7 +104,7 @@ def test_a_trial_without_a_checkpoint_is_named(tmp_path: Path, capsys: pytest.Ca
     assert main(["run", str(path)]) == 0
     capsys.readouterr()
     assert main(["predict", str(path), "--input", "val", "--out", str(tmp_path / "p.csv")]) == 2
-    assert "trial 0 has no checkpoint" in _one_error_line(capsys)
+    assert "trial 0 has no checkpoint" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("dataset, image_size", [("mnist", 16), ("cifar10", None)])
@@ -144,8 +120,8 @@ def test_the_test_split_of_a_torchvision_set_is_predicted_one_row_per_sample_as_
     assert main(["run", str(path)]) == 0
     out = workdir / "test.csv"
     assert main(["predict", str(path), "--input", "test", "--out", str(out)]) == 0
-    rows = _rows(out)
+    rows = csv_rows(out)
     test = load_test_split(dataset, workdir / "data", image_size=image_size)
     assert len(test) == 10 and [r["input"] for r in rows] == [str(i) for i in range(10)]
-    module = _export_module(workdir, path, f"load_model_{dataset}_test")
+    module = export_module(workdir, path, f"load_model_{dataset}_test")
     assert [r["prediction"] for r in rows] == [module.class_names()[i] for i in module.predict(test.x).tolist()]

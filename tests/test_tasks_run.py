@@ -3,8 +3,6 @@ the export's predict(); models and data that do not fit the task are refused bef
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import sys
 import textwrap
 from collections.abc import Callable
@@ -17,6 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch import engine
+from cli_fixtures import csv_rows, export_module, one_error_line
 from hpsearch.cli import main
 from hpsearch.data import load_dataset
 from hpsearch.signals import StopRequested
@@ -36,26 +35,6 @@ def _study() -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=f"sqlite:///{DB}")
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _export(tmp: Path, study: Path, name: str) -> Any:
-    assert main(["best", str(study), "--export", str(tmp / "export")]) == 0
-    spec = importlib.util.spec_from_file_location(name, tmp / "export" / "load_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
 def test_a_multihead_study_scores_whole_strings_and_predicts_them(write_study: Callable[..., Path],
                                                                   workdir: Path) -> None:
     path = write_study(**{**MULTIHEAD, "n_trials": 1})
@@ -70,11 +49,11 @@ def test_a_multihead_study_scores_whole_strings_and_predicts_them(write_study: C
     assert main(["predict", str(path), "--input", "val", "--out", str(out)]) == 0
     pool = load_dataset("digit_strings", task="multihead", max_length=3, seed=0)
     truth = ["".join(str(d) for d in row if d != 10) for row in pool.y.tolist()]
-    rows = _rows(out)
+    rows = csv_rows(out)
     assert len(rows) == 750 and all(set(r["prediction"]) <= set("0123456789") for r in rows)
     right = sum(r["prediction"] == truth[int(r["input"])] for r in rows)
     assert right / len(rows) == best.value  # the CSV's strings are what the trial scored, exactly
-    module = _export(workdir, path, "load_model_multihead")
+    module = export_module(workdir, path, "load_model_multihead")
     x = pool.x[[int(r["input"]) for r in rows[:16]]]
     assert module.predict(x).shape == (16, 3)
     assert module.predict_text(x) == [r["prediction"] for r in rows[:16]]
@@ -94,18 +73,18 @@ def test_a_regression_study_reports_and_predicts_in_the_targets_units(write_stud
     out = workdir / "val.csv"
     assert main(["predict", str(path), "--input", "val", "--out", str(out)]) == 0
     pool = load_dataset("diabetes", task="regression")
-    rows = _rows(out)
+    rows = csv_rows(out)
     index = [int(r["input"]) for r in rows]
     predicted = torch.tensor([float(r["prediction"]) for r in rows], dtype=torch.float64)
     mse = (predicted - pool.y[index, 0].double()).square().mean().item()
     assert mse == pytest.approx(best.value, rel=1e-4)  # the data's units (a target std of 77, not 1)
-    module = _export(workdir, path, "load_model_regression")
+    module = export_module(workdir, path, "load_model_regression")
     values = module.predict(pool.x[index[:8]])
     assert values.shape == (8, 1)
     assert values.flatten().tolist() == pytest.approx(predicted[:8].tolist(), rel=1e-6)
     capsys.readouterr()
     assert main(["predict", str(path), "--input", "val", "--tta", "2", "--out", str(workdir / "tta.csv")]) == 2
-    assert "--tta 2: tta = 2 needs image inputs (C, H, W), but samples have shape (10,)" in _one_error_line(capsys)
+    assert "--tta 2: tta = 2 needs image inputs (C, H, W), but samples have shape (10,)" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("raw", [MULTIHEAD, REGRESSION], ids=["multihead", "regression"])
@@ -144,7 +123,7 @@ def test_a_multihead_study_that_cannot_work_exits_2_before_any_trial(
         changes: dict[str, Any], expected: str, write_study: Callable[..., Path],
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(write_study(**{**MULTIHEAD, **changes}))]) == 2
-    assert expected in _one_error_line(capsys)
+    assert expected in one_error_line(capsys)
     assert not DB.exists()
 
 
@@ -209,7 +188,7 @@ def test_custom_data_that_does_not_fit_the_task_exits_2(task: str, dataset: str,
     metric = {"regression": "val_mse"}.get(task, "val_accuracy")
     path = write_study(task=task, metric=metric, data={"dataset": f"{custom}:{dataset}", "val_split": 0.25})
     assert main(["run", str(path)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert f"data.dataset: dataset '{custom}:{dataset}'" in line and expected in line, line
     assert not DB.exists()
 
@@ -235,7 +214,7 @@ def test_regression_with_tta_reproduces_its_validation_mse_through_predict_and_t
     out = workdir / "val.csv"
     assert main(["predict", str(path), "--input", "val", "--tta", "3", "--out", str(out)]) == 0
     x, y = sys.modules[custom].bright()
-    rows = _rows(out)
+    rows = csv_rows(out)
     index = [int(r["input"]) for r in rows]
     assert len(rows) == 100
     predicted = torch.tensor([[float(v) for v in r["prediction"].split()] for r in rows], dtype=torch.float64)
@@ -243,8 +222,8 @@ def test_regression_with_tta_reproduces_its_validation_mse_through_predict_and_t
     assert mse == pytest.approx(best.value, rel=1e-4)
     plain = workdir / "plain.csv"
     assert main(["predict", str(path), "--input", "val", "--out", str(plain)]) == 0
-    assert [r["prediction"] for r in _rows(plain)] != [r["prediction"] for r in rows]  # the views did count
-    module = _export(workdir, path, "load_model_regression_tta")
+    assert [r["prediction"] for r in csv_rows(plain)] != [r["prediction"] for r in rows]  # the views did count
+    module = export_module(workdir, path, "load_model_regression_tta")
     exported = module.predict(x[index[:8]], tta=3).double()
     assert exported.flatten().tolist() == pytest.approx(predicted[:8].flatten().tolist(), rel=1e-5, abs=1e-5)
 
@@ -256,7 +235,7 @@ def test_tta_and_augmentation_of_data_without_images_exit_2_before_any_trial(
         capsys: pytest.CaptureFixture[str]) -> None:
     path = write_study(**{**REGRESSION, "train": {**REGRESSION["train"], **train}})
     assert main(["run", str(path)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert f"study.yaml: {key}" in line and "dataset 'diabetes'" in line and "shape (10,)" in line, line
     assert not DB.exists()
 
@@ -292,7 +271,7 @@ def test_a_label_folder_in_the_competition_format_trains_and_predicts(write_stud
     assert inputs["task"] == "multihead" and inputs["blank"] == 10 and inputs["input_shape"] == [3, 8, 24]
     out = workdir / "photos.csv"
     assert main(["predict", str(path), "--input", str(workdir / "photos"), "--out", str(out)]) == 0
-    rows = _rows(out)
+    rows = csv_rows(out)
     assert [r["input"] for r in rows] == [f"{i:06d}.png" for i in range(60)]
     assert all(set(r["prediction"]) <= set("0123456789") and len(r["prediction"]) <= 3 for r in rows)
 
@@ -305,6 +284,6 @@ def test_label_folder_keys_are_refused_elsewhere(write_study: Callable[..., Path
                                                  key: str) -> None:
     path = write_study(task="multihead" if data["dataset"] == "label_folder" else "classification", data=data)
     assert main(["run", str(path)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert line.startswith(f"hpsearch: error: {path}: data") and key in line
     assert not DB.exists()

@@ -295,8 +295,9 @@ def _trial_tables(study: optuna.Study, models: Any) -> tuple[list[Any], dict[str
         for tid, name, value, text in conn.execute(sqlalchemy.select(
                 p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json).where(in_study(p))
                 .order_by(p.c.param_id)):
-            dist = decoded_dists.get(text) or decoded_dists.setdefault(text, optuna.distributions.json_to_distribution(text))
-            parts["params"].setdefault(tid, {})[name] = (value, dist)
+            if text not in decoded_dists:
+                decoded_dists[text] = optuna.distributions.json_to_distribution(text)
+            parts["params"].setdefault(tid, {})[name] = (value, decoded_dists[text])
         for tid, objective, value, kind in conn.execute(sqlalchemy.select(
                 v.c.trial_id, v.c.objective, v.c.value, v.c.value_type).where(in_study(v))):
             parts["values"].setdefault(tid, {})[objective] = models.TrialValueModel.stored_repr_to_value(value, kind)

@@ -123,3 +123,29 @@ def test_workers_successors_and_failed_trials_by_query(storage_url: optuna.stora
                                             ("b:2", TrialState.PRUNED, 1), ("b:3", TrialState.RUNNING, 1)]
     assert successors(study) == trialsets.successors(study.get_trials(deepcopy=False)) == {1: 4, 4: 5}
     assert [t.number for t in trials_in(study, (TrialState.FAIL,))] == [1]
+
+
+def test_all_trials_by_query_are_optunas_own(storage_url: optuna.storages.RDBStorage) -> None:
+    """Every field of every trial (all states, infinite and NaN values, several params and objectives' values,
+    steps, user and system attrs) as Optuna's get_trials builds it, in number order; another study's trials left out."""
+    other = optuna.create_study(storage=storage_url, study_name="all-trials-other")
+    other.add_trials([_finished(TrialState.COMPLETE, 0.3, iv=2)])
+    study = optuna.create_study(storage=storage_url, study_name="all-trials")
+    _odd_shapes(study)
+    study.add_trials([_finished(TrialState.COMPLETE, v, iv=2) for v in (math.inf, -math.inf)])
+    trial = study.ask({"y": optuna.distributions.CategoricalDistribution(["a", "b"]), **X})
+    trial.report(math.nan, 1)
+    trial.storage.set_trial_system_attr(trial._trial_id, "note", {"k": [1, 2]})
+    study.tell(trial, 0.4)
+    two = optuna.create_study(storage=storage_url, study_name="all-trials-two", directions=["maximize", "minimize"])
+    two.add_trials([create_trial(values=[0.5, 3.0], params={"x": 0.2}, distributions=X)])
+
+    def fields(t: optuna.trial.FrozenTrial) -> tuple[Any, ...]:
+        steps = {k: "nan" if math.isnan(v) else v for k, v in t.intermediate_values.items()}
+        return (t.number, t.state, t.values, t.datetime_start, t.datetime_complete, t.params, t.distributions,
+                t.user_attrs, t.system_attrs, steps, t._trial_id)
+
+    for named in ("all-trials", "all-trials-two"):
+        fresh = optuna.load_study(study_name=named, storage=storage_url)
+        expected = [fields(t) for t in optuna.load_study(study_name=named, storage=storage_url).get_trials()]
+        assert [fields(t) for t in queries.all_trials(fresh)] == expected
