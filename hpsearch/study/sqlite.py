@@ -123,9 +123,18 @@ _OPENED: weakref.WeakKeyDictionary[sqlalchemy.engine.Engine, _OpenedFile] = weak
 
 def _remember_file(engine: sqlalchemy.engine.Engine, url: str, source: str) -> None:
     path = _sqlite_file(url)
-    if path is not None:
+    if path is None:
+        return
+    try:
         stat = path.stat()
-        _OPENED[engine] = _OpenedFile(source, url, path.resolve(), stat.st_dev, stat.st_ino)
+    except FileNotFoundError:  # deleted between its opening and now (a process that opens the study mid-run)
+        raise StorageFailure(_deleted_message(f"{source}: storage: '{redact_url(url)}'", path.resolve())) from None
+    _OPENED[engine] = _OpenedFile(source, url, path.resolve(), stat.st_dev, stat.st_ino)
+
+
+def _deleted_message(shown: str, path: Path) -> str:
+    return (f"{shown} was deleted during the run ({path} is gone, with every trial it held); nothing this run did "
+            f"since is saved: restore the file from a backup, or rerun to start the study again")
 
 
 def check_storage_file(study: optuna.Study, thorough: bool = False) -> None:
@@ -142,9 +151,7 @@ def check_storage_file(study: optuna.Study, thorough: bool = False) -> None:
     try:
         stat = opened.path.stat()
     except FileNotFoundError:
-        raise StorageFailure(f"{shown} was deleted during the run ({opened.path} is gone, with every trial it held); "
-                             f"nothing this run did since is saved: restore the file from a backup, or rerun to "
-                             f"start the study again") from None
+        raise StorageFailure(_deleted_message(shown, opened.path)) from None
     if (stat.st_dev, stat.st_ino) != (opened.device, opened.inode):
         raise StorageFailure(f"{shown} was replaced during the run (another file is at {opened.path} now); the "
                              f"trials this run finished since then went to the old file and are lost: check what "

@@ -90,7 +90,8 @@ def test_the_study_file_deleted_mid_run_ends_the_run_with_one_line(workers: int,
     assert code == 1, err
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
-    prefix = "hpsearch: error: " + ("worker cpu#\\d: " if workers > 1 else "")
+    # With two workers, a worker notices at its next trial boundary, or the supervisor as it opens the study.
+    prefix = "hpsearch: error: " + ("(?:worker cpu#\\d: )?" if workers > 1 else "")
     deleted = (rf"was deleted during the run \({workdir / DB} is gone, with every trial it held\); nothing this run "
                rf"did since is saved: restore the file from a backup, or rerun to start the study again")
     # With two workers, the other one's next connection may create a new, empty file at the path first.
@@ -124,3 +125,26 @@ def test_the_study_file_overwritten_mid_run_is_not_a_success(write_study: Callab
     assert line.startswith(f"hpsearch: error: {path.name}: storage: 'sqlite:///runs/tiny/study.db' ")
     assert "is damaged (" in line and "restore it from a backup" in line, line
     assert "finished 3 of 3" not in out
+
+
+def test_a_study_file_deleted_as_a_process_opens_it_is_the_deleted_mid_run_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor opens the study while workers run: a file deleted between its opening and its first stat is
+    the same one-line failure (exit 1) as one deleted later, not 'cannot open' with the OS's words."""
+    from hpsearch.errors import StorageFailure
+    from hpsearch.study import make_storage, storage
+
+    db = tmp_path / "study.db"
+    opened = storage._open_rdb
+
+    def open_then_delete(url: str, heartbeat: dict[str, object]) -> object:
+        made = opened(url, heartbeat)
+        for path in (db, db.with_name("study.db-wal"), db.with_name("study.db-shm")):
+            path.unlink(missing_ok=True)
+        return made
+
+    monkeypatch.setattr(storage, "_open_rdb", open_then_delete)
+    with pytest.raises(StorageFailure) as caught:
+        make_storage(f"sqlite:///{db}", "study.yaml")
+    assert str(caught.value).startswith(f"study.yaml: storage: 'sqlite:///{db}' was deleted during the run ({db} is gone")
+    assert caught.value.exit_code == 1
