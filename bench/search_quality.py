@@ -43,7 +43,7 @@ TASKS_DIR = ROOT / "bench" / "search_tasks"
 RESULTS = ROOT / "bench" / "results"
 
 # delta per task: how close to best-known (in accuracy) counts as "found a near-best model".
-DELTAS = {"quickstart": 0.005, "seednet": 0.005, "tabular": 0.01}
+DELTAS = {"quickstart": 0.005, "seednet": 0.005, "tabular": 0.01, "floats": 0.005}
 BASELINE = "random"
 
 
@@ -317,7 +317,7 @@ def _key(row: Mapping[str, Any]) -> tuple[int, str, str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", default="quickstart,seednet,tabular")
+    parser.add_argument("--tasks", default=",".join(DELTAS))
     parser.add_argument("--strategies", default=",".join(strategies(1)))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--trials", type=int, default=30)
