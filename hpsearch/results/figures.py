@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch import records
+from hpsearch.results.comparison import comparison_figures
 from hpsearch.results.numbers import HOVER, format_number, padded_range
 from hpsearch.results.pareto import pareto_figures
-from hpsearch.results.studydata import STATES, CompareGroup, Curve, SliceData, StudyData, TrialRow, compare_groups
+from hpsearch.results.studydata import STATES, Curve, SliceData, StudyData, TrialRow
+from hpsearch.results.traces import STATE_COLORS, STUDY_COLORS, column, layout
+from hpsearch.results.traces import hover_number as _v
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -22,26 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["NamedFigure", "FigureSections", "figure_sections", "build_figures"]
 
 NamedFigure = tuple[str, "go.Figure"]
-STATE_COLORS = {
-    "COMPLETE": "#1f77b4",
-    "PRUNED": "#ff7f0e",
-    "FAIL": "#d62728",
-    "RUNNING": "#2ca02c",
-    "WAITING": "#7f7f7f",
-}
-STUDY_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
-                "#17becf", "#bcbd22", "#7f7f7f"]
-
-
-def _v(field: str) -> str:
-    """A hover-text placeholder for a number, written like every other number in the report."""
-    return "%{" + field + ":" + HOVER + "}"
-
-
-def _layout(fig: go.Figure, title: str, height: int = 440, **kw: Any) -> go.Figure:
-    kw.setdefault("margin", {"l": 60, "r": 30, "t": 60, "b": 50})
-    fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", height=height, **kw)
-    return fig
 
 
 def _nan_joined(curves: Sequence[Curve]) -> tuple[list[Any], list[Any], list[Any]]:
@@ -65,26 +48,26 @@ def _fig_history(d: StudyData) -> go.Figure:
 
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("by trial number", "by wall-clock time since the first trial"))
-    n = [p.trial for p in d.best_so_far]
-    fig.add_trace(go.Scatter(x=n, y=[p.value for p in d.best_so_far], mode="markers",
+    n = column([p.trial for p in d.best_so_far])
+    fig.add_trace(go.Scatter(x=n, y=column([p.value for p in d.best_so_far]), mode="markers",
                              name="complete trial", marker={"color": STATE_COLORS["COMPLETE"], "size": 6,
                                                             "opacity": 0.6},
                              hovertemplate="trial %{x}<br>" + _v("y") + "<extra></extra>"), 1, 1)
-    fig.add_trace(go.Scatter(x=n, y=[p.best for p in d.best_so_far], mode="lines", line_shape="hv",
+    fig.add_trace(go.Scatter(x=n, y=column([p.best for p in d.best_so_far]), mode="lines", line_shape="hv",
                              name="best so far", line={"color": "#111111", "width": 2}), 1, 1)
     timed = [p for p in d.best_so_far if p.elapsed_s is not None]
-    mins = [p.elapsed_s / 60 for p in timed]  # type: ignore[operator]
-    fig.add_trace(go.Scatter(x=mins, y=[p.value for p in timed], mode="markers", showlegend=False,
+    mins = column([p.elapsed_s / 60 for p in timed])  # type: ignore[operator]
+    fig.add_trace(go.Scatter(x=mins, y=column([p.value for p in timed]), mode="markers", showlegend=False,
                              marker={"color": STATE_COLORS["COMPLETE"], "size": 6, "opacity": 0.6},
-                             customdata=[p.trial for p in timed],
+                             customdata=column([p.trial for p in timed]),
                              hovertemplate="trial %{customdata}<br>%{x:.1f} min<br>" + _v("y") + "<extra></extra>"),
                   1, 2)
-    fig.add_trace(go.Scatter(x=mins, y=[p.best for p in timed], mode="lines", line_shape="hv",
+    fig.add_trace(go.Scatter(x=mins, y=column([p.best for p in timed]), mode="lines", line_shape="hv",
                              showlegend=False, line={"color": "#111111", "width": 2}), 1, 2)
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_xaxes(title_text="minutes", row=1, col=2)
     fig.update_yaxes(title_text=d.metric, row=1, col=1)
-    return _layout(fig, f"{d.name}: optimization history ({d.direction} {d.metric})")
+    return layout(fig, f"{d.name}: optimization history ({d.direction} {d.metric})")
 
 
 def _fig_curves(d: StudyData) -> go.Figure:
@@ -100,7 +83,7 @@ def _fig_curves(d: StudyData) -> go.Figure:
             continue
         xs, ys, cd = _nan_joined(cs)
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, customdata=cd, mode="lines", connectgaps=False,
+            x=column(xs), y=column(ys), customdata=column(cd), mode="lines", connectgaps=False,
             name=f"{state.lower()} ({len(cs)})",
             line={"color": STATE_COLORS[state], "width": 1.2},
             # thousands of overlapping lines: fade with the count so the bundle's shape stays visible
@@ -112,8 +95,8 @@ def _fig_curves(d: StudyData) -> go.Figure:
         ends = [c for c in stopped if (c.stop_reason or records.PRUNED) == reason]
         if ends:
             fig.add_trace(go.Scatter(
-                x=[c.epochs[-1] for c in ends], y=[c.values[-1] for c in ends],
-                customdata=[c.trial for c in ends], mode="markers",
+                x=column([c.epochs[-1] for c in ends]), y=column([c.values[-1] for c in ends]),
+                customdata=column([c.trial for c in ends]), mode="markers",
                 name=f"{reason.replace('_', ' ')} here",
                 marker={"symbol": symbol, "size": 8,
                         "color": STATE_COLORS["PRUNED"] if reason == records.PRUNED else "#444444"},
@@ -129,7 +112,7 @@ def _fig_curves(d: StudyData) -> go.Figure:
     last = max([d.epochs or 1] + [c.epochs[-1] for c in d.curves])  # a study re-run with more epochs
     fig.update_xaxes(title_text="epoch", range=[0.5, last + 0.5])
     fig.update_yaxes(title_text=d.metric)
-    return _layout(fig, f"{d.name}: learning curves of every trial ({d.metric} per epoch)")
+    return layout(fig, f"{d.name}: learning curves of every trial ({d.metric} per epoch)")
 
 
 def _fig_parallel(d: StudyData) -> go.Figure:
@@ -139,12 +122,12 @@ def _fig_parallel(d: StudyData) -> go.Figure:
     assert p is not None
     dims = []
     for a in p.dimensions:
-        dim: dict[str, Any] = {"label": a.name, "values": a.values, "range": list(a.range)}
+        dim: dict[str, Any] = {"label": a.name, "values": column(a.values), "range": list(a.range)}
         if a.tickvals is not None:
             dim["tickvals"] = a.tickvals
             dim["ticktext"] = a.ticktext
         dims.append(dim)
-    objective: dict[str, Any] = {"label": d.metric, "values": p.objective, "tickformat": HOVER}
+    objective: dict[str, Any] = {"label": d.metric, "values": column(p.objective), "tickformat": HOVER}
     span = padded_range(p.objective, *records.metric_bounds(d.metric))
     if span is not None:
         objective["range"] = list(span)
@@ -152,10 +135,10 @@ def _fig_parallel(d: StudyData) -> go.Figure:
     reverse = d.direction == "minimize"
     fig = go.Figure(go.Parcoords(
         dimensions=dims, labelside="bottom",  # titles under the axes: clear of the top ticks and the figure title
-        line={"color": p.objective, "colorscale": "Viridis", "reversescale": reverse, "showscale": True,
+        line={"color": column(p.objective), "colorscale": "Viridis", "reversescale": reverse, "showscale": True,
               "colorbar": {"title": {"text": d.metric}, "tickformat": HOVER}},
     ))
-    return _layout(fig, f"{d.name}: parallel coordinates (complete trials; n/a = param not sampled)",
+    return layout(fig, f"{d.name}: parallel coordinates (complete trials; n/a = param not sampled)",
                    height=520, margin={"l": 80, "r": 80, "t": 80, "b": 70})
 
 
@@ -168,7 +151,7 @@ def _fig_importances(d: StudyData) -> go.Figure:
                            textposition="outside", hovertemplate="%{y}: " + _v("x") + "<extra></extra>"))
     fig.update_xaxes(title_text="importance (normalised)", range=[0, max([v for _, v in items] + [0.0]) * 1.15 or 1])
     title = f"{d.name}: hyperparameter importances"
-    return _layout(fig, title, height=max(260, 60 + 40 * len(items)))
+    return layout(fig, title, height=max(260, 60 + 40 * len(items)))
 
 
 def _contour_axis(categories: list[str] | None, log: bool) -> dict[str, Any]:
@@ -198,7 +181,8 @@ def _fig_contour(d: StudyData) -> go.Figure:
     else:
         fig.add_trace(go.Contour(**surface, connectgaps=True, contours={"coloring": "heatmap"},
                                  line={"width": 0.5}))
-    fig.add_trace(go.Scatter(x=c.x, y=c.y, mode="markers", customdata=list(zip(c.trials, c.values)),
+    fig.add_trace(go.Scatter(x=column(c.x), y=column(c.y), mode="markers",
+                             customdata=column(list(zip(c.trials, c.values)), width=2),
                              marker={"color": "white", "size": 6, "line": {"color": "black", "width": 1}},
                              name="trials", showlegend=False,
                              hovertemplate="trial %{customdata[0]}<br>" + f"{hx}, {hy}<br>"
@@ -206,7 +190,7 @@ def _fig_contour(d: StudyData) -> go.Figure:
     fig.update_xaxes(title_text=c.x_param, **_contour_axis(c.x_categories, c.x_log))
     fig.update_yaxes(title_text=c.y_param, **_contour_axis(c.y_categories, c.y_log))
     what = "smoothed per category" if c.x_categories or c.y_categories else "kernel-smoothed"
-    return _layout(fig, f"{d.name}: {d.metric} over {c.x_param} x {c.y_param} ({what}, points = trials)")
+    return layout(fig, f"{d.name}: {d.metric} over {c.x_param} x {c.y_param} ({what}, points = trials)")
 
 
 SLICE_ROW_PX = 250  # one row of slices
@@ -246,8 +230,8 @@ def _fig_slices(d: StudyData) -> go.Figure:
         r, col = i // cols + 1, i % cols + 1
         x_hover = "%{x}" if s.kind == "categorical" else _v("x")
         fig.add_trace(go.Scatter(
-            x=s.x, y=s.y, mode="markers", showlegend=False, customdata=s.trials,
-            marker={"color": s.trials, "colorscale": "Blues", "size": 6, "opacity": 0.75,
+            x=column(s.x), y=column(s.y), mode="markers", showlegend=False, customdata=column(s.trials),
+            marker={"color": column(s.trials), "colorscale": "Blues", "size": 6, "opacity": 0.75,
                     "cmin": first if last > first else first - 1, "cmax": last,  # a lone trial: dark, not white
                     "line": {"color": "#555555", "width": 0.4},
                     "colorbar": {"title": {"text": "trial"}} if i == 0 else None,
@@ -262,7 +246,7 @@ def _fig_slices(d: StudyData) -> go.Figure:
     span = padded_range([y for s in slices for y in s.y], *records.metric_bounds(d.metric))
     if span is not None:
         fig.update_yaxes(range=list(span), autorange=False)
-    return _layout(fig, f"{d.name}: slices ({d.metric} against each param, complete trials)",
+    return layout(fig, f"{d.name}: slices ({d.metric} against each param, complete trials)",
                    height=plot_px + 90 + 50, margin={"l": 60, "r": 30, "t": 90, "b": 50})
 
 
@@ -290,68 +274,19 @@ def _fig_timeline(d: StudyData) -> go.Figure:
             continue
         ends = [r.end or max(last, r.start) for r in rs]  # type: ignore[type-var]
         fig.add_trace(go.Bar(
-            base=[r.start.isoformat() for r in rs],  # type: ignore[union-attr]
-            x=[max(0.0, (e - r.start).total_seconds() * 1000) for r, e in zip(rs, ends)],  # type: ignore[operator]
-            y=[lane(r) for r in rs], orientation="h", name=state.lower(),
+            base=column([r.start.isoformat() for r in rs]),  # type: ignore[union-attr]
+            x=column([max(0.0, (e - r.start).total_seconds() * 1000) for r, e in zip(rs, ends)]),  # type: ignore[operator]
+            y=column([lane(r) for r in rs]), orientation="h", name=state.lower(),
             marker={"color": STATE_COLORS[state], "line": {"color": "white", "width": 0.5}},
-            customdata=[[r.number, r.value if r.value is not None else float("nan"),
-                         r.stop_reason or "", r.epochs_run or 0] for r in rs],
+            customdata=column([[r.number, r.value if r.value is not None else float("nan"),
+                                r.stop_reason or "", r.epochs_run or 0] for r in rs], width=4),
             hovertemplate="trial %{customdata[0]}<br>value " + _v("customdata[1]") + "<br>"
                           "%{customdata[2]}, %{customdata[3]} epochs<extra></extra>",
         ))
     fig.update_xaxes(type="date", title_text="time")
     fig.update_yaxes(categoryorder="array", categoryarray=lanes, autorange="reversed")
-    return _layout(fig, f"{d.name}: timeline of trials per worker slot", barmode="overlay",
+    return layout(fig, f"{d.name}: timeline of trials per worker slot", barmode="overlay",
                    height=max(260, 120 + 40 * len(lanes)))
-
-
-def _study_color(position: int) -> str:
-    return STUDY_COLORS[position % len(STUDY_COLORS)]
-
-
-def _fig_compare_best(group: CompareGroup, by_time: bool, prefix: str) -> go.Figure:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for pos, d in zip(group.positions, group.studies):
-        pts = [p for p in d.best_so_far if not by_time or p.elapsed_s is not None]
-        x = [p.elapsed_s / 60 for p in pts] if by_time else [p.trial for p in pts]  # type: ignore[operator]
-        fig.add_trace(go.Scatter(x=x, y=[p.best for p in pts], mode="lines", line_shape="hv",
-                                 name=d.name, line={"color": _study_color(pos), "width": 2}))
-    fig.update_xaxes(title_text="minutes since the study's first trial" if by_time else "trial number")
-    fig.update_yaxes(title_text=group.metric)
-    what = "wall-clock time" if by_time else "trial number"
-    return _layout(fig, f"{prefix}: best so far vs {what}")
-
-
-def _fig_compare_dist(group: CompareGroup, prefix: str) -> go.Figure:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for pos, d in zip(group.positions, group.studies):
-        fig.add_trace(go.Box(y=[p.value for p in d.best_so_far], name=d.name, boxpoints="all",
-                             jitter=0.4, pointpos=0, boxmean=True,
-                             marker={"color": _study_color(pos), "size": 4, "opacity": 0.6}))
-    fig.update_yaxes(title_text=group.metric)
-    return _layout(fig, f"{prefix}: final metric of complete trials", showlegend=False)
-
-
-def _comparison_figures(studies: Sequence[StudyData]) -> list[NamedFigure]:
-    """The comparison figures of two or more studies, one set per :func:`compare_groups` group.
-
-    With one group the names carry no group label (``Comparison: ...``); with several each
-    name and title says its metric and direction (``Comparison (val_loss, minimize): ...``).
-    """
-    if len(studies) < 2:
-        return []
-    groups = compare_groups(studies)
-    figs: list[NamedFigure] = []
-    for g in groups:
-        prefix = "Comparison" if len(groups) == 1 else f"Comparison ({g.metric}, {g.direction})"
-        figs.append((f"{prefix}: best so far vs trial number", _fig_compare_best(g, False, prefix)))
-        figs.append((f"{prefix}: best so far vs wall-clock time", _fig_compare_best(g, True, prefix)))
-        figs.append((f"{prefix}: final metric distribution", _fig_compare_dist(g, prefix)))
-    return figs
 
 
 def _study_figures(d: StudyData) -> list[NamedFigure]:
@@ -389,7 +324,7 @@ class FigureSections:
 
 def figure_sections(studies: Sequence[StudyData]) -> FigureSections:
     """The figures of :func:`build_figures`, by report section."""
-    return FigureSections([_study_figures(d) for d in studies], _comparison_figures(studies))
+    return FigureSections([_study_figures(d) for d in studies], comparison_figures(studies))
 
 
 def build_figures(studies: Sequence[StudyData]) -> list[NamedFigure]:

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial
 from hpsearch import records, trialsets
 from hpsearch.results.numbers import HOVER
 from hpsearch.results.studydata import ParetoData, ParetoPoint, StudyData
+from hpsearch.results.traces import column
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -66,14 +67,15 @@ def _pair_figure(d: StudyData, p: ParetoData, i: int, j: int) -> go.Figure:
         if not pts:
             continue
         fig.add_trace(go.Scatter(
-            x=[q.values[i] for q in pts], y=[q.values[j] for q in pts], mode="markers", name=name,
+            x=column([q.values[i] for q in pts]), y=column([q.values[j] for q in pts]), mode="markers", name=name,
             marker={"color": color, "size": 10 if name == "Pareto set" else 7},
-            customdata=[q.number for q in pts],
+            customdata=column([q.number for q in pts]),
             hovertemplate=(f"trial %{{customdata}}<br>{p.metrics[i]} %{{x:{HOVER}}}<br>{p.metrics[j]} "
                            f"%{{y:{HOVER}}}<extra>{name}</extra>")))
     front = sorted((q for q in p.points if q.on_front), key=lambda q: q.values[i])
     if len(front) > 1:  # the front as a step line, to read the trade-off along it
-        fig.add_trace(go.Scatter(x=[q.values[i] for q in front], y=[q.values[j] for q in front], mode="lines",
+        fig.add_trace(go.Scatter(x=column([q.values[i] for q in front]), y=column([q.values[j] for q in front]),
+                                 mode="lines",
                                  line={"color": FRONT_COLOR, "width": 1, "shape": "hv"}, showlegend=False,
                                  hoverinfo="skip"))
     fig.update_xaxes(title_text=f"{p.metrics[i]} ({p.directions[i]})")

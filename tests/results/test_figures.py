@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import plotly.io as pio
 import pytest
 
 import study_fixtures as sf
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import build_figures
-from hpsearch.results.studydata import StudyData
+from hpsearch.results.studydata import STATES, StudyData
 from report_studies import PER_STUDY
 from report_studies import (  # noqa: F401 - fixtures
     data_fixture, db_fixture, loss_data_fixture, loss_study_fixture, study_fixture)
@@ -87,3 +90,19 @@ def test_contour_draws_a_categorical_param_as_categories(data: StudyData) -> Non
     assert fig.layout.yaxis.type == "category" and list(fig.layout.yaxis.categoryarray) == ["64", "128", "256", "512"]
     assert fig.layout.xaxis.type == "log"
     assert fig.data[0].type == "heatmap"  # bands, not contour lines across the categories
+
+
+def test_trace_columns_reach_the_page_as_plain_json_lists(data: StudyData) -> None:
+    """Columns are numpy object arrays (plotly then skips its per-point checks); the page still holds plain lists,
+    numbers as text and a gap between two learning curves as null, never plotly's base64 binary arrays."""
+    figs = build_figures([data])
+    for name, fig in figs:
+        assert '"bdata"' not in pio.to_json(fig, validate=False), name
+    curves = json.loads(pio.to_json(dict(figs)["alpha: learning curves"], validate=False))["data"][0]
+    first_state = next(s for s in STATES if any(c.state == s for c in data.curves))
+    drawn = [c for c in data.curves if c.state == first_state]
+    assert curves["x"] == [x for c in drawn for x in [*c.epochs, None]]
+    assert curves["y"] == [y for c in drawn for y in [*c.values, None]]
+    assert curves["customdata"] == [n for c in drawn for n in [c.trial] * len(c.epochs) + [None]]
+    timeline = json.loads(pio.to_json(dict(figs)["alpha: timeline"], validate=False))["data"][0]
+    assert all(isinstance(row, list) and len(row) == 4 for row in timeline["customdata"])
