@@ -4,7 +4,7 @@ Every run is a real `hpsearch run` (a fresh study in a temporary folder, one wor
 thread, under `nice -n 10`) of one task file under bench/search_tasks/ with one strategy's
 sampler:/pruner: put in, for `--trials` trials and one study seed:
 
-    PYTHONPATH=. .venv/bin/python bench/search_quality.py [--tasks quickstart,seednet,tabular]
+    PYTHONPATH=. .venv/bin/python bench/search_quality.py [--tasks quickstart,seednet,tabular,floats]
         [--strategies random,defaults,...] [--seeds 0,1,2] [--trials 30] [--jobs 2] [--quick]
     PYTHONPATH=. .venv/bin/python bench/search_quality.py --summarise-only   # table + figure from the JSON lines
 
