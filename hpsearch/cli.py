@@ -350,7 +350,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from hpsearch import trialsets
-    from hpsearch.predict import pick_trial, predict_to_csv
+    from hpsearch.predict import input_notes, pick_trial, predict_to_csv
     from hpsearch.study import guard_storage, open_study
 
     cfg = config_from_args(args.study_file, args)
@@ -359,6 +359,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         trial, checkpoint = pick_trial(study.get_trials(deepcopy=False), trialsets.best_trial(study), args.trial)
     rows = predict_to_csv(cfg, trial, checkpoint, args.input, Path(args.out), tta=args.tta)
     print(f"{rows} predictions of trial {trial.number} written to {args.out}")
+    for note in input_notes(cfg, args.input):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Inputs: a folder of images, a ``.npy`` array, the dataset's own test split (``test``, torchvision sets) or
 the trial's validation split (``val``: the study's data and split seed, rebuilt exactly as the trial
-split it; with ``cv_folds`` the first fold's, whose model the checkpoint holds). Raw inputs are normalised
+split it; with ``cv_folds`` or ``bootstrap`` the first split's, whose model the checkpoint holds; rows named by
+file where the data has files). Raw inputs are normalised
 by ``data.prepare_inputs``, the formula training batches use, and scored in the trial's validation batch
 size, so ``--input val`` reproduces the recorded validation accuracy (on the CPU, in fp32, where the trial
 validated). With ``--tta K`` the logits are averaged over the original and K - 1 views of the study's own
@@ -36,7 +37,7 @@ from hpsearch.settings import settings_from
 from hpsearch.tasks import task_from_record
 from hpsearch.preflight import load_pool, split_data
 
-__all__ = ["Inputs", "decode_predictions", "load_inputs", "pick_trial", "predict_to_csv"]
+__all__ = ["Inputs", "decode_predictions", "input_notes", "load_inputs", "pick_trial", "predict_to_csv"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -79,7 +80,7 @@ def load_inputs(cfg: StudyConfig, spec: str, record: Mapping[str, Any]) -> Input
         try:
             data = load_test_split(cfg.data.dataset, cfg.data.root, cfg.data.download, cfg.data.image_size)
         except DataError as exc:
-            raise DataError(f"--input test: {exc}") from None
+            raise DataError(f"--input test: {exc}{_folder_hint(spec)}") from None
         return Inputs(data.x, [str(i) for i in range(len(data))])
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -102,7 +103,28 @@ def _validation_split(cfg: StudyConfig, record: Mapping[str, Any]) -> Inputs:
                         f"trial trained on (other shape, classes or statistics), so its split cannot be rebuilt; "
                         f"restore the data or predict on a folder or .npy file")
     _, val_idx = split_data(cfg, pool.strata)[0]  # the checkpoint's model is the first fold's
-    return Inputs(pool.x.index_select(0, val_idx), [str(int(i)) for i in val_idx])
+    names = [pool.sample_names[i] if pool.sample_names else str(i) for i in val_idx.tolist()]
+    return Inputs(pool.x.index_select(0, val_idx), names)
+
+
+def _folder_hint(spec: str) -> str:
+    """For a keyword that is also the name of a folder here: how to mean the folder."""
+    return f" (for the folder {spec}/ here, write --input ./{spec})" if Path(spec).is_dir() else ""
+
+
+def input_notes(cfg: StudyConfig, spec: str) -> list[str]:
+    """What a user comparing ``--input val`` with the trial's value should know: the folder the keyword shadows,
+    and that with folds or bootstrap splits the rows are the first split's while the value is their mean."""
+    if spec != "val":
+        return []
+    notes = [f"--input val is the trial's validation split{_folder_hint(spec)}"] if Path(spec).is_dir() else []
+    split = cfg.data.split
+    for key, what in (("cv_folds", "fold"), ("bootstrap", "bootstrap split")):
+        if split[key] is not None:
+            notes.append(f"data.{key}: {split[key]}: the rows are {what} 1's validation samples, whose model the "
+                         f"checkpoint holds; they score the trial's split_values[0], its value is the mean over the "
+                         f"{split[key]} {what}s")
+    return notes
 
 
 def _fingerprint(record: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -65,12 +65,15 @@ def check_model(cfg: StudyConfig, data: DeviceData, fetch: bool = True) -> None:
     try:
         model = build_model(cfg.model.name, tuple(data.input_shape), data.num_classes, dropout=0.0,
                             **cfg.model.args, **task_arguments(cfg.model.name, data.inputs))
+    except ModelError as exc:
+        raise ModelError(f"{cfg.source}: model: {exc}") from None
+    try:  # these messages name their own key (model.pretrained, train.freeze_epochs)
         if fetch or not (cfg.model.download and not imagenet_file().is_file()):
             start_from_pretrained(cfg, model)
         if _splits_backbone(cfg):
             head_parameters(model)
     except ModelError as exc:
-        raise ModelError(f"{cfg.source}: model: {exc}") from None
+        raise ModelError(f"{cfg.source}: {exc}") from None
     x, _ = next(data.batches(torch.arange(min(2, int(data.y.shape[0]))), 2, shuffle=False))
     task = task_from_record(data.inputs)
     needs = ", ".join(map(str, task.output_shape(-1)[1:]))

@@ -245,7 +245,8 @@ class Regression(Task):
         return torch.empty((n, self.num_classes), dtype=torch.float32, device=device)
 
     def _needs(self, n: int) -> str:
-        return f"return one value per target, {self.output_shape(n)}, for task regression"
+        return (f"return one value per target, {self.output_shape(n)}, for task regression: make the factory "
+                f"return (N, num_outputs) (num_outputs={self.num_classes}, also passed as num_classes)")
 
     def predict(self, outputs: Tensor) -> Tensor:
         """Predictions in the data's own units, float32 (N, k)."""

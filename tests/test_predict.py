@@ -125,3 +125,39 @@ def test_the_test_split_of_a_torchvision_set_is_predicted_one_row_per_sample_as_
     assert len(test) == 10 and [r["input"] for r in rows] == [str(i) for i in range(10)]
     module = export_module(workdir, path, f"load_model_{dataset}_test")
     assert [r["prediction"] for r in rows] == [module.class_names()[i] for i in module.predict(test.x).tolist()]
+
+
+def test_with_bootstrap_the_validation_rows_score_the_first_split_and_a_note_says_so(
+        write_study: Callable[..., Path], workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=1, data={"dataset": "digits", "bootstrap": 3}, train={"epochs": 2, "batch_size": 64})
+    assert main(["run", str(path)]) == 0
+    trial = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db").best_trial
+    splits = trial.user_attrs["split_values"]
+    assert len(splits) == 3 and trial.value == pytest.approx(sum(splits) / 3)
+    capsys.readouterr()
+    out = workdir / "val.csv"
+    assert main(["predict", str(path), "--input", "val", "--out", str(out)]) == 0
+    rows, labels = csv_rows(out), load_digits().target
+    assert sum(int(r["prediction"]) == labels[int(r["input"])] for r in rows) / len(rows) == splits[0]
+    note = capsys.readouterr().err.strip().splitlines()
+    assert note == ["note: data.bootstrap: 3: the rows are bootstrap split 1's validation samples, whose model the "
+                    "checkpoint holds; they score the trial's split_values[0], its value is the mean over the 3 "
+                    "bootstrap splits"]
+
+
+def test_a_folder_named_like_a_keyword_is_named_in_the_message(study: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("test", "val"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(load_digits().images[0].astype(np.uint8)).save(tmp_path / name / "a.png")
+    assert main(["predict", str(study), "--input", "test", "--out", "p.csv"]) == 2
+    assert one_error_line(capsys).endswith("(for the folder test/ here, write --input ./test)")
+    assert main(["predict", str(study), "--input", "./test", "--out", "p.csv"]) == 0
+    assert [r["input"] for r in csv_rows(tmp_path / "p.csv")] == ["a.png"]
+    capsys.readouterr()
+    assert main(["predict", str(study), "--input", "val", "--out", "p.csv"]) == 0
+    assert "note: --input val is the trial's validation split (for the folder val/ here, write --input ./val)" in (
+        capsys.readouterr().err)
+    assert len(csv_rows(tmp_path / "p.csv")) == 450

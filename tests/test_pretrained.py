@@ -223,8 +223,22 @@ def test_a_missing_weights_file_is_one_line_and_exit_2_before_any_trial(
         write_study: Callable[..., Path], workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(_study(write_study, "nowhere/w.pt"))]) == 2
     line = _one_error_line(capsys)
-    assert "model.pretrained" in line and "nowhere/w.pt" in line and "torch.save" in line
+    assert line.startswith(f"hpsearch: error: {workdir / 'study.yaml'}: model.pretrained: weights file nowhere/w.pt")
+    assert "torch.save" in line
     assert not (workdir / "runs" / "tiny" / "study.db").exists()
+
+
+def test_missing_imagenet_weights_through_the_cli_name_the_hub_cache(
+        write_study: Callable[..., Path], workdir: Path, torch_home: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(n_trials=1, model={"name": "resnet18", "pretrained": "imagenet"},
+                       train={"epochs": 1, "batch_size": 64, "lr": 0.01}, space={})
+    assert main(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    where = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert line.startswith(f"hpsearch: error: {path}: model.pretrained: imagenet weights not found at {where}")
+    assert "download.pytorch.org" in line and "model.download: true" in line
+    assert not (workdir / "runs").exists()
 
 
 def test_the_schema_checks_the_new_keys() -> None:

@@ -43,6 +43,9 @@ class ArrayData:
       last class, ``num_classes - 1``; its name is in ``class_names`` too); L is :attr:`max_length`;
     - ``regression``: float32 (N, k) targets in their own units; ``num_classes`` is k (one output each,
       ``class_names`` their names) and ``target_mean``/``target_std`` their per-output statistics.
+
+    ``sample_names`` names each sample by its file (``label_folder``, ``image_folder``), or is empty (an index
+    names it); ``hpsearch predict --input val`` writes them.
     """
 
     x: torch.Tensor
@@ -55,6 +58,7 @@ class ArrayData:
     blank: int | None = None
     target_mean: tuple[float, ...] = ()
     target_std: tuple[float, ...] = ()
+    sample_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         given = tuple(str(n) for n in self.class_names) or tuple(str(i) for i in range(self.num_classes))
@@ -294,7 +298,8 @@ def _load_label_folder(root: Path, image_size: int | list[int] | tuple[int, int]
     folder = load_label_folder(root, image_size if isinstance(image_size, int) else tuple(image_size),
                                max_length, labels)
     names_ = (*folder.classes, "")
-    return multihead_data(folder.images, folder.labels, len(names_), names_, folder.blank, "label_folder")
+    data = multihead_data(folder.images, folder.labels, len(names_), names_, folder.blank, "label_folder")
+    return replace(data, sample_names=folder.files)
 
 
 def _load_image_folder(root: Path, image_size: int) -> ArrayData:
@@ -321,7 +326,8 @@ def _load_image_folder(root: Path, image_size: int) -> ArrayData:
         if image.size != size:
             image = image.resize(size, resample=Image.Resampling.BILINEAR)
         x[i] = pil_to_tensor(image)
-    return from_arrays(x, torch.as_tensor(ds.targets), len(ds.classes), ds.classes)
+    data = from_arrays(x, torch.as_tensor(ds.targets), len(ds.classes), ds.classes)
+    return replace(data, sample_names=tuple(Path(path).relative_to(root).as_posix() for path, _ in ds.samples))
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -114,6 +114,7 @@ def test_image_folder_loads_and_resizes(tmp_path: Path) -> None:
     small = load_dataset("image_folder", root=tmp_path / "imgs", image_size=16)
     assert small.x.shape == (9, 3, 16, 16) and small.x.dtype == torch.uint8
     assert small.class_names == data.class_names  # resizing keeps the names
+    assert data.sample_names == tuple(f"{c}/{i}.png" for c in ("cat", "dog", "eel") for i in range(3))  # rows' files
 
 
 def test_image_folder_missing_or_empty(tmp_path: Path) -> None:
