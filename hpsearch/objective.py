@@ -138,8 +138,10 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
                           else None)
         files.drop_resume()
 
+    last = cfg.train.epochs  # a trial that trained its last epoch is complete: pruning it would save nothing
     for record in progress.history:  # a resumed trial meets the pruner's rungs with its earlier epochs' values
-        if prunable and _report(trial, progress, int(record["epoch"]), record[cfg.metric]) and trial.should_prune():
+        if prunable and _report(trial, progress, int(record["epoch"]), record[cfg.metric]) \
+                and int(record["epoch"]) < last and trial.should_prune():
             finish(records.PRUNED)
             raise optuna.TrialPruned(f"pruned at epoch {int(record['epoch'])} (resumed)")
     first = trainers[0].epoch + 1
@@ -176,7 +178,7 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
         if stop:
             finish(records.EARLY_STOPPED)
             return float(progress.best)
-        if prunable and trial.should_prune():
+        if prunable and epoch < last and trial.should_prune():
             finish(records.PRUNED)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
     finish(records.COMPLETED)

@@ -497,6 +497,18 @@ def test_a_resumed_trial_keeps_its_rung(write_study: Callable[..., Path], monkey
     assert resumed.system_attrs["completed_rung_1"] == resumed.intermediate_values[2]
 
 
+@pytest.mark.parametrize("epochs, state, epochs_run", [(2, TrialState.PRUNED, 1), (1, TrialState.COMPLETE, 1)])
+def test_a_trial_is_pruned_only_where_an_epoch_is_left_to_save(write_study: Callable[..., Path],
+                                                                monkeypatch: pytest.MonkeyPatch, epochs: int,
+                                                                state: TrialState, epochs_run: int) -> None:
+    path = write_study(n_trials=1, train={"epochs": epochs, "batch_size": 64},
+                       pruner={"type": "successive_halving", "min_resource": 1, "reduction_factor": 2})
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)  # a pruner that prunes at every rung
+    assert main(["run", str(path)]) == 0
+    (trial,) = _study().trials
+    assert trial.state == state and trial.user_attrs["epochs_run"] == epochs_run
+
+
 def test_a_damaged_resume_file_restarts_the_retry_cleanly(write_study: Callable[..., Path],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_study(n_trials=1, train={"epochs": 3, "batch_size": 64})
