@@ -117,7 +117,8 @@ def input_notes(cfg: StudyConfig, spec: str) -> list[str]:
     and that with folds or bootstrap splits the rows are the first split's while the value is their mean."""
     if spec != "val":
         return []
-    notes = [f"--input val is the trial's validation split{_folder_hint(spec)}"] if Path(spec).is_dir() else []
+    hint = _folder_hint(spec)
+    notes = [f"--input val is the trial's validation split{hint}"] if hint else []
     split = cfg.data.split
     for key, what in (("cv_folds", "fold"), ("bootstrap", "bootstrap split")):
         if split[key] is not None:
