@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import random
 import statistics
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import budget, records, trialsets
 from hpsearch.results import params, pareto
+from hpsearch.results.importances import param_importances
 from hpsearch.study.queries import all_trials
 from hpsearch.results.studydata import STATES, BestPoint, Curve, ParamInfo, Session, StudyData, Summary, TrialRow
 
@@ -204,10 +204,9 @@ def _importances(target: optuna.Study | None, complete: Sequence[FrozenTrial],
         note_parts.append(f"importances from a random sample of {MAX_IMPORTANCE_TRIALS} of "
                           f"{len(complete)} complete trials")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = optuna.importance.get_param_importances(target, params=varying, target=records.first_value)
+        result, warned = param_importances(target, varying, 0)
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         return {}, f"param importances failed: {e}"
-    note_parts += sorted({str(w.message) for w in caught})
-    return {k: float(v) for k, v in result.items()}, ("; ".join(note_parts) or None)
+    note_parts += warned
+    return result, ("; ".join(note_parts) or None)
+

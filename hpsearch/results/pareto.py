@@ -4,7 +4,6 @@ the param importances of every objective. Collection (plain data) and figures; p
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpsearch import records, trialsets
+from hpsearch.results.importances import param_importances
 from hpsearch.results.numbers import HOVER
 from hpsearch.results.studydata import ParetoData, ParetoPoint, StudyData
 from hpsearch.results.traces import column
@@ -45,13 +45,9 @@ def objective_importances(study: optuna.Study, target: optuna.Study | None,
     found: dict[str, dict[str, float]] = {}
     for i, (metric, _) in enumerate(goals[1:], start=1):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = optuna.importance.get_param_importances(
-                    target, params=varying, target=lambda t, i=i: t.values[i])  # type: ignore[misc]
+            found[metric], _ = param_importances(target, varying, i)
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue  # e.g. a constant objective: no importance to show
-        found[metric] = {k: float(v) for k, v in result.items()}
     return found
 
 
