@@ -172,7 +172,8 @@ def test_the_optuna_internals_the_adapter_relies_on_are_still_there(write_study:
     assert study_module.retry_history(trial) == []
     with study_module.Heartbeat(study, trial):
         time.sleep(0.1)
-    assert study_module.adapter._without_heartbeat(study_module.storage_of(study), [study_module.trial_id(trial)]) == set()
+    starts = study_module.adapter._running_starts(study_module.storage_of(study), study_module.study_id(study))
+    assert [(tid, beating) for tid, _, beating in starts] == [(study_module.trial_id(trial), True)]
     assert study_module.storage_of(study)._get_stale_trial_ids(study_module.study_id(study)) == []
     assert study_module.study_id(study) == study._study_id
     study.tell(trial, 0.5)
