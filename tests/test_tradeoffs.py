@@ -153,6 +153,24 @@ def test_changing_the_objectives_of_a_study_is_refused(write_study: Callable[...
     assert main(["run", str(one)]) == 2  # one metric instead of two: refused too
 
 
+def test_another_metric_of_the_same_direction_is_refused_too(write_study: Callable[..., Path],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    regression = {"task": "regression", "data": {"dataset": "diabetes", "val_split": 0.25},
+                  "train": {"epochs": 1, "batch_size": 64}}
+    path = write_study("mse.yaml", name="mse", n_trials=1, metric="val_mse", **regression)
+    assert main(["run", str(path)]) == 0
+    db = path.parent / "runs" / "mse" / "study.db"
+    before = db.read_bytes()
+    changed = write_study("mse.yaml", name="mse", n_trials=2, metric="val_mae", **regression)  # minimised as well
+    for verb in (["run"], ["status"], ["best", "--json"]):
+        capsys.readouterr()
+        assert main([verb[0], str(changed), *verb[1:]]) == 2, verb
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{changed}: metric: study 'mse'" in err[0], err
+        assert "val_mse (minimize), this file says val_mae (minimize)" in err[0] and "new name:" in err[0]
+    assert db.read_bytes() == before  # nothing written
+
+
 @pytest.mark.parametrize("pruner", [None, {"type": "median"}])
 def test_validate_says_no_pruner_is_used_with_two_objectives(write_study: Callable[..., Path],
                                                              capsys: pytest.CaptureFixture[str],
