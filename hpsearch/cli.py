@@ -296,8 +296,9 @@ def cmd_best(args: argparse.Namespace) -> int:
             with _writes("--export"):
                 paths = export_best(study, args.export, trial=args.trial)
             record["exported"] = {k: str(v) for k, v in paths.items()}
+            record["exported_trial"] = record["number"] if args.trial is None else args.trial
             if "loader" in paths:
-                record["predict"] = predict_usage(study)
+                record["predict"] = predict_usage(study, args.trial)
     if args.json:
         print(json.dumps(record, indent=2))
     else:

@@ -167,7 +167,11 @@ def epochs_line(totals: budget.Totals, epochs: int | None, budget_epochs: int | 
 
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     """The best trial as plain data: number, value, params, checkpoint, seed, device, epoch."""
-    trial = best_trial(study)  # one query, not every complete trial
+    goals = records.goals_of(study)
+    if len(goals) > 1:  # the Pareto set's best in the first objective, as `best --export` writes it
+        trial = trialsets.best_on_front(study.get_trials(deepcopy=False), [d for _, d in goals])
+    else:
+        trial = best_trial(study)  # one query, not every complete trial
     extra = _tradeoff_record(study)
     if trial is None:
         return {"study": cfg.name, "metric": cfg.metric, "number": None, "value": None, "params": {},
@@ -190,14 +194,16 @@ def print_best(record: dict[str, Any]) -> None:
         return
     if record.get("pareto") is not None:
         print_pareto(record, console)
-        return
-    console.print(f"best trial #{record['number']}: {record['metric']} = {record['value']:.4f} "
-                  f"(epoch {record.get('best_epoch')})")
-    for key, value in record["params"].items():
-        console.print(f"  {key}: {_fmt(value)}")
-    if record.get("costs"):
-        console.print(f"  costs: {costs_text(record['costs'], record.get('peak_memory_kind'))}", markup=False)
-    console.print(f"  checkpoint: {record['checkpoint']}")
+    else:
+        console.print(f"best trial #{record['number']}: {record['metric']} = {record['value']:.4f} "
+                      f"(epoch {record.get('best_epoch')})")
+        for key, value in record["params"].items():
+            console.print(f"  {key}: {_fmt(value)}")
+        if record.get("costs"):
+            console.print(f"  costs: {costs_text(record['costs'], record.get('peak_memory_kind'))}", markup=False)
+        console.print(f"  checkpoint: {record['checkpoint']}")
+    if record.get("exported") and (record.get("pareto") is not None or record.get("exported_trial") != record["number"]):
+        console.print(f"trial {record.get('exported_trial')} exported:")  # one of several, or not the best: say which
     for what, path in record.get("exported", {}).items():
         console.print(f"  exported {what}: {path}")
     if record.get("predict"):
@@ -236,7 +242,10 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     console = Console(soft_wrap=True)
     # Counts and sums in SQL, the best trial alone: reading every trial took 19.5 s at 20,000 trials.
     counts = trialsets.counts_by_state_of(state_counts(study))
-    table = Table(title=f"study '{cfg.name}' ({cfg.metric}, {cfg.resolved_direction})")
+    goals = records.goals_of(study)  # the study's own objectives (the file's, or opening it was refused)
+    shown = ", ".join(f"{metric} {direction}" for metric, direction in goals) if len(goals) > 1 \
+        else f"{cfg.metric}, {cfg.resolved_direction}"
+    table = Table(title=f"study '{cfg.name}' ({shown})")
     for state in counts:
         table.add_column(state.lower(), justify="right")
     table.add_row(*(str(n) for n in counts.values()))
@@ -281,7 +290,8 @@ def _tradeoff_record(study: optuna.Study) -> dict[str, Any]:
 def pareto_entry(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict[str, Any]:
     """One trial of the Pareto set as plain data: number, a value per objective, params, costs, checkpoint."""
     return {"number": trial.number, "values": dict(zip(metrics, trial.values)), "params": trial.params,
-            "costs": records.costs(trial), "checkpoint": records.checkpoint(trial)}
+            "costs": records.costs(trial), "peak_memory_kind": records.memory_kind(trial),
+            "checkpoint": records.checkpoint(trial)}
 
 
 def costs_text(costs: dict[str, float], memory_kind: str | None = None) -> str:
@@ -314,9 +324,13 @@ def print_pareto(record: dict[str, Any], console: Console) -> None:
     console.print(f"Pareto set of {len(record['pareto'])} trial(s) over {goals}; `best --export DIR --trial N` "
                   f"exports one", markup=False)
     table = Table()
-    for column in ("trial", *(g["metric"] for g in record["objectives"]), "hyperparameters"):
-        table.add_column(column, justify="left" if column == "hyperparameters" else "right")
-    for entry in record["pareto"]:
+    metrics = [g["metric"] for g in record["objectives"]]
+    # what the models cost besides the objectives (a cost that is an objective has its column already)
+    costs = [{k: v for k, v in entry["costs"].items() if k not in metrics} for entry in record["pareto"]]
+    for column in ("trial", *metrics, "hyperparameters", *(["costs"] if any(costs) else [])):
+        table.add_column(column, justify="right" if column in ("trial", *metrics) else "left")
+    for entry, cost in zip(record["pareto"], costs):
         table.add_row(str(entry["number"]), *(_fmt(v) for v in entry["values"].values()),
-                      format_params(entry["params"]))
+                      format_params(entry["params"]),
+                      *([costs_text(cost, entry.get("peak_memory_kind"))] if any(costs) else []))
     console.print(table)

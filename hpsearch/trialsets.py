@@ -155,3 +155,8 @@ def pareto_front(trials: Iterable[FrozenTrial], directions: list[str]) -> list[F
                   and all(math.isfinite(v) for v in t.values)]
     return sorted((t for t in candidates if not any(dominates(o, t, directions) for o in candidates)),
                   key=lambda t: t.number)
+
+
+def best_on_front(trials: Iterable[FrozenTrial], directions: list[str]) -> FrozenTrial | None:
+    """The trial of the Pareto set best in the first objective (what `best --export` writes without --trial)."""
+    return best_among(pareto_front(trials, directions), directions[0])

@@ -129,6 +129,12 @@ def test_two_objectives_list_a_real_pareto_set(write_study: Callable[..., Path],
     capsys.readouterr()
     assert main(["best", str(path), "--export", "out", "--trial", str(chosen)]) == 0
     assert f"trial {chosen}" in Path("out/params.yaml").read_text().splitlines()[0]
+    said = capsys.readouterr().out
+    assert f"trial {chosen} exported:" in said and "exported params: out/params.yaml" in said  # after the set
+    assert "costs" in said and "latency_ms" in said  # what each model of the set costs besides its params
+    assert main(["best", str(path), "--export", "out3"]) == 0  # no --trial: the set's most accurate
+    first = Path("out3/params.yaml").read_text().splitlines()[0]
+    assert int(first.rsplit(" ", 1)[1]) == max(front, key=lambda t: (t.values[0], -t.number)).number
     off_front = next(t.number for t in complete if t.params == slow)
     assert off_front not in listed
     assert main(["best", str(path), "--export", "out2", "--trial", str(off_front)]) == 2
