@@ -57,6 +57,14 @@ def test_costs_are_measured_and_shown(write_study: Callable[..., Path], capsys: 
     assert set(_best(path, capsys)["costs"]) == {"params", "latency_ms", "peak_memory_mb", "train_time"}
 
 
+def test_a_pruned_trial_still_records_its_parameter_count(write_study: Callable[..., Path]) -> None:
+    path = _forced(write_study, "pruned", pruner={"type": "threshold", "lower": 0.999})  # prunes after epoch 1
+    assert main(["run", str(path)]) == 0
+    trials = _study("pruned", path).trials
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert [records.costs(t)["params"] for t in trials] == [PARAMS[t.params["width"]] for t in trials]
+
+
 def test_a_params_bound_refuses_the_wide_model_before_training(write_study: Callable[..., Path],
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     path = _forced(write_study, "small", constraints={"params": {"max": 3000}})

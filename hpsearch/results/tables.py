@@ -79,7 +79,8 @@ def top_trials_html(d: StudyData, k: int = 10) -> str:
     done.sort(key=lambda r: (-(r.value or 0.0) if d.direction == "maximize" else (r.value or 0.0), r.number))
     heading = f"Top {min(k, len(done))} trials"
     if d.summary.infeasible is not None:  # a constrained study: the table holds the trials within the bounds
-        heading = f"Top {min(k, len(done))} feasible trials ({len(complete) - len(done)} infeasible left out)"
+        left_out = len(complete) - len(done)
+        heading = f"Top {min(k, len(done))} feasible trials" + (f" ({left_out} infeasible left out)" if left_out else "")
     return _trials_table(d, heading, done[:k], [d.metric])
 
 
