@@ -48,9 +48,22 @@ def trial_line(trial: optuna.trial.FrozenTrial, metric: str, successor: int | No
         error = records.error(trial)
         cause = error.strip().splitlines()[-1] if error and error.strip() else reason
         return f"trial {trial.number} failed: {cause}"
+    if reason == records.INFEASIBLE:  # refused before training: no metric to show, the bound it broke instead
+        return f"trial {trial.number} {reason}: {_broken(trial, metric)}, not trained{_params_note(trial)}"
     value = "-" if records.first_value(trial) is None else f"{records.first_value(trial):.4f}"
     rest = "".join(f" {name}={_fmt(v)}" for name, v in zip(others, (trial.values or [])[1:]))  # further objectives
-    return f"trial {trial.number} {reason}: {metric}={value}{rest}{after}{_params_note(trial)}"
+    broken = "" if records.is_feasible(trial) else f", infeasible: {_broken(trial, metric)}"
+    return f"trial {trial.number} {reason}: {metric}={value}{rest}{after}{broken}{_params_note(trial)}"
+
+
+def _broken(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    """`params = 4810 is 1810 past its bound`: each constraint the trial broke, with its value where known."""
+    known: dict[str, Any] = {**records.costs(trial)}
+    if records.first_value(trial) is not None:
+        known[metric] = records.first_value(trial)
+    parts = [f"{name}{f' = {_fmt(known[name])}' if name in known else ''} is {_fmt(over)} past its bound"
+             for name, over in trial.constraints.items() if over > 0]
+    return ", ".join(parts) or "a constraint broken"
 
 
 def _params_note(trial: optuna.trial.FrozenTrial) -> str:
