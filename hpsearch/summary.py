@@ -20,6 +20,7 @@ from hpsearch import budget, records, trialsets
 from hpsearch.config import StudyConfig
 from hpsearch.study import (best_trial, redact_url, state_counts, successors, trials_in,
     worker_states)
+from hpsearch.study.queries import all_trials
 
 log = logging.getLogger("hpsearch")
 
@@ -180,12 +181,17 @@ def epochs_line(totals: budget.Totals, epochs: int | None, budget_epochs: int | 
 
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     """The best trial as plain data: number, value, params, checkpoint, seed, device, epoch."""
-    goals = records.goals_of(study)
+    goals, constraints = records.goals_of(study), records.constraints_of(study)
+    # A plain study (one metric, no constraints) needs one query, not every trial; the others read all once.
+    trials = all_trials(study) if constraints or len(goals) > 1 else []
+    extra = _tradeoff_record(study, trials)
     if len(goals) > 1:  # the Pareto set's best in the first objective, as `best --export` writes it
-        trial = trialsets.best_on_front(study.get_trials(deepcopy=False), [d for _, d in goals])
+        trial = trialsets.best_among(extra["pareto_trials"], goals[0][1])
+    elif constraints:
+        trial = trialsets.best_among(trials, goals[0][1])
     else:
-        trial = best_trial(study)  # one query, not every complete trial
-    extra = _tradeoff_record(study)
+        trial = best_trial(study)
+    extra.pop("pareto_trials", None)
     if trial is None:
         return {"study": cfg.name, "metric": cfg.metric, "number": None, "value": None, "params": {},
                 "checkpoint": None, **extra}
@@ -287,16 +293,16 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
 # --------------------------------------------------------------------------- constraints and several objectives
 
 
-def _tradeoff_record(study: optuna.Study) -> dict[str, Any]:
-    """What `best` adds for constraints (how many trials broke them) and several objectives (the Pareto set)."""
+def _tradeoff_record(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
+    """What `best` adds for constraints (how many of ``trials`` broke them) and several objectives (the Pareto set;
+    its trials under ``pareto_trials`` too)."""
     goals, constraints = records.goals_of(study), records.constraints_of(study)
-    # A plain study (one metric, no constraints) has no infeasible trial and no front: no read of every trial.
-    trials = study.get_trials(deepcopy=False) if constraints or len(goals) > 1 else []
     extra: dict[str, Any] = {"objectives": [{"metric": m, "direction": d} for m, d in goals],
                              "constraints": constraints, "infeasible": trialsets.infeasible_count(trials)}
     if len(goals) > 1:
-        extra["pareto"] = [pareto_entry(t, [m for m, _ in goals])
-                           for t in trialsets.pareto_front(trials, [d for _, d in goals])]
+        front = trialsets.pareto_front(trials, [d for _, d in goals])
+        extra["pareto"] = [pareto_entry(t, [m for m, _ in goals]) for t in front]
+        extra["pareto_trials"] = front
     return extra
 
 

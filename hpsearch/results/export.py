@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch import names, records, trialsets
 from hpsearch.errors import HpsearchError
 from hpsearch.study import best_trial, state_counts
+from hpsearch.study.queries import all_trials
 
 __all__ = ["export_trials", "export_best", "predict_usage", "trial_record", "FORMATS"]
 
@@ -319,7 +320,7 @@ def _best_trial(study: optuna.Study, number: int | None = None) -> tuple[FrozenT
         return _chosen_trial(study, number), complete
     goals = records.goals_of(study)
     if len(goals) > 1:  # the Pareto set's best in the first objective: a trial `best` lists
-        best = trialsets.best_on_front(study.get_trials(deepcopy=False), [d for _, d in goals])
+        best = trialsets.best_on_front(all_trials(study), [d for _, d in goals])
     else:
         best = best_trial(study)  # one query where the study allows it (see study.queries.best_trial)
     if best is None:
@@ -330,7 +331,7 @@ def _best_trial(study: optuna.Study, number: int | None = None) -> tuple[FrozenT
 
 def _chosen_trial(study: optuna.Study, number: int) -> FrozenTrial:
     goals = records.goals_of(study)
-    trials = study.get_trials(deepcopy=False)
+    trials = all_trials(study)
     if len(goals) > 1:
         allowed, what = trialsets.pareto_front(trials, [d for _, d in goals]), "the Pareto set"
     else:
