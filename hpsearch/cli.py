@@ -296,8 +296,9 @@ def cmd_best(args: argparse.Namespace) -> int:
             with _writes("--export"):
                 paths = export_best(study, args.export, trial=args.trial)
             record["exported"] = {k: str(v) for k, v in paths.items()}
+            record["exported_trial"] = record["number"] if args.trial is None else args.trial
             if "loader" in paths:
-                record["predict"] = predict_usage(study)
+                record["predict"] = predict_usage(study, args.trial)
     if args.json:
         print(json.dumps(record, indent=2))
     else:
@@ -306,16 +307,18 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpsearch.results.html import write_report
-    from hpsearch.study import guard_storage, open_study
+    from hpsearch.results import html
+    from hpsearch.study import guard_storage, open_study, rdb_storage_of
 
     studies = []
+    storages: dict[str, Any] = {}  # one per database: a storage per study held a server connection each
     for path in args.study_files:
         cfg = config_from_args(path, args)
         with guard_storage(cfg):
-            studies.append(open_study(cfg, create=False))
+            studies.append(open_study(cfg, create=False, storage=storages.get(cfg.storage_url)))
+        storages.setdefault(cfg.storage_url, rdb_storage_of(studies[-1]))
     with _writes("--out", other=("--png", args.png)):
-        out = write_report(studies, args.out, png_dir=args.png)
+        out = html.write_report(studies, args.out, png_dir=args.png)
     print(f"report written to {out}")  # the one line a user needs; write_report logs the details at debug
     return 0
 

@@ -225,6 +225,7 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
             progress.reported = reported
     measured: dict[str, float] = {"params": count_params(trainers[0].model)}
     refuse_infeasible(trial, ctx.cfg, measured)  # before the first epoch: no training time spent on it
+    trial.set_user_attr(records.COSTS, measured)  # known now: a trial pruned later still says what it costs
     meter = MemoryMeter(ctx.device)
     meter.start()
     try:

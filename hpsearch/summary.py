@@ -20,6 +20,7 @@ from hpsearch import budget, records, trialsets
 from hpsearch.config import StudyConfig
 from hpsearch.study import (best_trial, redact_url, state_counts, successors, trials_in,
     worker_states)
+from hpsearch.study.queries import all_trials
 
 log = logging.getLogger("hpsearch")
 
@@ -48,9 +49,22 @@ def trial_line(trial: optuna.trial.FrozenTrial, metric: str, successor: int | No
         error = records.error(trial)
         cause = error.strip().splitlines()[-1] if error and error.strip() else reason
         return f"trial {trial.number} failed: {cause}"
+    if reason == records.INFEASIBLE:  # refused before training: no metric to show, the bound it broke instead
+        return f"trial {trial.number} {reason}: {_broken(trial, metric)}, not trained{_params_note(trial)}"
     value = "-" if records.first_value(trial) is None else f"{records.first_value(trial):.4f}"
     rest = "".join(f" {name}={_fmt(v)}" for name, v in zip(others, (trial.values or [])[1:]))  # further objectives
-    return f"trial {trial.number} {reason}: {metric}={value}{rest}{after}{_params_note(trial)}"
+    broken = "" if records.is_feasible(trial) else f", infeasible: {_broken(trial, metric)}"
+    return f"trial {trial.number} {reason}: {metric}={value}{rest}{after}{broken}{_params_note(trial)}"
+
+
+def _broken(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    """`params = 4810 is 1810 past its bound`: each constraint the trial broke, with its value where known."""
+    known: dict[str, Any] = {**records.costs(trial)}
+    if records.first_value(trial) is not None:
+        known[metric] = records.first_value(trial)
+    parts = [f"{name}{f' = {_fmt(known[name])}' if name in known else ''} is {_fmt(over)} past its bound"
+             for name, over in trial.constraints.items() if over > 0]
+    return ", ".join(parts) or "a constraint broken"
 
 
 def _params_note(trial: optuna.trial.FrozenTrial) -> str:
@@ -167,8 +181,17 @@ def epochs_line(totals: budget.Totals, epochs: int | None, budget_epochs: int | 
 
 def best_record(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     """The best trial as plain data: number, value, params, checkpoint, seed, device, epoch."""
-    trial = best_trial(study)  # one query, not every complete trial
-    extra = _tradeoff_record(study)
+    goals, constraints = records.goals_of(study), records.constraints_of(study)
+    # A plain study (one metric, no constraints) needs one query, not every trial; the others read all once.
+    trials = all_trials(study) if constraints or len(goals) > 1 else []
+    extra = _tradeoff_record(study, trials)
+    if len(goals) > 1:  # the Pareto set's best in the first objective, as `best --export` writes it
+        trial = trialsets.best_among(extra["pareto_trials"], goals[0][1])
+    elif constraints:
+        trial = trialsets.best_among(trials, goals[0][1])
+    else:
+        trial = best_trial(study)
+    extra.pop("pareto_trials", None)
     if trial is None:
         return {"study": cfg.name, "metric": cfg.metric, "number": None, "value": None, "params": {},
                 "checkpoint": None, **extra}
@@ -190,14 +213,16 @@ def print_best(record: dict[str, Any]) -> None:
         return
     if record.get("pareto") is not None:
         print_pareto(record, console)
-        return
-    console.print(f"best trial #{record['number']}: {record['metric']} = {record['value']:.4f} "
-                  f"(epoch {record.get('best_epoch')})")
-    for key, value in record["params"].items():
-        console.print(f"  {key}: {_fmt(value)}")
-    if record.get("costs"):
-        console.print(f"  costs: {costs_text(record['costs'], record.get('peak_memory_kind'))}", markup=False)
-    console.print(f"  checkpoint: {record['checkpoint']}")
+    else:
+        console.print(f"best trial #{record['number']}: {record['metric']} = {record['value']:.4f} "
+                      f"(epoch {record.get('best_epoch')})")
+        for key, value in record["params"].items():
+            console.print(f"  {key}: {_fmt(value)}")
+        if record.get("costs"):
+            console.print(f"  costs: {costs_text(record['costs'], record.get('peak_memory_kind'))}", markup=False)
+        console.print(f"  checkpoint: {record['checkpoint']}")
+    if record.get("exported") and (record.get("pareto") is not None or record.get("exported_trial") != record["number"]):
+        console.print(f"trial {record.get('exported_trial')} exported:")  # one of several, or not the best: say which
     for what, path in record.get("exported", {}).items():
         console.print(f"  exported {what}: {path}")
     if record.get("predict"):
@@ -236,7 +261,10 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
     console = Console(soft_wrap=True)
     # Counts and sums in SQL, the best trial alone: reading every trial took 19.5 s at 20,000 trials.
     counts = trialsets.counts_by_state_of(state_counts(study))
-    table = Table(title=f"study '{cfg.name}' ({cfg.metric}, {cfg.resolved_direction})")
+    goals = records.goals_of(study)  # the study's own objectives (the file's, or opening it was refused)
+    shown = ", ".join(f"{metric} {direction}" for metric, direction in goals) if len(goals) > 1 \
+        else f"{cfg.metric}, {cfg.resolved_direction}"
+    table = Table(title=f"study '{cfg.name}' ({shown})")
     for state in counts:
         table.add_column(state.lower(), justify="right")
     table.add_row(*(str(n) for n in counts.values()))
@@ -265,23 +293,24 @@ def print_summary(study: optuna.Study, cfg: StudyConfig, show_failed: bool = Fal
 # --------------------------------------------------------------------------- constraints and several objectives
 
 
-def _tradeoff_record(study: optuna.Study) -> dict[str, Any]:
-    """What `best` adds for constraints (how many trials broke them) and several objectives (the Pareto set)."""
+def _tradeoff_record(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
+    """What `best` adds for constraints (how many of ``trials`` broke them) and several objectives (the Pareto set;
+    its trials under ``pareto_trials`` too)."""
     goals, constraints = records.goals_of(study), records.constraints_of(study)
-    # A plain study (one metric, no constraints) has no infeasible trial and no front: no read of every trial.
-    trials = study.get_trials(deepcopy=False) if constraints or len(goals) > 1 else []
     extra: dict[str, Any] = {"objectives": [{"metric": m, "direction": d} for m, d in goals],
                              "constraints": constraints, "infeasible": trialsets.infeasible_count(trials)}
     if len(goals) > 1:
-        extra["pareto"] = [pareto_entry(t, [m for m, _ in goals])
-                           for t in trialsets.pareto_front(trials, [d for _, d in goals])]
+        front = trialsets.pareto_front(trials, [d for _, d in goals])
+        extra["pareto"] = [pareto_entry(t, [m for m, _ in goals]) for t in front]
+        extra["pareto_trials"] = front
     return extra
 
 
 def pareto_entry(trial: optuna.trial.FrozenTrial, metrics: list[str]) -> dict[str, Any]:
     """One trial of the Pareto set as plain data: number, a value per objective, params, costs, checkpoint."""
     return {"number": trial.number, "values": dict(zip(metrics, trial.values)), "params": trial.params,
-            "costs": records.costs(trial), "checkpoint": records.checkpoint(trial)}
+            "costs": records.costs(trial), "peak_memory_kind": records.memory_kind(trial),
+            "checkpoint": records.checkpoint(trial)}
 
 
 def costs_text(costs: dict[str, float], memory_kind: str | None = None) -> str:
@@ -314,9 +343,13 @@ def print_pareto(record: dict[str, Any], console: Console) -> None:
     console.print(f"Pareto set of {len(record['pareto'])} trial(s) over {goals}; `best --export DIR --trial N` "
                   f"exports one", markup=False)
     table = Table()
-    for column in ("trial", *(g["metric"] for g in record["objectives"]), "hyperparameters"):
-        table.add_column(column, justify="left" if column == "hyperparameters" else "right")
-    for entry in record["pareto"]:
+    metrics = [g["metric"] for g in record["objectives"]]
+    # what the models cost besides the objectives (a cost that is an objective has its column already)
+    costs = [{k: v for k, v in entry["costs"].items() if k not in metrics} for entry in record["pareto"]]
+    for column in ("trial", *metrics, "hyperparameters", *(["costs"] if any(costs) else [])):
+        table.add_column(column, justify="right" if column in ("trial", *metrics) else "left")
+    for entry, cost in zip(record["pareto"], costs):
         table.add_row(str(entry["number"]), *(_fmt(v) for v in entry["values"].values()),
-                      format_params(entry["params"]))
+                      format_params(entry["params"]),
+                      *([costs_text(cost, entry.get("peak_memory_kind"))] if any(costs) else []))
     console.print(table)

@@ -151,7 +151,18 @@ def dominates(a: FrozenTrial, b: FrozenTrial, directions: list[str]) -> bool:
 
 def pareto_front(trials: Iterable[FrozenTrial], directions: list[str]) -> list[FrozenTrial]:
     """The complete feasible trials no other one dominates, by number (equal points both kept)."""
+    signs = [1.0 if d == "maximize" else -1.0 for d in directions]
     candidates = [t for t in complete_trials(trials) if len(t.values) == len(directions)
                   and all(math.isfinite(v) for v in t.values)]
-    return sorted((t for t in candidates if not any(dominates(o, t, directions) for o in candidates)),
-                  key=lambda t: t.number)
+    # Best first (lexicographically): whatever dominates a trial comes before it, and so does a trial of the front
+    # that dominates it; each trial is checked against the front so far, not against every other (n x front).
+    front: list[FrozenTrial] = []
+    for t in sorted(candidates, key=lambda t: [-s * v for s, v in zip(signs, t.values)]):
+        if not any(dominates(f, t, directions) for f in front):
+            front.append(t)
+    return sorted(front, key=lambda t: t.number)
+
+
+def best_on_front(trials: Iterable[FrozenTrial], directions: list[str]) -> FrozenTrial | None:
+    """The trial of the Pareto set best in the first objective (what `best --export` writes without --trial)."""
+    return best_among(pareto_front(trials, directions), directions[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -33,3 +34,26 @@ def test_peak_memory_on_the_cpu_is_the_rss_training_added() -> None:
     peak = meter.peak_mb()
     del block
     assert peak >= 60  # the high-water mark holds it even once freed
+
+
+@pytest.mark.gpu
+def test_latency_on_cuda_is_timed_by_events_not_the_host_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    def host_clock(*_: object) -> list[float]:
+        raise AssertionError("CUDA latency read the host clock")
+
+    monkeypatch.setattr(costs, "_host_times", host_clock)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)).cuda()
+    assert costs.latency_ms(model, torch.zeros(64, 256, device="cuda"), warmup=2, repeats=5) > 0
+
+
+@pytest.mark.gpu
+def test_peak_memory_on_cuda_is_the_allocators_peak_since_the_start() -> None:
+    meter = costs.MemoryMeter(torch.device("cuda"))
+    assert meter.kind == costs.CUDA_PEAK
+    before = torch.ones(16 * 2**20 // 4, device="cuda")  # 16 MiB, then freed: the reset forgets it
+    del before
+    meter.start()
+    held = torch.cuda.memory_allocated() / 2**20  # what other tests left allocated counts from the start
+    block = torch.ones(64 * 2**20 // 4, device="cuda")
+    del block
+    assert 64 <= meter.peak_mb() - held < 64 + 16

@@ -285,3 +285,19 @@ def test_after_a_run_the_hosts_show_what_they_finished_and_no_zero_running() -> 
     assert hosts_line(done) == "workers by host: vm 20 finished"
     assert hosts_line([]) is None
     assert hosts_line([*done, ("gpu1:3", TrialState.RUNNING, 1)]) == "workers by host: gpu1 1 running, 0 finished; vm 20 finished"
+
+
+def _constrained(trial: optuna.trial.FrozenTrial, **constraints: float) -> optuna.trial.FrozenTrial:
+    trial.system_attrs.update({f"constraints:{name}": value for name, value in constraints.items()})
+    return trial
+
+
+def test_an_infeasible_trial_names_the_bound_it_broke() -> None:
+    refused = _constrained(_trial(3, TrialState.PRUNED, "infeasible", epochs_run=0,
+                                  costs={"params": 4810, "train_time": 0.0}), params=1810.0)
+    assert trial_line(refused, "val_accuracy") == ("trial 3 infeasible: params = 4810 is 1810 past its bound, "
+                                                   "not trained (lr=0.0003833)")
+    measured = _constrained(_trial(4, TrialState.COMPLETE, "completed", epochs_run=2, costs={"latency_ms": 2.5}),
+                            latency_ms=0.5, params=-10.0)
+    assert trial_line(measured, "val_accuracy") == ("trial 4 completed: val_accuracy=0.5000 after 2 epochs, "
+                                                    "infeasible: latency_ms = 2.5 is 0.5 past its bound (lr=0.0003833)")

@@ -57,6 +57,14 @@ def test_costs_are_measured_and_shown(write_study: Callable[..., Path], capsys: 
     assert set(_best(path, capsys)["costs"]) == {"params", "latency_ms", "peak_memory_mb", "train_time"}
 
 
+def test_a_pruned_trial_still_records_its_parameter_count(write_study: Callable[..., Path]) -> None:
+    path = _forced(write_study, "pruned", pruner={"type": "threshold", "lower": 0.999})  # prunes after epoch 1
+    assert main(["run", str(path)]) == 0
+    trials = _study("pruned", path).trials
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    assert [records.costs(t)["params"] for t in trials] == [PARAMS[t.params["width"]] for t in trials]
+
+
 def test_a_params_bound_refuses_the_wide_model_before_training(write_study: Callable[..., Path],
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     path = _forced(write_study, "small", constraints={"params": {"max": 3000}})
@@ -129,6 +137,12 @@ def test_two_objectives_list_a_real_pareto_set(write_study: Callable[..., Path],
     capsys.readouterr()
     assert main(["best", str(path), "--export", "out", "--trial", str(chosen)]) == 0
     assert f"trial {chosen}" in Path("out/params.yaml").read_text().splitlines()[0]
+    said = capsys.readouterr().out
+    assert f"trial {chosen} exported:" in said and "exported params: out/params.yaml" in said  # after the set
+    assert "costs" in said and "latency_ms" in said  # what each model of the set costs besides its params
+    assert main(["best", str(path), "--export", "out3"]) == 0  # no --trial: the set's most accurate
+    first = Path("out3/params.yaml").read_text().splitlines()[0]
+    assert int(first.rsplit(" ", 1)[1]) == max(front, key=lambda t: (t.values[0], -t.number)).number
     off_front = next(t.number for t in complete if t.params == slow)
     assert off_front not in listed
     assert main(["best", str(path), "--export", "out2", "--trial", str(off_front)]) == 2
@@ -151,6 +165,24 @@ def test_changing_the_objectives_of_a_study_is_refused(write_study: Callable[...
     assert db.read_bytes() == before  # nothing written
     one = write_study("obj.yaml", name="obj", n_trials=2, metric="val_accuracy")
     assert main(["run", str(one)]) == 2  # one metric instead of two: refused too
+
+
+def test_another_metric_of_the_same_direction_is_refused_too(write_study: Callable[..., Path],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    regression = {"task": "regression", "data": {"dataset": "diabetes", "val_split": 0.25},
+                  "train": {"epochs": 1, "batch_size": 64}}
+    path = write_study("mse.yaml", name="mse", n_trials=1, metric="val_mse", **regression)
+    assert main(["run", str(path)]) == 0
+    db = path.parent / "runs" / "mse" / "study.db"
+    before = db.read_bytes()
+    changed = write_study("mse.yaml", name="mse", n_trials=2, metric="val_mae", **regression)  # minimised as well
+    for verb in (["run"], ["status"], ["best", "--json"]):
+        capsys.readouterr()
+        assert main([verb[0], str(changed), *verb[1:]]) == 2, verb
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{changed}: metric: study 'mse'" in err[0], err
+        assert "val_mse (minimize), this file says val_mae (minimize)" in err[0] and "new name:" in err[0]
+    assert db.read_bytes() == before  # nothing written
 
 
 @pytest.mark.parametrize("pruner", [None, {"type": "median"}])

@@ -94,6 +94,19 @@ def test_the_pareto_front_keeps_the_undominated_feasible_trials() -> None:
     assert trialsets.infeasible_count(trials) == 1
 
 
+@pytest.mark.parametrize("directions", [["maximize", "minimize"], ["maximize", "minimize", "minimize"]])
+def test_the_pareto_front_is_every_trial_no_other_one_dominates(directions: list[str]) -> None:
+    import random
+
+    rng = random.Random(0)  # coarse values: many ties and equal points, which both stay on the front
+    trials = [scored(n, [float(rng.randint(0, 6)) for _ in directions]) for n in range(300)]
+    brute = [t.number for t in trials if not any(trialsets.dominates(o, t, directions) for o in trials)]
+    assert [t.number for t in trialsets.pareto_front(trials, directions)] == brute
+    found = optuna.create_study(directions=directions)
+    found.add_trials(trials)
+    assert brute == sorted(t.number for t in found.best_trials)  # Optuna agrees
+
+
 def test_the_best_trial_is_the_best_feasible_one() -> None:
     trials = [scored(0, [0.9], {"params": 2.0}), scored(1, [0.8], {"params": -1.0}), scored(2, [0.7])]
     assert trialsets.best_among(trials, "maximize").number == 1

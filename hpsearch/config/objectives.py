@@ -40,6 +40,13 @@ class ObjectiveSpec(Strict):
     metric: str
     direction: Literal["maximize", "minimize"] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        if isinstance(data, str):  # objectives: [val_accuracy, latency_ms]
+            raise ValueError(f"an objective is a mapping, got '{data}'; write {{metric: {data}}}")
+        return data
+
     @model_validator(mode="after")
     def _known_and_consistent(self) -> ObjectiveSpec:
         natural = known_names()[check_name(self.metric, "objective metric")]
@@ -58,6 +65,15 @@ class Bound(Strict):
 
     min: float | int | None = None
     max: float | int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):  # params: 3000
+            raise ValueError(f"a constraint is a mapping of min: and/or max:, got {data!r}; write e.g. {{max: {data!r}}}")
+        if not isinstance(data, dict):
+            raise ValueError(f"a constraint is a mapping of min: and/or max:, got {data!r}; write e.g. {{max: 1.0e6}}")
+        return data
 
     @model_validator(mode="after")
     def _one_end_in_order(self) -> Bound:

@@ -240,6 +240,22 @@ class StudyConfig(Strict):
     source: str = Field("<memory>", exclude=True)
     _sampler_auto: bool = PrivateAttr(False)
 
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _a_list(cls, objectives: Any) -> Any:
+        if objectives is not None and not isinstance(objectives, list):
+            raise ValueError(f"objectives is a list of mappings, got {objectives!r}; write e.g. objectives: "
+                             f"[{{metric: val_accuracy}}, {{metric: latency_ms}}]")
+        return objectives
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _a_mapping(cls, constraints: Any) -> Any:
+        if not isinstance(constraints, dict):
+            raise ValueError(f"constraints is a mapping of names to bounds, got {constraints!r}; write e.g. "
+                             f"constraints: {{params: {{max: 1.0e6}}}}")
+        return constraints
+
     @field_validator("objectives")
     @classmethod
     def _two_or_three(cls, objectives: list[ObjectiveSpec] | None) -> list[ObjectiveSpec] | None:

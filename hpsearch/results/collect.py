@@ -89,6 +89,9 @@ def _trial_row(t: FrozenTrial) -> TrialRow:
         stop_reason=records.stop_reason(t),
         train_time=records.train_time(t),
         checkpoint=records.checkpoint(t),
+        values=list(t.values or []),
+        feasible=records.is_feasible(t),
+        costs=records.costs(t),
     )
 
 

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch import names, records, trialsets
 from hpsearch.errors import HpsearchError
 from hpsearch.study import best_trial, state_counts
+from hpsearch.study.queries import all_trials
 
 __all__ = ["export_trials", "export_best", "predict_usage", "trial_record", "FORMATS"]
 
@@ -305,9 +306,9 @@ def _expects(inputs: dict[str, Any] | None) -> str:
     return f"x: shape (N, {shape}) or one sample, {units} as the dataset holds them (not normalised); {returns}"
 
 
-def predict_usage(study: optuna.Study) -> str:
-    """How to call the exported ``predict`` for the study's best trial (what the CLI prints)."""
-    best, _ = _best_trial(study)
+def predict_usage(study: optuna.Study, trial: int | None = None) -> str:
+    """How to call the exported ``predict`` for the study's best trial, or trial ``trial`` (what the CLI prints)."""
+    best, _ = _best_trial(study, trial)
     return f"from load_model import predict; predict(x)  # {_expects(records.inputs(best))}"
 
 
@@ -317,7 +318,11 @@ def _best_trial(study: optuna.Study, number: int | None = None) -> tuple[FrozenT
     complete = state_counts(study).get(TrialState.COMPLETE, 0)  # a count query, not every trial
     if number is not None:
         return _chosen_trial(study, number), complete
-    best = best_trial(study)  # one query where the study allows it (see study.queries.best_trial)
+    goals = records.goals_of(study)
+    if len(goals) > 1:  # the Pareto set's best in the first objective: a trial `best` lists
+        best = trialsets.best_on_front(all_trials(study), [d for _, d in goals])
+    else:
+        best = best_trial(study)  # one query where the study allows it (see study.queries.best_trial)
     if best is None:
         within = " within its constraints" if records.constraints_of(study) else ""
         raise HpsearchError(f"study {study.study_name!r} has no completed trial{within} yet; run it first")
@@ -326,7 +331,7 @@ def _best_trial(study: optuna.Study, number: int | None = None) -> tuple[FrozenT
 
 def _chosen_trial(study: optuna.Study, number: int) -> FrozenTrial:
     goals = records.goals_of(study)
-    trials = study.get_trials(deepcopy=False)
+    trials = all_trials(study)
     if len(goals) > 1:
         allowed, what = trialsets.pareto_front(trials, [d for _, d in goals]), "the Pareto set"
     else:
@@ -339,16 +344,18 @@ def _chosen_trial(study: optuna.Study, number: int) -> FrozenTrial:
     return chosen
 
 
-def _params_header(study: optuna.Study, best: FrozenTrial, n_complete: int) -> list[str]:
-    """The comment lines at the top of params.yaml."""
-    header = [
-        f"Best trial of hpsearch study {study.study_name!r}: trial {best.number}",
-        f"{records.metric_of(study)} = {records.first_value(best)!r} ({records.direction_of(study)}; "
-        f"best of {n_complete} complete trials)",
-    ]
+def _params_header(study: optuna.Study, best: FrozenTrial, n_complete: int, chosen: bool = False) -> list[str]:
+    """The comment lines at the top of params.yaml (``chosen``: picked with --trial, not found as the best)."""
     goals = records.goals_of(study)
-    if len(goals) > 1:  # the trial was chosen from the Pareto set: its value for every objective
-        header.append("objectives: " + ", ".join(f"{m} = {v!r} ({d})" for (m, d), v in zip(goals, best.values)))
+    if len(goals) > 1:  # a trial of the Pareto set: its value for every objective
+        header = [f"Trial of the Pareto set of hpsearch study {study.study_name!r}: trial {best.number}",
+                  "objectives: " + ", ".join(f"{m} = {v!r} ({d})" for (m, d), v in zip(goals, best.values))]
+    else:
+        header = [
+            f"{'Chosen' if chosen else 'Best'} trial of hpsearch study {study.study_name!r}: trial {best.number}",
+            f"{records.metric_of(study)} = {records.first_value(best)!r} ({records.direction_of(study)}; "
+            f"{'one' if chosen else 'best'} of {n_complete} complete trials)",
+        ]
     if records.costs(best):
         header.append("costs: " + ", ".join(f"{k} = {v!r}" for k, v in records.costs(best).items()))
     best_epoch, epochs_run = records.best_epoch(best), records.epochs_run(best)
@@ -377,7 +384,7 @@ def export_best(study: optuna.Study, out_dir: str | Path, trial: int | None = No
     best, n_complete = _best_trial(study, trial)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    header = _params_header(study, best, n_complete)
+    header = _params_header(study, best, n_complete, chosen=trial is not None)
     body = yaml.safe_dump({"enqueue": [dict(best.params)]}, sort_keys=False, default_flow_style=False)
     params_path = out_dir / "params.yaml"
     params_path.write_text("".join(f"# {line}".rstrip() + "\n" for line in header) + body, encoding="utf-8")

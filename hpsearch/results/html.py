@@ -4,21 +4,21 @@ it) of collected studies and their figures, and optionally one PNG per figure.""
 from __future__ import annotations
 
 import datetime as dt
-import html
 import logging
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import optuna
 
 from hpsearch.errors import HpsearchError
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import FigureSections, NamedFigure, figure_sections
-from hpsearch.results.numbers import format_number
 from hpsearch.results.studydata import StudyData, Summary, compare_groups
+from hpsearch.results.tables import MAX_LISTED, top_trials_html
+from hpsearch.results.tables import escape as _e, fmt_secs as _fmt_secs, fmt_value as _fmt_value
+from hpsearch.results.tables import params_text as _params_text
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -41,39 +41,13 @@ border-left:3px solid #e0a800;margin:.4em 0}nav a{margin-right:1em}code{backgrou
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return format_number(v)
-    return str(v)
-
-
-def _fmt_secs(s: float | None) -> str:
-    if s is None:
-        return "—"
-    s = float(s)
-    if s < 60:
-        return f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in params.items()) or "—"
-
-
 def _summary_html(d: StudyData) -> str:
     s = d.summary
     rows: list[tuple[str, str]] = [
         _objective_row(d),
         ("trials", f"{s.n_trials} total: " + ", ".join(f"{v} {k.lower()}" for k, v in s.by_state.items() if v)
          if s.n_trials else "0 (no trials yet)"),
-        ("best value", f"{_fmt_value(s.best_value)} (trial {s.best_trial})" if s.best_trial is not None else "—"),
-        ("best params", _params_text(s.best_params)),
+        *_best_rows(d),
         ("busy time", _busy_text(s)),
         ("per-trial time", f"mean {_fmt_secs(s.mean_trial_s)}, median {_fmt_secs(s.median_trial_s)}"
          if s.mean_trial_s is not None else "—"),
@@ -101,6 +75,20 @@ def _summary_html(d: StudyData) -> str:
     for note in notes + ([d.importance_note] if d.importance_note and d.importances else []):
         out += f'<p class="note">{_e(note)}</p>'
     return out
+
+
+def _best_rows(d: StudyData) -> list[tuple[str, str]]:
+    """The best trial's value and params; with several objectives the Pareto set instead (no one trial is best)."""
+    s = d.summary
+    if d.pareto is None:
+        best = f"{_fmt_value(s.best_value)} (trial {s.best_trial})" if s.best_trial is not None else "—"
+        return [("best value", best), ("best params", _params_text(s.best_params))]
+    front = sorted(q.number for q in d.pareto.points if q.on_front)
+    if not front:
+        return [("Pareto set", "— (no complete feasible trial yet)")]
+    shown = ", ".join(str(n) for n in front[:MAX_LISTED]) + (f" and {len(front) - MAX_LISTED} more"
+                                                             if len(front) > MAX_LISTED else "")
+    return [("Pareto set", f"{len(front)} feasible trial(s) no other one beats in every objective: {shown}")]
 
 
 def _objective_row(d: StudyData) -> tuple[str, str]:
@@ -139,25 +127,6 @@ def _sessions_html(d: StudyData) -> str:
         f'<td class="num">{x.n_trials}</td><td class="num">{len(x.workers)}</td></tr>'
         for i, x in enumerate(d.summary.sessions, start=1))
     return f'<table class="sessions"><tr>{head}</tr>{body}</table>'
-
-
-def _top_trials_html(d: StudyData, k: int = 10) -> str:
-    done = [r for r in d.trials if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
-    if not done:
-        return ""
-    done.sort(key=lambda r: (-(r.value or 0.0) if d.direction == "maximize" else (r.value or 0.0), r.number))
-    names = [p.name for p in d.params]
-    head = "".join(f"<th>{_e(h)}</th>" for h in ["trial", d.metric, *names, "epochs", "stop", "duration", "worker"])
-    body = []
-    for r in done[:k]:
-        cells = [f'<td class="num">{r.number}</td>', f'<td class="num">{_e(_fmt_value(r.value))}</td>']
-        cells += [f'<td class="num">{_e(_fmt_value(r.params[n])) if n in r.params else "—"}</td>' for n in names]
-        cells += [f'<td class="num">{_e(r.epochs_run if r.epochs_run is not None else "—")}</td>',
-                  f"<td>{_e(r.stop_reason or '—')}</td>", f'<td class="num">{_e(_fmt_secs(r.duration_s))}</td>',
-                  f"<td>{_e(r.worker or '—')}</td>"]
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<h3>Top {min(k, len(done))} trials</h3><table class=\"trials\"><tr>{head}</tr>"
-            + "".join(body) + "</table>")
 
 
 def _comparison_note_html(studies: Sequence[StudyData]) -> str:
@@ -225,7 +194,7 @@ def _study_section(idx: int, d: StudyData, figs: list[NamedFigure], divs: _Figur
     if d.summary.n_trials == 0:
         parts.append('<p class="note">This study has no trials yet: nothing to plot. '
                      "Run it (<code>hpsearch run STUDY.yaml</code>) and build the report again.</p>")
-    parts.append(_top_trials_html(d))
+    parts.append(top_trials_html(d))
     # the section already names the study
     parts.extend(divs.div(name, fig, name.split(": ", 1)[-1]) for name, fig in figs)
     parts.append("</section>")

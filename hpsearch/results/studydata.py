@@ -52,6 +52,9 @@ class TrialRow:
     stop_reason: str | None
     train_time: float | None
     checkpoint: str | None
+    values: list[float] = field(default_factory=list)  # one per objective (empty while it has none)
+    feasible: bool = True  # no constraint broken
+    costs: dict[str, float] = field(default_factory=dict)  # what the model cost (records.costs)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from hpsearch.study.storage import PG_CONNECT_TIMEOUT_S, dispose_storages, make_
 from hpsearch.study.factories import derive_seed, make_pruner, make_sampler
 from hpsearch.study.adapter import (FINISHED, Heartbeat, current_state, dispose_storage, fail_stale_trials,
     finished_count, hand_back, requeue, retry_history, set_study_system_attr, state_counts, storage_of, stored_distributions, study_id,
-    study_system_attrs, trial_id)
+    study_system_attrs, trial_id, rdb_storage_of)
 from hpsearch.study.queries import best_trial, epoch_sums, successors, trials_in, worker_states
 from hpsearch.study.invariants import SETTINGS_SECTIONS, check_space_unchanged, run_settings, settings_id
 from hpsearch.study.outputs import (ARTIFACTS, OWNER_FILE, artifact_dir, artifact_store, check_output_dir,
@@ -72,6 +72,7 @@ __all__ = [
     "storage_cause",
     "storage_failure",
     "storage_identity",
+    "rdb_storage_of",
     "storage_of",
     "stored_distributions",
     "study_id",

@@ -58,6 +58,11 @@ def storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
     return study._storage  # type: ignore[return-value]
 
 
+def rdb_storage_of(study: optuna.Study) -> optuna.storages.RDBStorage:
+    """The RDB storage under the study's cache: what `make_storage` opened, to open another study with."""
+    return getattr(storage_of(study), "_backend", storage_of(study))
+
+
 def study_id(study: optuna.Study) -> int:
     """The storage's id of the study (not its name)."""
     return study._study_id

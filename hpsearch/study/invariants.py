@@ -42,9 +42,10 @@ def check_objectives_unchanged(storage: optuna.storages.BaseStorage, cfg: StudyC
     values would mean something else. Read only, before anything is written."""
     study_id = storage.get_study_id_from_name(cfg.name)
     directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
-    if len(directions) == 1 and not cfg.multi_objective:
-        return  # one metric on both sides: its direction is checked as before (open_study)
     attrs = storage.get_study_user_attrs(study_id)
+    if len(directions) == 1 and not cfg.multi_objective:
+        _check_metric_unchanged(attrs.get(records.STUDY_METRIC), directions[0], cfg)
+        return
     stored = attrs.get(records.STUDY_OBJECTIVES)
     metrics = [g.get("metric") for g in stored if isinstance(g, dict)] if isinstance(stored, list) else []
     if len(metrics) != len(directions):  # an older or foreign study: its one metric, or none known
@@ -57,6 +58,17 @@ def check_objectives_unchanged(storage: optuna.storages.BaseStorage, cfg: StudyC
             f"{cfg.source}: objectives: study '{cfg.name}' in {redact_url(cfg.storage_url)} optimises "
             f"{', '.join(old)}, this file says {', '.join(new)}; its trials' values would mean something else: "
             f"give the study a new name:, or restore the old objectives")
+
+
+def _check_metric_unchanged(stored: Any, direction: str, cfg: StudyConfig) -> None:
+    """One metric on both sides: another one of the same direction (val_mse for val_mae) is refused here; another
+    direction is named as such by open_study."""
+    if not isinstance(stored, str) or stored == cfg.metric or direction != cfg.resolved_direction:
+        return
+    raise ConfigError(
+        f"{cfg.source}: metric: study '{cfg.name}' in {redact_url(cfg.storage_url)} optimises {stored} ({direction}), "
+        f"this file says {cfg.metric} ({cfg.resolved_direction}); its trials' values would mean something else: "
+        f"give the study a new name:, or restore metric: {stored}")
 
 
 def _shown_distribution(dist: optuna.distributions.BaseDistribution) -> str:

@@ -58,6 +58,15 @@ def test_objectives_resolve_with_implied_directions() -> None:
     ({"constraints": {"latency_ms": {"min": 3, "max": 2}}}, r"constraints\.latency_ms: min \(3\) exceeds max \(2\)"),
     ({"constraints": {"params": {"max": "1e6"}}}, r"constraints\.params\.max"),
     ({"constraints": {"params": {"most": 5}}}, r"constraints\.params\.most: unknown key 'most'"),
+    ({"constraints": {"params": 3000}}, r"s\.yaml: constraints\.params: a constraint is a mapping of min: and/or "
+                                        r"max:, got 3000; write e\.g\. \{max: 3000\}"),
+    ({"constraints": {"params": None}}, r"constraints\.params: a constraint is a mapping .*; write e\.g\. \{max: "),
+    ({"constraints": ["params"]}, r"s\.yaml: constraints: constraints is a mapping of names to bounds, got \['params'\]; "
+                                  r"write e\.g\. constraints: \{params: \{max: 1\.0e6\}\}"),
+    ({"objectives": ["val_accuracy", "latency_ms"]},
+     r"s\.yaml: objectives\.0: an objective is a mapping, got 'val_accuracy'; write \{metric: val_accuracy\}"),
+    ({"objectives": "val_accuracy"}, r"s\.yaml: objectives: objectives is a list of mappings, got 'val_accuracy'; "
+                                     r"write e\.g\. objectives: \[\{metric: val_accuracy\}, \{metric: latency_ms\}\]"),
 ])
 def test_bad_objectives_and_constraints_are_one_line(changes: dict[str, Any], pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern) as info:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import optuna
 import pytest
 
 import study_fixtures as sf
-from hpsearch import trialsets
+from hpsearch import records, trialsets
 from hpsearch.results.collect import collect_study
 from hpsearch.results.figures import build_figures
 from hpsearch.results.html import write_report
+from hpsearch.results.numbers import format_number
 from hpsearch.results.pareto import INFEASIBLE_COLOR
 
 
@@ -85,3 +87,42 @@ def test_one_unconstrained_metric_keeps_its_summary(tmp_path: Path) -> None:
     assert s.objectives == [] and s.constraints == {} and s.infeasible is None
     rows = _summary_rows(write_report([study], tmp_path / "r.html").read_text(encoding="utf-8"))
     assert rows["objective"] == "maximize val_accuracy" and "objectives" not in rows and "infeasible trials" not in rows
+
+
+def _table(page: str, heading: str) -> list[list[str]]:
+    """The rows (header first) of the table that follows the heading ``<h3>heading...</h3>``, cells as text."""
+    found = re.search(rf"<h3>{re.escape(heading)}[^<]*</h3><table[^>]*>(.*?)</table>", page, re.S)
+    assert found is not None, f"no table under {heading!r}"
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in re.findall(r"<tr>(.*?)</tr>", found.group(1))]
+
+
+def test_the_report_of_two_objectives_lists_the_pareto_set_not_one_best(tmp_path: Path) -> None:
+    study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=30)
+    front = [t for t in trialsets.pareto_front(study.trials, ["maximize", "minimize"])]
+    page = write_report([study], tmp_path / "r.html").read_text(encoding="utf-8")
+    rows = _summary_rows(page)
+    assert "best value" not in rows and "best params" not in rows  # one objective's best is no answer here
+    assert rows["Pareto set"] == (f"{len(front)} feasible trial(s) no other one beats in every objective: "
+                                  + ", ".join(str(t.number) for t in front))
+    table = _table(page, "Pareto set")
+    assert table[0][:3] == ["trial", "val_accuracy", "latency_ms"] and "params" in table[0]
+    assert [int(r[0]) for r in table[1:]] == [t.number for t in front]
+    first = front[0]
+    assert table[1][1] == format_number(first.values[0]) and table[1][2] == format_number(first.values[1])
+    assert table[1][table[0].index("params")] == format_number(records.costs(first)["params"])
+    assert "Top 10 trials" not in page
+
+
+def test_a_constrained_report_leaves_infeasible_trials_out_of_the_top_and_shows_costs(tmp_path: Path) -> None:
+    study = sf.make_tradeoff_study(f"sqlite:///{tmp_path / 'p.db'}", n=12, metrics=("val_accuracy",))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    most_accurate = max(complete, key=lambda t: t.value)
+    assert not records.is_feasible(most_accurate)  # the premise: the widest (slowest) models learn most
+    page = write_report([study], tmp_path / "r.html").read_text(encoding="utf-8")
+    feasible = [t for t in complete if records.is_feasible(t)]
+    table = _table(page, "Top ")
+    listed = [int(r[0]) for r in table[1:]]
+    assert most_accurate.number not in listed and set(listed) <= {t.number for t in feasible}
+    assert listed[0] == max(feasible, key=lambda t: t.value).number
+    assert "params" in table[0] and "latency_ms" in table[0]
+    assert f"{len(complete) - len(feasible)} infeasible" in re.search(r"<h3>Top [^<]*</h3>", page).group(0)

@@ -86,3 +86,36 @@ def test_every_read_verb_reads_a_study_on_read_only_media(write_study: Callable[
     assert _tree(read_only_mount) == before
     study_module.dispose_storages()
     os.chdir(workdir)  # let the fixture unmount
+
+
+@pytest.mark.postgres
+def test_a_report_of_several_studies_on_postgresql_holds_one_connection(
+        write_study: Callable[..., Path], workdir: Path, empty_pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pg
+    import study_fixtures as sf
+    from hpsearch.results import html
+
+    import optuna
+
+    names = [f"s{i}" for i in range(4)]
+    storage = optuna.storages.RDBStorage(empty_pg_url)
+    try:
+        for name in names:
+            sf.make_tradeoff_study(storage, name, 3)
+    finally:
+        storage.engine.dispose()  # psycopg warns about connections left to the GC
+    two = [{"metric": "val_accuracy"}, {"metric": "latency_ms"}]
+    paths = [str(write_study(f"{name}.yaml", name=name, storage=empty_pg_url, objectives=two)) for name in names]
+    held: list[int] = []
+    write_report = html.write_report
+
+    def counting(studies: list[object], out: str, png_dir: str | None = None) -> Path:
+        conn, _ = pg.admin_connection()  # every study is open now, about to be read
+        with conn:
+            held.append(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                     (f"hpsearch:{os.getpid()}",)).fetchone()[0])
+        return write_report(studies, out, png_dir=png_dir)
+
+    monkeypatch.setattr(html, "write_report", counting)
+    assert main(["report", *paths, "--out", str(workdir / "r.html")]) == 0
+    assert held == [1]  # one per storage, not one per study: a report of 100 studies must not exhaust the server
