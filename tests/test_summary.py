@@ -227,7 +227,7 @@ def test_a_run_with_its_own_storage_and_folder_keeps_that_folder_in_every_verb(
     assert main(run_hint.split()[1:]) == 0  # followed as printed: it runs (without --output-dir it was refused)
     capsys.readouterr()
     assert main(["status", str(path), *other]) == 0  # status has no --output-dir: the study's record supplies it
-    assert f"--storage sqlite:///other.db --output-dir runs/tiny-other --n-trials 3" in capsys.readouterr().out
+    assert "--storage sqlite:///other.db --output-dir runs/tiny-other --n-trials 3" in capsys.readouterr().out
     assert main(["export", str(path), *other]) == 0
     assert capsys.readouterr().out.startswith("trials written to runs/tiny-other/trials.csv and ")
     assert (workdir / "runs/tiny-other/trials.csv").is_file() and not (workdir / "runs/tiny/trials.csv").exists()
