@@ -69,10 +69,10 @@ class Bound(Strict):
     @model_validator(mode="before")
     @classmethod
     def _a_mapping(cls, data: Any) -> Any:
-        if isinstance(data, (int, float)) and not isinstance(data, bool):  # params: 3000
-            raise ValueError(f"a constraint is a mapping of min: and/or max:, got {data!r}; write e.g. {{max: {data!r}}}")
         if not isinstance(data, dict):
-            raise ValueError(f"a constraint is a mapping of min: and/or max:, got {data!r}; write e.g. {{max: 1.0e6}}")
+            number = isinstance(data, (int, float)) and not isinstance(data, bool)  # params: 3000
+            raise ValueError(f"a constraint is a mapping of min: and/or max:, got {data!r}; "
+                             f"write e.g. {{max: {repr(data) if number else '1.0e6'}}}")
         return data
 
     @model_validator(mode="after")

@@ -212,4 +212,3 @@ def _importances(target: optuna.Study | None, complete: Sequence[FrozenTrial],
         return {}, f"param importances failed: {e}"
     note_parts += warned
     return result, ("; ".join(note_parts) or None)
-

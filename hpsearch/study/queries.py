@@ -17,7 +17,7 @@ import optuna
 import sqlalchemy
 
 from hpsearch import records, trialsets
-from hpsearch.study.adapter import _engine, storage_of, study_id
+from hpsearch.study.adapter import _engine, rdb_storage_of, storage_of, study_id
 
 log = logging.getLogger("hpsearch")
 
@@ -111,7 +111,7 @@ def _reading(engine: sqlalchemy.engine.Engine, sql: _SqliteJson) -> Iterator[sql
 
 def _in_sql(study: optuna.Study) -> bool:
     """Whether the study lives in an RDB storage (an in-memory study is read through its trials)."""
-    return isinstance(getattr(storage_of(study), "_backend", storage_of(study)), optuna.storages.RDBStorage)
+    return isinstance(rdb_storage_of(study), optuna.storages.RDBStorage)
 
 
 _TRAINED = "(CASE WHEN epochs_run - resumed > 0 THEN epochs_run - resumed ELSE 0 END)"  # budget.trained
