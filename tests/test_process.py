@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -19,19 +21,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _wait_for_running(url: str, proc: subprocess.Popen[str], timeout: float = 180.0) -> None:
+    """Until a RUNNING trial has its first epoch's history, read without writing: `optuna.load_study` on a file
+    whose tables the run is still creating would create them too, and one of the two would fail."""
+    path = Path(url.removeprefix("sqlite:///"))
+    query = ("SELECT count(*) FROM trials JOIN trial_user_attributes USING (trial_id) "
+             "WHERE trials.state = 'RUNNING' AND trial_user_attributes.key = 'history'")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        if not Path(url.removeprefix("sqlite:///")).exists():
-            time.sleep(0.2)
-            continue
-        try:
-            study = optuna.load_study(study_name="tiny", storage=url)
-            running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            if running and running[0].user_attrs.get("history"):
-                return
-        except KeyError:
-            pass
+        if path.exists():
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+                    if db.execute(query).fetchone()[0]:
+                        return
+            except sqlite3.OperationalError:  # no such table yet, or the file is still being set up
+                pass
         time.sleep(0.2)
     raise AssertionError("no trial reached its first epoch in time")
 
