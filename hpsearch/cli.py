@@ -145,6 +145,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"# {cfg.source}: valid ({checked})")
     for key, how in cfg.chosen.items():
         print(f"# {key}: {how}")
+    if cfg.starts_from_baseline:
+        from hpsearch.baseline import baseline_point
+
+        point = ", ".join(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}"
+                          for name, value in baseline_point(cfg).items())
+        print(f"# first trial: the baseline {{{point}}} (hpsearch's defaults where the space holds them, "
+              f"the middle of each range elsewhere)")
     if warm:
         print(f"# warm_start: {warm}")
     # libyaml's emitter where PyYAML has it: the same text, 4x faster for a long enqueue: list.

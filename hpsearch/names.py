@@ -17,6 +17,9 @@ MAX_LENGTH_LIMIT = 32
 # Builtin models and their extra arguments (each a positive integer; left out, the model's default).
 # heads: one linear head per character position (task multihead), output (N, heads, classes).
 MODELS: dict[str, tuple[str, ...]] = {"seednet": ("width", "heads"), "mlp": ("width", "depth"), "resnet18": ("heads",)}
+# Their defaults, as the builders' signatures have them (tests/test_models.py checks both sides): the baseline's.
+MODEL_DEFAULTS: dict[str, dict[str, int | None]] = {"seednet": {"width": 32, "heads": None},
+                                                    "mlp": {"width": 128, "depth": 2}, "resnet18": {"heads": None}}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "exponential", "onecycle")
 AMP_MODES = ("auto", "bf16", "fp16", "off")

@@ -47,6 +47,7 @@ CUDA_GRAPHS = "cuda_graphs"  # "on" or "off (reason)"
 INPUTS = "inputs"  # what predict needs: {mean, std, input_shape, dtype, num_classes, class_names, min, max}
 PRETRAINED = "pretrained"  # {source, loaded: n tensors, skipped: [model tensors left at their init], unused: n}
 COSTS = "costs"  # what the model costs (hpsearch.costs): {params, latency_ms, peak_memory_mb}
+BASELINE = "baseline"  # true on the trial whose parameters are the study file's baseline point (hpsearch.baseline)
 MEMORY_KIND = "peak_memory_kind"  # how peak_memory_mb was measured: "cuda_peak_allocated" or "rss_delta" (CPU)
 
 # ------------------------------------------------------------------ inside one history record
@@ -65,6 +66,7 @@ STUDY_OBJECTIVES = "objectives"  # [{metric, direction}], one per value the tria
 STUDY_WARM_START = "warm_started_from"  # "<storage>#<study>" of each study whose trials were added, in order
 
 # ------------------------------------------------------------------ system attributes
+OPTUNA_FIXED_PARAMS = "fixed_params"  # Optuna's own: the parameters an enqueued trial was queued with
 RETRY_HISTORY = "retry_history"  # trial: numbers of the failed trials it retries, oldest first
 FAILED_TRIAL = "failed_trial"  # trial: the first of them (Optuna's RetryFailedTrialCallback reads it)
 SETTINGS_PREFIX = "settings:"  # study: the run settings of each settings id, under "settings:<id>"

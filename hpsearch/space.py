@@ -10,7 +10,7 @@ import optuna
 from hpsearch.config import CategoricalParam, FloatParam, IntParam, StudyConfig, space_order
 
 
-def _active(spec: Any, params: dict[str, Any]) -> bool:
+def active(spec: Any, params: dict[str, Any]) -> bool:
     """A parameter is sampled only when every `when:` condition holds for the values drawn so far."""
     for parent, wanted in (spec.when or {}).items():
         allowed = wanted if isinstance(wanted, list) else [wanted]
@@ -43,7 +43,7 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: StudyConfig) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name in space_order(cfg.space):
         spec = cfg.space[name]
-        if _active(spec, params):
+        if active(spec, params):
             params[name] = _suggest_one(trial, name, spec)
     return params
 

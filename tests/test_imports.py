@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "hpsearch"
 STDLIB_ONLY = ("errors", "ids", "names", "signals", "status", "plugins", "threads", "__init__")
 TORCH_SIDE = ("data", "models", "settings", "optim", "engine", "steps", "checkpoints", "pretrained", "tasks", "costs")
-LIGHT_SIDE = ("budget", "cliargs", "config", "records", "trialsets", "space", "study", "slots", "summary", "monitor",
+LIGHT_SIDE = ("budget", "cliargs", "config", "records", "trialsets", "space", "baseline", "study", "slots", "summary", "monitor",
               "supervisor", "cli", "__main__")
 # the only modules that hold both a config or trial and a model
 BRIDGES = ("objective", "trialfiles", "preflight", "worker", "predict", "tradeoffs")

@@ -24,6 +24,14 @@ def test_builtins_forward(name: str, shape: tuple[int, ...]) -> None:
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", list(names.MODELS))
+def test_names_hold_each_builtins_own_argument_defaults(name: str) -> None:
+    import inspect
+
+    signature = inspect.signature(models._BUILDERS[name]).parameters
+    assert names.MODEL_DEFAULTS[name] == {arg: signature[arg].default for arg in names.MODELS[name]}
+
+
 def test_builtin_kwargs_and_dropout() -> None:
     assert set(models._BUILDERS) == set(names.MODELS)  # a builder for every builtin name, none unnamed
     small = build_model("seednet", (3, 32, 32), 10, width=8)

@@ -188,9 +188,24 @@ def _check_when(cfg: StudyConfig, name: str, spec: Any) -> None:
                                                 "remove when: or choose another sampler")
 
 
+def _check_baseline(cfg: StudyConfig) -> None:
+    """baseline_first takes trial 0, which queued or warm-start trials would take first."""
+    if not cfg.baseline_first:
+        return
+    if cfg.enqueue:
+        raise _error(cfg, "baseline_first", "enqueue: names the first trials already, so no trial would train the "
+                                            "baseline; drop baseline_first or add the baseline to enqueue:")
+    if cfg.warm_start is not None:
+        raise _error(cfg, "baseline_first", "warm_start: gives the sampler its first trials, so no trial would train "
+                                            "the baseline; drop one of them")
+
+
 def _check_grid(cfg: StudyConfig) -> None:
     if cfg.sampler.type != "grid":
         return
+    if cfg.baseline_first:
+        raise _error(cfg, "baseline_first", "the grid sampler visits its points in its own order, so it cannot start "
+                                            "from the baseline; remove baseline_first or choose another sampler")
     for name, spec in cfg.space.items():
         if isinstance(spec, FloatParam) and spec.step is None:
             raise _error(cfg, f"space.{name}.step", "the grid sampler needs a step for float parameters; "
@@ -314,6 +329,7 @@ def _check_cross_fields(cfg: StudyConfig) -> None:
     _check_space(cfg)
     _check_grid(cfg)
     _check_enqueue(cfg)
+    _check_baseline(cfg)
     _check_pruner(cfg)
     _check_budget(cfg)
 

@@ -225,6 +225,7 @@ class StudyConfig(Strict):
     sampler: SamplerConfig = Field(default_factory=lambda: TpeSampler(type="tpe"))
     pruner: PrunerConfig = Field(default_factory=lambda: MedianPruner(type="median"))
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    baseline_first: bool = False  # trial 0 of a new study trains the baseline point (hpsearch.baseline)
     warm_start: WarmStartConfig | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -291,7 +292,7 @@ class StudyConfig(Strict):
         auto = isinstance(data, dict) and data.get("sampler") == "auto"
         cfg = handler({**data, "sampler": {"type": "tpe"}} if auto else data)
         if auto:
-            kind = auto_sampler_type(cfg.space, cfg.n_trials)
+            kind = auto_sampler_type(cfg.space, cfg.n_trials, cfg.pruner.type)
             cfg.__dict__["sampler"] = GpSampler(type="gp", n_startup_trials=len(cfg.space)) if kind == "gp" \
                 else default_sampler(cfg.space)
             cfg._sampler_auto = True
@@ -312,12 +313,17 @@ class StudyConfig(Strict):
         return self._sampler_auto
 
     @property
+    def starts_from_baseline(self) -> bool:
+        """Whether trial 0 takes the baseline point (a space to take it from; rules refuse what has no trial 0)."""
+        return self.baseline_first and bool(self.space)
+
+    @property
     def chosen(self) -> dict[str, str]:
         """Which of sampler/pruner the file left to hpsearch, and how it chose (what `validate` says)."""
         out = {}
         if self._sampler_auto:
             out["sampler"] = (f"auto: {self.sampler.type} (GP for <= {AUTO_GP_MAX_DIM} numeric parameters without "
-                              f"when: and <= {AUTO_GP_MAX_TRIALS} trials, else TPE)")
+                              f"when:, <= {AUTO_GP_MAX_TRIALS} trials and pruner: none, else TPE)")
         elif "sampler" not in self.model_fields_set:
             out["sampler"] = f"default: TPE, n_startup_trials = {len(self.space)} (the space's parameters)"
         if self.unused_pruner is not None:

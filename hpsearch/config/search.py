@@ -207,10 +207,13 @@ AUTO_GP_MAX_DIM = 8  # sampler: auto picks GP up to this many parameters...
 AUTO_GP_MAX_TRIALS = 100  # ...and this many trials (a GP fit grows with the cube of the trials)
 
 
-def auto_sampler_type(space: dict[str, Any], n_trials: int) -> str:
-    """`sampler: auto`: GP for a small space of numbers only (no categorical, no when:) and few trials, else TPE."""
+def auto_sampler_type(space: dict[str, Any], n_trials: int, pruner: str = "none") -> str:
+    """`sampler: auto`: GP for a small space of numbers only (no categorical, no when:), few trials and no pruner,
+    else TPE. Optuna's GP fits complete trials only, so behind a pruner it learns from the few that finish (measured:
+    bench/RESULTS.md, "Search quality")."""
     numeric = all(isinstance(spec, (FloatParam, IntParam)) and not spec.when for spec in space.values())
-    return "gp" if space and numeric and len(space) <= AUTO_GP_MAX_DIM and n_trials <= AUTO_GP_MAX_TRIALS else "tpe"
+    small = len(space) <= AUTO_GP_MAX_DIM and n_trials <= AUTO_GP_MAX_TRIALS
+    return "gp" if space and numeric and small and pruner == "none" else "tpe"
 
 
 def default_min_resource(epochs: int) -> int:

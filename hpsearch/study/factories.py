@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial
 
-from hpsearch import space
+from hpsearch import records, space
+from hpsearch.baseline import baseline_point
 from hpsearch.config import StudyConfig
 from hpsearch.ids import derive_seed
 
@@ -14,7 +19,55 @@ __all__ = ["derive_seed", "make_pruner", "make_sampler"]
 
 
 def make_sampler(cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler the file asks for, seeded from the study seed (or `seed`, for one of several workers)."""
+    """The sampler the file asks for, seeded from the study seed (or `seed`, for one of several workers);
+    with `baseline_first`, trial 0 takes the file's baseline point."""
+    sampler = _file_sampler(cfg, seed)
+    if not cfg.starts_from_baseline:
+        return sampler
+    return BaselineFirst(sampler, lambda: baseline_point(cfg))
+
+
+class BaselineFirst(optuna.samplers.BaseSampler):
+    """Trial 0 of the study takes the baseline point; every other trial, and every hook, is `inner`'s.
+
+    By trial number, not by enqueueing: the storage gives number 0 to one trial only, so several workers
+    opening a new study at once cannot queue the point twice, and a study that already has trials
+    (warm-started, `enqueue:`d, continued) never asks for a trial 0.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler, point: Callable[[], dict[str, Any]]) -> None:
+        self.inner = inner
+        self._point = point
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {} if trial.number == 0 else self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {} if trial.number == 0 else self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        if trial.number == 0:
+            point = self._point()
+            if param_name in point:  # the point is drawn in the space's own order and when: rule
+                return point[param_name]
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner.before_trial(study, trial)
+        if trial.number == 0 and records.OPTUNA_FIXED_PARAMS not in trial.system_attrs:
+            study._storage.set_trial_user_attr(trial._trial_id, records.BASELINE, True)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: optuna.trial.TrialState,
+                    values: Any) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
+def _file_sampler(cfg: StudyConfig, seed: int | None) -> optuna.samplers.BaseSampler:
     s = cfg.sampler
     seed = cfg.seed if seed is None else seed
     with warnings.catch_warnings():

@@ -55,8 +55,12 @@ def test_sampler_auto_rule() -> None:
     assert auto_sampler_type(floats, 101) == "tpe"  # a GP fit grows with the cube of the trials
     assert auto_sampler_type(cat, 50) == "tpe"
     assert auto_sampler_type({f"p{i}": floats["lr"] for i in range(9)}, 50) == "tpe"
+    assert auto_sampler_type(floats, 50, "successive_halving") == "tpe"  # GP would fit only the unpruned trials
     cfg = build_config(_raw(sampler="auto"))
-    assert cfg.sampler.type == auto_sampler_type(cfg.space, cfg.n_trials) and cfg.sampler_auto
+    assert cfg.sampler.type == auto_sampler_type(cfg.space, cfg.n_trials, cfg.pruner.type) and cfg.sampler_auto
+    assert build_config(_raw(sampler="auto", pruner={"type": "none"})).sampler.type == "gp"
+    unpruned = {k: v for k, v in _raw(sampler="auto").items() if k != "pruner"}
+    assert build_config(unpruned).sampler.type == "tpe"  # the default pruner prunes
     assert with_overrides(cfg, n_trials=500).sampler.type == "tpe"  # auto is chosen again
 
 
