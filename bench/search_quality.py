@@ -54,16 +54,23 @@ def _tpe(startup: int) -> dict[str, Any]:
 ASHA = {"type": "successive_halving", "min_resource": 1, "reduction_factor": 3}
 
 
-def strategies(dim: int) -> dict[str, dict[str, Any]]:
+def strategies(dim: int, epochs: int = 9) -> dict[str, dict[str, Any]]:
     """Each strategy's sampler/pruner (None: the key is removed, the project default applies) for a space of `dim`
-    parameters; `early_stopping: False` drops the task's early stopping."""
+    parameters and trials of `epochs`; `early_stopping: False` drops the task's early stopping; `baseline_first`
+    is put in the file when given. The `b-` strategies are `baseline-first` (the defaults with trial 0 the
+    baseline point) with one thing changed."""
+    first = math.ceil(epochs / 9)  # the default pruner's first rung
     return {
         "random": {"sampler": {"type": "random"}, "pruner": {"type": "none"}, "early_stopping": False},
         "defaults": {"sampler": None, "pruner": None},
+        # the defaults with trial 0 the baseline point (hpsearch.baseline), not a random start-up trial
+        "baseline-first": {"sampler": None, "pruner": None, "baseline_first": True},
         # the defaults before 2026-12-02: TPE after 10 random trials, the median pruner after 5 trials and 2 epochs
         "defaults-v0": {"sampler": {"type": "tpe", "n_startup_trials": 10},
                         "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 2}},
-        "auto": {"sampler": "auto", "pruner": None},  # sampler: auto + the default pruner
+        "auto": {"sampler": "auto", "pruner": None},  # sampler: auto + the default pruner (TPE since 2026-12-04)
+        "auto-v1": {"sampler": {"type": "gp", "n_startup_trials": dim}, "pruner": None},  # what auto picked before
+        "auto-nopruner": {"sampler": "auto", "pruner": {"type": "none"}},  # GP on the floats task
         "tpe-median": {"sampler": _tpe(dim), "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 1}},
         "tpe-asha": {"sampler": _tpe(dim), "pruner": ASHA},
         "tpe2d-asha": {"sampler": _tpe(2 * dim), "pruner": ASHA},
@@ -72,6 +79,15 @@ def strategies(dim: int) -> dict[str, dict[str, Any]]:
                                                            "reduction_factor": 3}},
         "random-asha": {"sampler": {"type": "random"}, "pruner": ASHA},
         "gp-asha": {"sampler": {"type": "gp", "n_startup_trials": dim}, "pruner": ASHA},
+        "defaults-noes": {"sampler": None, "pruner": None, "early_stopping": False},
+        "baseline-first-noes": {"sampler": None, "pruner": None, "baseline_first": True, "early_stopping": False},
+        "b-startup-half": {"sampler": _tpe(max(2, dim // 2)), "pruner": None, "baseline_first": True},
+        "b-rf2": {"sampler": None, "pruner": {**ASHA, "min_resource": first, "reduction_factor": 2},
+                  "baseline_first": True},
+        "b-late": {"sampler": None, "pruner": {**ASHA, "min_resource": math.ceil(epochs / 4)},
+                   "baseline_first": True},
+        "b-hyperband": {"sampler": None, "pruner": {"type": "hyperband", "min_resource": first,
+                                                     "reduction_factor": 3}, "baseline_first": True},
     }
 
 
@@ -124,6 +140,8 @@ def study_mapping(task: str, strategy: Mapping[str, Any], seed: int, trials: int
         raw.pop(key, None)
         if strategy.get(key) is not None:
             raw[key] = strategy[key]
+    if "baseline_first" in strategy:
+        raw["baseline_first"] = strategy["baseline_first"]
     train = raw.setdefault("train", {})
     if strategy.get("early_stopping") is False:
         train.pop("early_stopping", None)
@@ -174,8 +192,10 @@ def one_run(task: str, name: str, strategy: Mapping[str, Any], seed: int, trials
             "total_epochs": sum(r["epochs"] for r in rows), "final_best": final_best(rows), "trial_rows": rows}
 
 
-def space_dim(task: str) -> int:
-    return len(yaml.safe_load((TASKS_DIR / f"{task}.yaml").read_text())["space"])
+def task_shape(task: str) -> tuple[int, int]:
+    """The task's number of parameters and its epochs per trial."""
+    raw = yaml.safe_load((TASKS_DIR / f"{task}.yaml").read_text())
+    return len(raw["space"]), raw["train"]["epochs"]
 
 
 def plan(tasks: list[str], names: list[str], seeds: list[int]) -> list[tuple[int, str, str]]:
@@ -354,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def run(item: tuple[int, str, str]) -> None:
             seed, task, name = item
-            row = one_run(task, name, strategies(space_dim(task))[name], seed, args.trials, args.epochs)
+            row = one_run(task, name, strategies(*task_shape(task))[name], seed, args.trials, args.epochs)
             row["loadavg_end"] = os.getloadavg()[0]
             with args.out.open("a") as out:
                 out.write(json.dumps(row) + "\n")

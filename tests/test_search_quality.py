@@ -79,13 +79,17 @@ def test_summary_takes_the_target_per_task_and_seed_and_divides_by_random() -> N
 @pytest.mark.parametrize("name", list(sq.strategies(7)))
 @pytest.mark.parametrize("task", list(sq.DELTAS))
 def test_every_task_with_every_strategy_is_a_valid_study_file(task: str, name: str) -> None:
-    raw = sq.study_mapping(task, sq.strategies(sq.space_dim(task))[name], seed=3, trials=30, epochs=None)
+    raw = sq.study_mapping(task, sq.strategies(*sq.task_shape(task))[name], seed=3, trials=30, epochs=None)
     cfg = build_config(raw, source=f"{task}.yaml")
     assert cfg.n_trials == 30 and cfg.seed == 3 and cfg.train.checkpoint is False
     if name == "defaults":
         assert "sampler" not in cfg.model_fields_set and "pruner" not in cfg.model_fields_set
+        assert not cfg.starts_from_baseline
+    if name.startswith(("baseline-first", "b-")):
+        assert cfg.starts_from_baseline
     if name == "random":
         assert cfg.sampler.type == "random" and cfg.pruner.type == "none" and cfg.train.early_stopping is None
+        assert not cfg.starts_from_baseline
 
 
 def test_the_tabular_data_is_ten_seeded_classes() -> None:
