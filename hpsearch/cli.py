@@ -315,16 +315,17 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hpsearch.results import html
-    from hpsearch.study import guard_storage, open_study, rdb_storage_of
+    from hpsearch.study import guard_storage, guard_storages, open_study, rdb_storage_of
 
-    studies = []
+    studies, cfgs = [], []
     storages: dict[str, Any] = {}  # one per database: a storage per study held a server connection each
     for path in args.study_files:
         cfg = config_from_args(path, args)
         with guard_storage(cfg):
             studies.append(open_study(cfg, create=False, storage=storages.get(cfg.storage_url)))
+        cfgs.append(cfg)
         storages.setdefault(cfg.storage_url, rdb_storage_of(studies[-1]))
-    with _writes("--out", other=("--png", args.png)):
+    with _writes("--out", other=("--png", args.png)), guard_storages(cfgs):
         out = html.write_report(studies, args.out, png_dir=args.png)
     print(f"report written to {out}")  # the one line a user needs; write_report logs the details at debug
     return 0

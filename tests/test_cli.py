@@ -287,6 +287,40 @@ def test_report_export_and_best_export_verbs(write_study: Callable[..., Path], w
     assert (workdir / "best/weights.pt").stat().st_size > 0
 
 
+@pytest.mark.parametrize("files", [1, 2])
+def test_a_storage_damaged_while_report_reads_it_is_one_line(write_study: Callable[..., Path], workdir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str], files: int) -> None:
+    """The studies open, then the database fails as the report reads their trials: one line, exit 2, no file."""
+    import os
+
+    from hpsearch.results import html
+
+    first = write_study("a.yaml", n_trials=1, name="a", storage="sqlite:///one.db")
+    second = write_study("b.yaml", n_trials=1, name="b", storage=f"sqlite:///{'one' if files == 1 else 'two'}.db")
+    assert main(["run", str(first)]) == 0 and main(["run", str(second)]) == 0
+    write = html.write_report
+
+    def damage_then_write(*args, **kwargs):  # garbage over the schema pages of every file, as a failing disk would
+        for db in workdir.glob("*.db*"):
+            with open(db, "r+b") as f:
+                f.seek(0)
+                f.write(os.urandom(8 * 1024))
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(html, "write_report", damage_then_write)
+    capsys.readouterr()
+    assert main(["report", str(first), str(second), "--out", "r.html"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    if files == 1:
+        assert err[0].startswith(f"hpsearch: error: {first}: storage: 'sqlite:///one.db' is damaged (")
+    else:
+        assert err[0].startswith(f"hpsearch: error: {first}, {second}: storage: reading one of 'sqlite:///one.db', "
+                                 f"'sqlite:///two.db' failed (")
+    assert not (workdir / "r.html").exists()
+
+
 FACTORIES = ("import torch\n"
              "def fixed(input_shape, num_classes, dropout=0.0, width=8):\n"
              "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.Linear(width, num_classes))\n"

@@ -9,8 +9,8 @@ from __future__ import annotations
 from hpsearch.study.urls import (EXAMPLE_URLS, HIDDEN, UNPARSEABLE, check_driver, check_storage, check_url,
     driver_url, redact_url, scrub, storage_identity, url_secrets)
 from hpsearch.study.sqlite import SQLITE_BUSY_TIMEOUT_S, check_storage_file, check_writable
-from hpsearch.study.failures import (STORAGE_EXCEPTIONS, guard_storage, is_storage_exception, storage_cause,
-    storage_failure)
+from hpsearch.study.failures import (STORAGE_EXCEPTIONS, guard_storage, guard_storages, is_storage_exception,
+    storage_cause, storage_failure)
 from hpsearch.study.storage import PG_CONNECT_TIMEOUT_S, dispose_storages, make_storage
 from hpsearch.study.factories import derive_seed, make_pruner, make_sampler
 from hpsearch.study.adapter import (FINISHED, Heartbeat, current_state, dispose_storage, fail_stale_trials,
@@ -55,6 +55,7 @@ __all__ = [
     "find_study",
     "finished_count",
     "guard_storage",
+    "guard_storages",
     "hand_back",
     "is_storage_exception",
     "make_pruner",

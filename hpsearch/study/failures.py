@@ -110,6 +110,23 @@ def guard_storage(cfg: StudyConfig, running: bool = False) -> Iterator[None]:
         raise storage_failure(exc, cfg, running) from exc
 
 
+@contextmanager
+def guard_storages(cfgs: list[StudyConfig]) -> Iterator[None]:
+    """`guard_storage` for a command that reads several studies (report): one line naming the storage, or each
+    of them when the studies are in several (a failed read does not say which database it was)."""
+    try:
+        yield
+    except STORAGE_EXCEPTIONS as exc:
+        urls = list(dict.fromkeys(cfg.storage_url for cfg in cfgs))
+        if len(urls) == 1:
+            raise storage_failure(exc, cfgs[0], running=False) from exc
+        cause = storage_cause(exc)
+        named = ", ".join(f"'{redact_url(url)}'" for url in urls)
+        raise StorageError(f"{', '.join(cfg.source for cfg in cfgs)}: storage: reading one of {named} failed "
+                           f"({_first_line(cause, urls[0])}); check each with `hpsearch status FILE`, then rerun"
+                           ) from exc
+
+
 def is_storage_exception(exc: BaseException) -> bool:
     """Whether `exc` came from the storage layer (the database), not from training code."""
     return isinstance(exc, STORAGE_EXCEPTIONS)
