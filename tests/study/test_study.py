@@ -154,8 +154,11 @@ def test_a_trial_that_started_moments_ago_is_not_stale(write_study: Callable[...
     study = study_module.open_study(cfg)
     _ask(study)  # no heartbeat yet, but younger than the grace period
     assert study_module.fail_stale_trials(study, grace_period=3, max_retries=3) == []
-    time.sleep(3.2)
-    assert study_module.fail_stale_trials(study, grace_period=3, max_retries=3) == [0]
+    deadline = time.monotonic() + 120  # a bound for a stuck check, not a guess: it turns stale once 3 s have passed
+    while not (failed := study_module.fail_stale_trials(study, grace_period=3, max_retries=3)):
+        assert time.monotonic() < deadline, "the trial never turned stale"
+        time.sleep(0.1)
+    assert failed == [0]
     assert [t.state for t in _study().trials] == [TrialState.FAIL, TrialState.WAITING]
 
 
