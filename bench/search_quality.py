@@ -80,6 +80,8 @@ def strategies(dim: int, epochs: int = 9) -> dict[str, dict[str, Any]]:
         "random-asha": {"sampler": {"type": "random"}, "pruner": ASHA},
         "gp-asha": {"sampler": {"type": "gp", "n_startup_trials": dim}, "pruner": ASHA},
         "defaults-noes": {"sampler": None, "pruner": None, "early_stopping": False},
+        "defaults-es3": {"sampler": None, "pruner": None, "patience": 3},  # a task's early stopping, patience 3
+        "defaults-es2": {"sampler": None, "pruner": None, "patience": 2},
         "baseline-first-noes": {"sampler": None, "pruner": None, "baseline_first": True, "early_stopping": False},
         "b-startup-half": {"sampler": _tpe(max(2, dim // 2)), "pruner": None, "baseline_first": True},
         "b-rf2": {"sampler": None, "pruner": {**ASHA, "min_resource": first, "reduction_factor": 2},
@@ -145,6 +147,8 @@ def study_mapping(task: str, strategy: Mapping[str, Any], seed: int, trials: int
     train = raw.setdefault("train", {})
     if strategy.get("early_stopping") is False:
         train.pop("early_stopping", None)
+    elif "patience" in strategy and "early_stopping" in train:
+        train["early_stopping"] = {**train["early_stopping"], "patience": strategy["patience"]}
     if epochs is not None:
         train["epochs"] = epochs
     train.update(checkpoint=False, resume_checkpoints=False)  # disk writes only: nothing the search sees
