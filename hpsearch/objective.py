@@ -25,13 +25,14 @@ from hpsearch.checkpoints import CheckpointWriter
 from hpsearch.costs import MemoryMeter, count_params
 from hpsearch.tradeoffs import latency_of, refuse_infeasible, trial_values
 from hpsearch.data import DeviceData
+from hpsearch.errors import CheckpointError
 from hpsearch.engine import Trainer, TrainSettings, class_weights_for, seed_everything
 from hpsearch.ids import trial_seed
 from hpsearch.models import build_model
 from hpsearch.names import MODELS, TRAIN_PARAMS
 from hpsearch.pretrained import apply_pretrained, load_state, resolve_source
 from hpsearch.settings import settings_from
-from hpsearch.study import artifact_dir, artifact_store
+from hpsearch.study import artifact_dir, artifact_store, is_storage_exception
 from hpsearch.tasks import task_arguments
 from hpsearch.trialfiles import (Checkpointer, Progress, drop_resume_files, new_progress, own_state, restore,
                                  resume_source, skip_resume)
@@ -236,12 +237,22 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
         trial.set_user_attr(records.MEMORY_KIND, meter.kind)
         measured["train_time"] = progress.train_time
         return trial_values(trial, ctx.cfg, best, progress.history, progress.best_epoch, measured)
-    except BaseException:
+    except BaseException as exc:
         files.flush_quietly()  # an interrupted trial resumes from the last epoch it submitted
+        if _fails_for_good(exc) and progress.history:  # the epochs it ran, for whoever debugs it in the dashboard
+            _upload_artifacts(trial, ctx, progress.history,
+                              files.path if files.best_enabled and progress.best is not None else None)
         raise
     finally:
         for trainer in trainers:
             trainer.close()
+
+
+def _fails_for_good(exc: BaseException) -> bool:
+    """An error of the trial's own that fails it (user code, a bad value): not a stop signal, a pruning, an
+    out-of-memory retried at half the batch, or a storage or checkpoint failure that hands the trial back."""
+    return isinstance(exc, Exception) and not isinstance(
+        exc, (optuna.TrialPruned, torch.cuda.OutOfMemoryError, CheckpointError)) and not is_storage_exception(exc)
 
 
 def release_memory(device: torch.device) -> None:

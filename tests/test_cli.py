@@ -167,6 +167,38 @@ def test_failing_user_code_stops_the_study_after_repeats(write_study: Callable[.
     assert "RuntimeError: boom in user code" in failed[0].user_attrs["error"]
 
 
+def test_a_trial_failing_mid_training_leaves_its_history_and_best_weights_as_artifacts(
+        write_study: Callable[..., Path], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (workdir / "late_break.py").write_text(
+        "import torch\n"
+        "class LateBreak(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(64, 10)\n"
+        "        self.epochs = 0\n"
+        "    def train(self, mode=True):\n"
+        "        self.epochs += bool(mode)\n"
+        "        return super().train(mode)\n"
+        "    def forward(self, x):\n"
+        "        if self.training and self.epochs > 1:\n"
+        "            raise RuntimeError('breaks in its second epoch')\n"
+        "        return self.fc(x.flatten(1))\n"
+        "def build(input_shape, num_classes, dropout=0.0):\n"
+        "    return LateBreak()\n")
+    monkeypatch.syspath_prepend(str(workdir))
+    path = write_study(n_trials=1, model={"name": "late_break:build"}, train={"epochs": 3, "batch_size": 64})
+    assert main(["run", str(path)]) == 1  # every trial fails the same way: the study stops after three
+    study = _load()
+    failed = study.trials[0]
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["stop_reason"] == "error"
+    store = optuna.artifacts.FileSystemArtifactStore(workdir / "runs/tiny/artifacts")
+    metas = optuna.artifacts.get_all_artifact_meta(failed, storage=study._storage)
+    names = {meta.filename: meta.artifact_id for meta in metas}
+    assert set(names) == {"history.json", "trial_00000.pt"}
+    with store.open_reader(names["history.json"]) as f:
+        assert [row["epoch"] for row in json.load(f)] == [1]
+
+
 @pytest.mark.parametrize("path", STUDIES, ids=[p.name for p in STUDIES])
 def test_validate_accepts_every_shipped_study(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(path)]) == 0
