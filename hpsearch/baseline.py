@@ -11,12 +11,11 @@ there is; `enqueue:` is how a file names its own first points.)
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 from typing import Any
 
-from hpsearch.config import CategoricalParam, FloatParam, IntParam, StudyConfig, space_order
+from hpsearch.config import CategoricalParam, IntParam, StudyConfig, space_order
 from hpsearch.names import MODEL_DEFAULTS, TRAIN_PARAMS
-from hpsearch.space import active
+from hpsearch.space import active, float_steps
 
 
 def baseline_point(cfg: StudyConfig) -> dict[str, Any]:
@@ -41,9 +40,7 @@ def middle(spec: Any) -> Any:
         return min(spec.high, spec.low + _nearest(centre - spec.low, spec.step) * spec.step)
     if spec.step is None:
         return min(spec.high, max(spec.low, centre))
-    # in decimal, like space.grid: a float step count times a float step misses the grid by an ulp
-    steps = _nearest(centre - spec.low, spec.step)
-    return min(spec.high, float(Decimal(repr(spec.low)) + steps * Decimal(repr(spec.step))))
+    return min(float_steps(spec.low, spec.high, spec.step), key=lambda v: (abs(v - centre), -v))  # a tie: the upper
 
 
 def _nearest(distance: float, step: float) -> int:
@@ -59,12 +56,7 @@ def holds(spec: Any, value: Any) -> bool:
         return False
     if isinstance(spec, IntParam):
         return isinstance(value, int) and (value - spec.low) % spec.step == 0
-    return spec.step is None or Decimal(repr(value)) in _steps(spec)
-
-
-def _steps(spec: FloatParam) -> set[Decimal]:
-    low, step = Decimal(repr(spec.low)), Decimal(repr(spec.step))
-    return {low + i * step for i in range(int((Decimal(repr(spec.high)) - low) / step) + 1)}
+    return spec.step is None or value in float_steps(spec.low, spec.high, spec.step)
 
 
 def _default_values(cfg: StudyConfig) -> dict[str, Any]:

@@ -133,10 +133,9 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
             trial.set_user_attr(key, value)
         if len(trainers) > 1 and progress.best_splits:
             trial.set_user_attr(records.SPLIT_VALUES, progress.best_splits)
-        if files.best_enabled and progress.best is not None:
+        if _best_file(files, progress) is not None:
             trial.set_user_attr(records.CHECKPOINT, str(files.path))
-        _upload_artifacts(trial, ctx, progress.history, files.path if files.best_enabled and progress.best is not None
-                          else None)
+        _upload_artifacts(trial, ctx, progress.history, _best_file(files, progress))
         files.drop_resume()
 
     last = cfg.train.epochs  # a trial that trained its last epoch is complete: pruning it would save nothing
@@ -186,6 +185,11 @@ def _fit(trial: optuna.Trial, ctx: WorkerContext, trainers: list[Trainer], files
     if progress.best is None:  # resumed with no epoch left to run and none recorded
         raise optuna.TrialPruned("no epoch was run")
     return float(progress.best)
+
+
+def _best_file(files: Checkpointer, progress: Progress) -> Path | None:
+    """The trial's best-weights file, when it keeps one and an epoch was best."""
+    return files.path if files.best_enabled and progress.best is not None else None
 
 
 def _finite(value: Any) -> Any:
@@ -240,8 +244,7 @@ def _attempt(trial: optuna.Trial, ctx: WorkerContext, params: dict[str, Any], se
     except BaseException as exc:
         files.flush_quietly()  # an interrupted trial resumes from the last epoch it submitted
         if _fails_for_good(exc) and progress.history:  # the epochs it ran, for whoever debugs it in the dashboard
-            _upload_artifacts(trial, ctx, progress.history,
-                              files.path if files.best_enabled and progress.best is not None else None)
+            _upload_artifacts(trial, ctx, progress.history, _best_file(files, progress))
         raise
     finally:
         for trainer in trainers:

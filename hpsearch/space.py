@@ -71,11 +71,11 @@ def grid(cfg: StudyConfig) -> dict[str, list[Any]]:
         elif isinstance(spec, IntParam):
             values[name] = list(range(spec.low, spec.high + 1, spec.step))
         else:
-            values[name] = _float_steps(spec.low, spec.high, spec.step)
+            values[name] = float_steps(spec.low, spec.high, spec.step)
     return values
 
 
-def _float_steps(low: float, high: float, step: float) -> list[float]:
+def float_steps(low: float, high: float, step: float) -> list[float]:
     """low, low + step, ... up to high, in decimal: 0.001 + 9 * 0.001 in floats is 0.010000000000000002 > 0.01."""
     first, last, size = Decimal(repr(low)), Decimal(repr(high)), Decimal(repr(step))
     return [float(first + i * size) for i in range(int((last - first) / size) + 1)]
