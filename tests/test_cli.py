@@ -350,6 +350,7 @@ def test_a_storage_damaged_while_report_reads_it_is_one_line(write_study: Callab
     else:
         assert err[0].startswith(f"hpsearch: error: {first}, {second}: storage: reading one of 'sqlite:///one.db', "
                                  f"'sqlite:///two.db' failed (")
+        assert err[0].endswith(f"check each (`hpsearch status {first}`, `hpsearch status {second}`), then rerun")
     assert not (workdir / "r.html").exists()
 
 

@@ -122,9 +122,9 @@ def guard_storages(cfgs: list[StudyConfig]) -> Iterator[None]:
             raise storage_failure(exc, cfgs[0], running=False) from exc
         cause = storage_cause(exc)
         named = ", ".join(f"'{redact_url(url)}'" for url in urls)
+        checks = ", ".join(f"`hpsearch status {shlex.quote(str(cfg.source))}`" for cfg in cfgs)
         raise StorageError(f"{', '.join(cfg.source for cfg in cfgs)}: storage: reading one of {named} failed "
-                           f"({_first_line(cause, urls[0])}); check each with `hpsearch status FILE`, then rerun"
-                           ) from exc
+                           f"({_first_line(cause, urls[0])}); check each ({checks}), then rerun") from exc
 
 
 def is_storage_exception(exc: BaseException) -> bool:
